@@ -1,0 +1,174 @@
+//! knock-keygen: creates a client secret, writes the server's entry for it to
+//! `clients.d/NAME.toml` and the client's profile to `--out`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use knock_keys::cli::{parse_args, Failure};
+use knock_keys::config::{ServerConfig, DEFAULT_CONFIG_PATH};
+use knock_keys::entry::ClientEntry;
+use knock_keys::profile::ClientProfile;
+use knock_keys::secret_file::{ensure_private_dir, write_private};
+use knock_keys::{identity, FileError};
+use knock_proto::{valid_client_name, ClientSecret, PortSpec, CLIENT_SECRET_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+
+const PROGRAM: &str = "knock-keygen";
+
+/// Create a knock client: a new secret, the server's entry and the client's profile.
+#[derive(Parser, Debug)]
+#[command(name = "knock-keygen", version, about, long_about = None)]
+struct Args {
+    /// The client's name (letters, digits, '-', '_', '.').
+    name: String,
+    /// How the client reaches this server: a DNS name or an address.
+    #[arg(long)]
+    host: String,
+    /// Limit the client to these protected ports (default: all of `protected`).
+    #[arg(long, value_delimiter = ',')]
+    ports: Option<Vec<String>>,
+    /// The server configuration.
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Where to write the client profile; `-` prints it [default: ./NAME@HOST.knock].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Other names or addresses under which the client finds this profile.
+    #[arg(long, value_delimiter = ',')]
+    alias: Vec<String>,
+    /// Replace an existing client of that name (its old secret stops working).
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args::<Args>(PROGRAM) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(PROGRAM),
+    }
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_' | b'%' | b'[' | b']'))
+}
+
+fn run(args: Args) -> Result<(), Failure> {
+    if !valid_client_name(&args.name) {
+        return Err(Failure::usage(format!(
+            "NAME {:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'",
+            args.name
+        )));
+    }
+    for host in std::iter::once(&args.host).chain(&args.alias) {
+        if !valid_host(host) {
+            return Err(Failure::usage(format!("--host/--alias {host:?} is not a host name or address")));
+        }
+    }
+    let config = ServerConfig::load(&args.config)?;
+    let ports = match &args.ports {
+        None => config.protected.clone(),
+        Some(items) => {
+            let mut ports: Vec<PortSpec> = Vec::new();
+            for item in items {
+                let spec: PortSpec = item.parse().map_err(|m: String| Failure::usage(format!("--ports: {m}")))?;
+                if !config.protected.contains(&spec) {
+                    return Err(Failure::usage(format!(
+                        "--ports: {spec} is not protected by {}; protected are {}",
+                        config.path.display(),
+                        list(&config.protected)
+                    )));
+                }
+                if !ports.contains(&spec) {
+                    ports.push(spec);
+                }
+            }
+            if ports.is_empty() {
+                return Err(Failure::usage("--ports: empty"));
+            }
+            ports
+        }
+    };
+
+    let entry_path = config.clients_dir.join(format!("{}.toml", args.name));
+    if entry_path.exists() && !args.force {
+        return Err(Failure::usage(format!(
+            "{}: client {:?} already exists; pass --force to replace it (its old profile stops working)",
+            entry_path.display(),
+            args.name
+        )));
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}@{}.knock", args.name, args.host)));
+    let to_stdout = out == Path::new("-");
+    if !to_stdout && out.exists() && !args.force {
+        return Err(FileError::Exists { path: out }.into());
+    }
+
+    let (server_id, created) = identity::load_or_create(&config.identity_file)?;
+    if created {
+        eprintln!("{PROGRAM}: created server identity {}", config.identity_file.display());
+    }
+
+    let mut bytes = zeroize::Zeroizing::new([0u8; CLIENT_SECRET_LEN]);
+    SystemRandom::new()
+        .fill(bytes.as_mut())
+        .map_err(|_| Failure::runtime("the system random generator failed"))?;
+    let secret = ClientSecret::from_bytes(*bytes);
+
+    let entry = ClientEntry {
+        name: args.name.clone(),
+        secret: secret.clone(),
+        ports: ports.clone(),
+        max_open_for: None,
+    };
+    let profile = ClientProfile {
+        name: args.name.clone(),
+        host: args.host.clone(),
+        aliases: args.alias.clone(),
+        knock_port: config.knock_port,
+        server_id,
+        secret,
+        ports: ports.clone(),
+    };
+
+    // The profile first: if it cannot be written, the server never learns a
+    // secret that nobody holds.
+    if to_stdout {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(profile.to_toml().as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Failure::runtime(format!("writing the profile to stdout: {e}")))?;
+    } else {
+        write_private(&out, profile.to_toml().as_bytes(), args.force)?;
+    }
+    ensure_private_dir(&config.clients_dir)?;
+    write_private(&entry_path, entry.to_toml().as_bytes(), args.force)?;
+
+    eprintln!(
+        "{PROGRAM}: client {:?} may open {} on {}; server entry {}, profile {}",
+        args.name,
+        list(&ports),
+        args.host,
+        entry_path.display(),
+        if to_stdout { "on stdout".to_owned() } else { out.display().to_string() },
+    );
+    eprintln!("{PROGRAM}: send knock-server SIGHUP (systemctl reload knock-server) to load it");
+    Ok(())
+}
+
+fn list(ports: &[PortSpec]) -> String {
+    ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+}

@@ -1,0 +1,78 @@
+//! What the three binaries share at their edge: argument errors as one line
+//! with exit status 2, and failures as one line with status 1 or 2.
+
+use std::fmt::Display;
+use std::process::ExitCode;
+
+/// Exit status for a runtime failure.
+pub const EXIT_RUNTIME: u8 = 1;
+/// Exit status for a usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// A failure that ends the program: a one-line message and an exit status.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Display) -> Self {
+        Self { code: EXIT_USAGE, message: message.to_string() }
+    }
+
+    pub fn runtime(message: impl Display) -> Self {
+        Self { code: EXIT_RUNTIME, message: message.to_string() }
+    }
+
+    /// Prints the message as one line on stderr and returns the exit status.
+    pub fn report(&self, program: &str) -> ExitCode {
+        let one_line = self.message.replace('\n', " ");
+        eprintln!("{program}: error: {one_line}");
+        ExitCode::from(self.code)
+    }
+}
+
+impl From<crate::FileError> for Failure {
+    fn from(err: crate::FileError) -> Self {
+        match err {
+            crate::FileError::Write { .. } => Failure::runtime(err),
+            _ => Failure::usage(err),
+        }
+    }
+}
+
+/// Parses the command line; help and version go to stdout with status 0, and
+/// any mistake is one line on stderr with status 2, instead of clap's
+/// multi-line report.
+pub fn parse_args<P: clap::Parser>(program: &str) -> Result<P, ExitCode> {
+    match P::try_parse() {
+        Ok(parsed) => Ok(parsed),
+        Err(err) => {
+            use clap::error::ErrorKind;
+            match err.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = err.print();
+                    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        Err(ExitCode::from(EXIT_USAGE))
+                    } else {
+                        Err(ExitCode::SUCCESS)
+                    }
+                }
+                _ => {
+                    let rendered = err.render().to_string();
+                    let first = rendered
+                        .lines()
+                        .find(|line| !line.trim().is_empty())
+                        .unwrap_or("invalid arguments")
+                        .trim_start_matches("error: ")
+                        .to_owned();
+                    eprintln!("{program}: error: {first} (see {program} --help)");
+                    Err(ExitCode::from(EXIT_USAGE))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! One client's file in `clients.d/`, on the server. The file name (without
+//! `.toml`) is the client's name.
+
+use std::path::Path;
+use std::time::Duration;
+
+use knock_proto::{valid_client_name, ClientSecret, PortSpec};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::duration::{format_duration, parse_duration};
+use crate::secret_file::read_secret;
+use crate::{decode_base64, encode_base64, parse_ports, FileError};
+
+/// A client the server honours.
+#[derive(Debug, Clone)]
+pub struct ClientEntry {
+    pub name: String,
+    pub secret: ClientSecret,
+    /// The protected ports this client may open.
+    pub ports: Vec<PortSpec>,
+    /// The longest window this client may ask for; `None` means the server's
+    /// `open_for`.
+    pub max_open_for: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    key: Zeroizing<String>,
+    ports: Vec<String>,
+    max_open_for: Option<String>,
+}
+
+impl ClientEntry {
+    /// Reads `clients.d/NAME.toml`; it must be 0600 or stricter.
+    pub fn load(path: &Path) -> Result<Self, FileError> {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| valid_client_name(s))
+            .ok_or_else(|| {
+                FileError::field(path, "name", "file name must be NAME.toml, NAME of letters, digits, '-', '_' or '.'")
+            })?
+            .to_owned();
+        let text = read_secret(path)?;
+        let raw: RawEntry = toml::from_str(&text).map_err(|e| FileError::syntax(path, &e))?;
+        let secret = decode_base64(&raw.key)
+            .and_then(|bytes| ClientSecret::from_slice(&bytes))
+            .ok_or_else(|| FileError::field(path, "key", "must be 32 bytes of base64"))?;
+        let ports = parse_ports(path, "ports", &raw.ports)?;
+        if ports.is_empty() {
+            return Err(FileError::field(path, "ports", "empty: this client could open nothing"));
+        }
+        let max_open_for = raw
+            .max_open_for
+            .map(|text| parse_duration(&text).map_err(|m| FileError::field(path, "max_open_for", m)))
+            .transpose()?;
+        Ok(Self { name, secret, ports, max_open_for })
+    }
+
+    /// The file's text.
+    pub fn to_toml(&self) -> Zeroizing<String> {
+        let ports: Vec<String> = self.ports.iter().map(|p| format!("\"{p}\"")).collect();
+        let mut text = format!(
+            "# knock client \"{}\": the server's copy of its secret. Delete this file to revoke it\n\
+             # (then send knock-server SIGHUP).\n\
+             key = \"{}\"\n\
+             ports = [{}]\n",
+            self.name,
+            encode_base64(self.secret.expose()),
+            ports.join(", ")
+        );
+        if let Some(max) = self.max_open_for {
+            text.push_str(&format!("max_open_for = \"{}\"\n", format_duration(max)));
+        }
+        Zeroizing::new(text)
+    }
+}

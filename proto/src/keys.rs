@@ -1,0 +1,124 @@
+//! Secrets and the subkeys derived from them.
+//!
+//! One random client secret is expanded with HKDF-SHA256 into independent
+//! subkeys, one per purpose, so that the AEAD key never doubles as the key of
+//! the public hint:
+//!
+//! ```text
+//! prk       = HKDF-Extract(salt = "knock/v1", ikm = client secret)
+//! aead key  = HKDF-Expand(prk, "knock/v1 aead", 32)   XChaCha20-Poly1305
+//! hint key  = HKDF-Expand(prk, "knock/v1 hint", 32)   HMAC-SHA256
+//! ```
+
+use ring::{hkdf, hmac};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Length of a client secret in bytes.
+pub const CLIENT_SECRET_LEN: usize = 32;
+/// Length of a server identity in bytes.
+pub const SERVER_ID_LEN: usize = 16;
+
+const HKDF_SALT: &[u8] = b"knock/v1";
+const INFO_AEAD: &[u8] = b"knock/v1 aead";
+const INFO_HINT: &[u8] = b"knock/v1 hint";
+
+/// The secret shared by one client and the server. Zeroized on drop.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct ClientSecret([u8; CLIENT_SECRET_LEN]);
+
+impl ClientSecret {
+    pub fn from_bytes(bytes: [u8; CLIENT_SECRET_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Accepts exactly [`CLIENT_SECRET_LEN`] bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let array: [u8; CLIENT_SECRET_LEN] = bytes.try_into().ok()?;
+        Some(Self(array))
+    }
+
+    /// The raw secret, for writing it to its file.
+    pub fn expose(&self) -> &[u8; CLIENT_SECRET_LEN] {
+        &self.0
+    }
+
+    /// Derives the per-purpose subkeys.
+    pub fn derive(&self) -> KnockKeys {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&self.0);
+        let mut aead = [0u8; 32];
+        let mut hint = [0u8; 32];
+        expand(&prk, INFO_AEAD, &mut aead);
+        expand(&prk, INFO_HINT, &mut hint);
+        let hint_key = hmac::Key::new(hmac::HMAC_SHA256, &hint);
+        hint.zeroize();
+        KnockKeys { aead, hint: hint_key }
+    }
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSecret(<redacted>)")
+    }
+}
+
+struct Len32;
+
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        32
+    }
+}
+
+fn expand(prk: &hkdf::Prk, info: &[u8], out: &mut [u8; 32]) {
+    // HKDF-Expand fails only when asked for more than 255 hash lengths; 32
+    // bytes is one, so this branch cannot be taken.
+    let infos = [info];
+    if let Ok(okm) = prk.expand(&infos, Len32) {
+        if okm.fill(out).is_ok() {
+            return;
+        }
+    }
+    out.zeroize();
+}
+
+/// The subkeys of one client. The AEAD key is zeroized on drop; ring keeps its
+/// HMAC key schedule private, so the hint key (which only authenticates a
+/// public, rotating 8-byte hint) is dropped without being wiped.
+pub struct KnockKeys {
+    pub(crate) aead: [u8; 32],
+    pub(crate) hint: hmac::Key,
+}
+
+impl Drop for KnockKeys {
+    fn drop(&mut self) {
+        self.aead.zeroize();
+    }
+}
+
+impl std::fmt::Debug for KnockKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KnockKeys(<redacted>)")
+    }
+}
+
+/// The identity of one knock-server. Not secret: it binds a knock to the
+/// server it was made for, so a knock captured on the way to one server is
+/// refused by another that holds the same client secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServerId(pub [u8; SERVER_ID_LEN]);
+
+impl ServerId {
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Self(bytes.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Debug for ServerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerId(")?;
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}

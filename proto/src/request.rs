@@ -1,0 +1,79 @@
+//! What a client asks for: ports.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// At most this many ports in one knock.
+pub const MAX_PORTS: usize = 16;
+
+/// The transport of a protected port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    /// The IP protocol number, as on the wire and in the firewall.
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+
+    pub fn from_ip_proto(value: u8) -> Option<Self> {
+        match value {
+            6 => Some(Transport::Tcp),
+            17 => Some(Transport::Udp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// One port, written `tcp/4992`, `udp/53`, or `4992` (meaning tcp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortSpec {
+    pub transport: Transport,
+    pub port: u16,
+}
+
+impl PortSpec {
+    pub fn tcp(port: u16) -> Self {
+        Self { transport: Transport::Tcp, port }
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.transport.name(), self.port)
+    }
+}
+
+impl FromStr for PortSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (transport, number) = match text.split_once('/') {
+            Some(("tcp", n)) => (Transport::Tcp, n),
+            Some(("udp", n)) => (Transport::Udp, n),
+            Some((other, _)) => {
+                return Err(format!("unknown transport {other:?} in {text:?}: use tcp/PORT or udp/PORT"))
+            }
+            None => (Transport::Tcp, text),
+        };
+        match number.parse::<u16>() {
+            Ok(port) if port != 0 => Ok(Self { transport, port }),
+            _ => Err(format!(
+                "invalid port {text:?}: expected 1-65535, as 4992, tcp/4992 or udp/53"
+            )),
+        }
+    }
+}
