@@ -1,1 +1,248 @@
-fn main() {}
+//! knock-client: sends one knock, then proves that the ports opened; relays a
+//! TCP connection for ssh's `ProxyCommand`; installs and lists profiles.
+//!
+//! The path of `open` and `connect`:
+//!
+//! ```text
+//! profile (lookup) ──► resolve HOST ──► session: seal + send one datagram
+//!     ──► prove: TCP connects until the deadline (a NEW knock once, at 1 s)
+//!     ──► open: one line on stdout │ connect: relay stdin/stdout
+//! ```
+#![forbid(unsafe_code)]
+
+mod connect;
+mod knock;
+mod lookup;
+mod open;
+mod progress;
+mod resolve;
+mod session;
+mod store;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use knock_keys::cli::{parse_args, Failure};
+use knock_keys::duration::parse_duration;
+use knock_proto::{PortSpec, Transport, MAX_PORTS};
+
+const PROGRAM: &str = "knock-client";
+
+/// Knock on a knock-server, then use the ports it opened.
+#[derive(Parser, Debug)]
+#[command(name = "knock-client", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send one knock, then wait until the TCP ports accept connections.
+    Open(OpenArgs),
+    /// Knock, connect and relay stdin/stdout: `ProxyCommand knock-client connect %h %p`.
+    Connect(ConnectArgs),
+    /// Install a profile under $KNOCK_HOME (default ~/.config/knock), mode 0600.
+    Import(ImportArgs),
+    /// Show the installed profiles, without their keys.
+    List,
+}
+
+/// The options shared by `open` and `connect`.
+#[derive(Args, Debug)]
+struct KnockArgs {
+    /// The profile to use [default: the one under $KNOCK_HOME that answers to HOST].
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// Give up when the ports do not accept a connection within this long.
+    #[arg(long, value_name = "DUR", default_value = "5s")]
+    timeout: String,
+    /// Ask the server to open for IP only, and to honour the knock only when
+    /// it arrives from IP (use your public address when behind NAT).
+    #[arg(long, value_name = "IP")]
+    allow_ip: Option<String>,
+    /// Ask for this long instead of the server's open_for (the server may shorten it).
+    #[arg(long, value_name = "DUR")]
+    open_for: Option<String>,
+    /// Print each step on stderr (a spinner is shown instead when stderr is a terminal).
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Args, Debug)]
+struct OpenArgs {
+    /// The server: a name, an IPv4 or an IPv6 address.
+    host: String,
+    /// The ports to open: 4992 (tcp), tcp/4992 or udp/53.
+    #[arg(required = true, value_name = "PORT")]
+    ports: Vec<String>,
+    /// Send the knock and exit, without checking that the ports opened.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    knock: KnockArgs,
+}
+
+#[derive(Args, Debug)]
+struct ConnectArgs {
+    /// The server: a name, an IPv4 or an IPv6 address.
+    host: String,
+    /// The TCP port to connect to: 22 or tcp/22.
+    port: String,
+    #[command(flatten)]
+    knock: KnockArgs,
+}
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    /// The profile file written by knock-keygen.
+    file: PathBuf,
+    /// More names or addresses under which this profile is found.
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    alias: Vec<String>,
+    /// Replace an installed profile of the same name and host.
+    #[arg(long)]
+    force: bool,
+}
+
+/// The validated options of a knock.
+#[derive(Debug, Clone)]
+pub(crate) struct KnockOptions {
+    pub profile: Option<PathBuf>,
+    pub timeout: Duration,
+    pub allow_ip: Option<IpAddr>,
+    pub open_for: Option<Duration>,
+    pub verbose: bool,
+}
+
+impl KnockArgs {
+    fn validate(self) -> Result<KnockOptions, Failure> {
+        let timeout =
+            parse_duration(&self.timeout).map_err(|m| Failure::usage(format!("--timeout: {m}")))?;
+        let allow_ip = match self.allow_ip {
+            None => None,
+            Some(text) => Some(parse_ip(&text).ok_or_else(|| {
+                Failure::usage(format!(
+                    "--allow-ip {text:?} is not an IP address: give the IPv4 or IPv6 address \
+                     the server sees your knocks come from"
+                ))
+            })?),
+        };
+        if let Some(ip) = allow_ip {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(Failure::usage(format!(
+                    "--allow-ip {ip}: the server can never see a knock from this address; \
+                     give a unicast address"
+                )));
+            }
+        }
+        let open_for = match self.open_for {
+            None => None,
+            Some(text) => {
+                let d = parse_duration(&text)
+                    .map_err(|m| Failure::usage(format!("--open-for: {m}")))?;
+                if d < Duration::from_secs(1) {
+                    return Err(Failure::usage(format!(
+                        "--open-for {text:?}: the server counts whole seconds; use 1s or more"
+                    )));
+                }
+                Some(d)
+            }
+        };
+        Ok(KnockOptions { profile: self.profile, timeout, allow_ip, open_for, verbose: self.verbose })
+    }
+}
+
+/// An address as typed: `192.0.2.7`, `2001:db8::7` or `[2001:db8::7]`.
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    let inner = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    inner.parse().ok()
+}
+
+/// Parses the PORT arguments: at least one, at most [`MAX_PORTS`], duplicates
+/// dropped, order kept.
+pub(crate) fn parse_port_args(items: &[String]) -> Result<Vec<PortSpec>, Failure> {
+    let mut ports: Vec<PortSpec> = Vec::new();
+    for item in items {
+        let spec: PortSpec =
+            item.parse().map_err(|m: String| Failure::usage(format!("PORT: {m}")))?;
+        if !ports.contains(&spec) {
+            ports.push(spec);
+        }
+    }
+    if ports.is_empty() {
+        return Err(Failure::usage("PORT: give at least one port, as 4992, tcp/4992 or udp/53"));
+    }
+    if ports.len() > MAX_PORTS {
+        return Err(Failure::usage(format!(
+            "PORT: {} ports given, but one knock can carry at most {MAX_PORTS}; knock twice",
+            ports.len()
+        )));
+    }
+    Ok(ports)
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_args::<Cli>(PROGRAM) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let result = match cli.command {
+        Command::Open(args) => run_open(args),
+        Command::Connect(args) => run_connect(args),
+        Command::Import(args) => store::import(&args.file, &args.alias, args.force),
+        Command::List => store::list(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(failure) => failure.report(PROGRAM),
+    }
+}
+
+fn run_open(args: OpenArgs) -> Result<ExitCode, Failure> {
+    let ports = parse_port_args(&args.ports)?;
+    let options = args.knock.validate()?;
+    open::run(&args.host, &ports, args.no_wait, &options)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_connect(args: ConnectArgs) -> Result<ExitCode, Failure> {
+    let spec: PortSpec =
+        args.port.parse().map_err(|m: String| Failure::usage(format!("PORT: {m}")))?;
+    if spec.transport != Transport::Tcp {
+        return Err(Failure::usage(format!(
+            "PORT {spec}: connect relays a TCP connection; use `knock-client open HOST {spec}` \
+             for UDP ports"
+        )));
+    }
+    let options = args.knock.validate()?;
+    connect::run(&args.host, spec, &options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_arguments() {
+        let ports = parse_port_args(&["22".into(), "tcp/22".into(), "udp/53".into()]).unwrap();
+        assert_eq!(ports, vec![PortSpec::tcp(22), "udp/53".parse().unwrap()]);
+        for bad in ["0", "tcp/abc", "sctp/5", "65536", "", "tcp/"] {
+            assert_eq!(parse_port_args(&[bad.to_owned()]).unwrap_err().code, 2, "{bad}");
+        }
+        let many: Vec<String> = (1..=17).map(|p| p.to_string()).collect();
+        assert!(parse_port_args(&many).unwrap_err().message.contains("at most 16"));
+    }
+
+    #[test]
+    fn ip_arguments() {
+        assert_eq!(parse_ip("192.0.2.7"), Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(parse_ip("[2001:db8::7]"), Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(parse_ip("2001:db8::7"), Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(parse_ip("relay.example"), None);
+        assert_eq!(parse_ip("300.1.1.1"), None);
+    }
+}

@@ -7,3 +7,9 @@
 #![deny(unsafe_code)]
 
 pub mod firewall;
+pub mod capture;
+pub mod clients;
+pub mod daemon;
+pub mod privileges;
+pub mod state;
+pub mod verify;

@@ -1,1 +1,287 @@
-fn main() {}
+//! knock-server: `run`, `check`, `status`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use knock_keys::cli::{parse_args, Failure};
+use knock_keys::config::{ServerConfig, DEFAULT_CONFIG_PATH};
+use knock_keys::identity;
+use knock_server::capture::{filter, Capture};
+use knock_server::clients::load_clients;
+use knock_server::daemon::{port_list, unix_ms, window_ms, Daemon, Exit, Signals};
+use knock_server::firewall::{self, RuleSet};
+use knock_server::state::{ReplayStore, Restored, StateFile};
+use knock_server::verify::Verifier;
+use knock_server::privileges;
+use tracing::{info, warn};
+
+const PROGRAM: &str = "knock-server";
+
+/// Single-packet authorization server: opens protected ports for the sender of
+/// a valid knock alone, for a short window held by the kernel.
+#[derive(Parser, Debug)]
+#[command(name = "knock-server", version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run in the foreground (as a systemd service): sniff, verify, grant.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate configuration, clients and identity; print the rules it would
+    /// install. Changes nothing.
+    Check {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show live grants, read from the kernel.
+    Status {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove our firewall table or chains (used when uninstalling): protected
+    /// ports become reachable by everyone.
+    RemoveRules {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args::<Args>(PROGRAM) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let result = match args.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config, json } => check(&config, json),
+        Command::Status { config, json } => status(&config, json),
+        Command::RemoveRules { config } => remove_rules(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&failure.message)]);
+            failure.report(PROGRAM)
+        }
+    }
+}
+
+fn init_logging() {
+    // Under systemd the journal adds its own timestamps.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(config_path: &Path) -> Result<(), Failure> {
+    init_logging();
+    let started_at_ms = unix_ms();
+    let config = ServerConfig::load(config_path)?;
+    let (server_id, created) = identity::load_or_create(&config.identity_file)?;
+    if created {
+        warn!(
+            "created a new server identity in {}; profiles made before it do not work with this server",
+            config.identity_file.display()
+        );
+    }
+    let clients = load_clients(&config.clients_dir)?;
+    if clients.is_empty() {
+        warn!("no clients in {}: nobody can knock yet (see knock-keygen)", config.clients_dir.display());
+    }
+
+    let mut store = StateFile::open(&config.state_dir).map_err(|e| {
+        Failure::runtime(format!("state_dir {}: {e}", config.state_dir.display()))
+    })?;
+    let window = window_ms(&config);
+    let (guard, restored) = store
+        .load_guard(window, started_at_ms)
+        .map_err(|e| Failure::runtime(format!("{}: {e}", store.path().display())))?;
+    match restored {
+        Restored::Previous(n) => info!("replay state restored ({n} recent clients)"),
+        Restored::Missing => info!(
+            "no replay state at {}; knocks stamped before this start are refused",
+            store.path().display()
+        ),
+        Restored::Corrupt(err) => warn!(
+            "replay state {} was unreadable ({err}); set aside as replay.corrupt; knocks stamped before this start are refused",
+            store.path().display()
+        ),
+    }
+    // Proves the state directory is writable before we promise anything.
+    store
+        .persist(&guard.encode())
+        .map_err(|e| Failure::runtime(format!("cannot write replay state {}: {e}", store.path().display())))?;
+
+    let capture = Capture::open(&config.interface, config.knock_port, std::time::Duration::from_millis(200))
+        .map_err(Failure::runtime)?;
+    let rules = RuleSet::from_config(&config);
+    let mut firewall = firewall::for_backend(config.firewall);
+    firewall
+        .install(&rules)
+        .map_err(|e| Failure::runtime(format!("installing {} rules: {e}", firewall.name())))?;
+    let signals = Signals::install().map_err(|e| Failure::runtime(format!("signal handlers: {e}")))?;
+    let verifier = Verifier::new(
+        server_id,
+        &clients,
+        config.protected.clone(),
+        config.open_for,
+        guard,
+        unix_ms(),
+    );
+
+    if let Err(err) = privileges::drop_to_network_caps() {
+        warn!("could not drop capabilities: {err}");
+    }
+    info!(
+        "ready: {} clients, knock port udp/{} on {}, protecting {} with {} for {}s, capabilities {}",
+        verifier.client_count(),
+        config.knock_port,
+        config.interface,
+        port_list(&config.protected),
+        firewall.name(),
+        config.open_for.as_secs(),
+        privileges::current()
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let daemon = Daemon { config, rules, verifier, store, firewall, capture, signals };
+    match daemon.run() {
+        Exit::Terminated => Ok(()),
+        Exit::Fatal(message) => Err(Failure::runtime(message)),
+    }
+}
+
+fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
+    let config = ServerConfig::load(config_path)?;
+    let identity = if config.identity_file.exists() {
+        identity::load(&config.identity_file)?;
+        "present".to_owned()
+    } else {
+        "missing (created by knock-keygen or at the first start)".to_owned()
+    };
+    let clients = load_clients(&config.clients_dir)?;
+    let rules = RuleSet::from_config(&config);
+    let firewall = firewall::for_backend(config.firewall);
+    let plan = firewall.plan(&rules);
+    let program = filter::knock_filter(config.knock_port);
+    if json {
+        let names: Vec<String> = clients.iter().map(|c| json_string(&c.name)).collect();
+        let protected: Vec<String> = config.protected.iter().map(|p| json_string(&p.to_string())).collect();
+        println!(
+            "{{\"config\":{},\"interface\":{},\"knock_port\":{},\"firewall\":{},\"protected\":[{}],\"open_for_s\":{},\"clients\":[{}],\"identity\":{},\"rules\":{}}}",
+            json_string(&config.path.display().to_string()),
+            json_string(&config.interface),
+            config.knock_port,
+            json_string(config.firewall.name()),
+            protected.join(","),
+            config.open_for.as_secs(),
+            names.join(","),
+            json_string(&identity),
+            json_string(&plan)
+        );
+        return Ok(());
+    }
+    println!("configuration  {}: OK", config.path.display());
+    println!("interface      {}", config.interface);
+    println!("knock port     udp/{} (no socket is bound; the firewall drops it)", config.knock_port);
+    println!("protected      {}", port_list(&config.protected));
+    println!("open_for       {}s", config.open_for.as_secs());
+    println!("clock skew     ±{}s", config.max_clock_skew.as_secs());
+    println!("state_dir      {}", config.state_dir.display());
+    println!("identity       {} ({identity})", config.identity_file.display());
+    println!("clients        {} in {}", clients.len(), config.clients_dir.display());
+    for client in &clients {
+        println!("  {:<20} {}", client.name, port_list(&client.ports));
+    }
+    println!();
+    println!("# {} rules that `run` installs:", firewall.name());
+    print!("{plan}");
+    println!();
+    println!("# kernel packet filter on the capture socket ({} instructions):", program.len());
+    print!("{}", filter::describe(&program));
+    Ok(())
+}
+
+fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
+    let config = ServerConfig::load(config_path)?;
+    let rules = RuleSet::from_config(&config);
+    let mut firewall = firewall::for_backend(config.firewall);
+    firewall
+        .verify(&rules)
+        .map_err(|e| Failure::runtime(format!("{} rules are not installed ({e}); is knock-server running?", firewall.name())))?;
+    let mut grants = firewall
+        .grants(&rules)
+        .map_err(|e| Failure::runtime(format!("reading grants: {e}")))?;
+    grants.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+    if json {
+        let items: Vec<String> = grants
+            .iter()
+            .map(|g| {
+                format!(
+                    "{{\"source\":{},\"port\":{},\"seconds_left\":{}}}",
+                    json_string(&g.addr.to_string()),
+                    json_string(&g.port.to_string()),
+                    g.expires_in.as_secs_f64()
+                )
+            })
+            .collect();
+        println!("{{\"firewall\":{},\"grants\":[{}]}}", json_string(firewall.name()), items.join(","));
+        return Ok(());
+    }
+    if grants.is_empty() {
+        println!("no live grants ({} rules in place)", firewall.name());
+        return Ok(());
+    }
+    println!("{:<40} {:<10} {:>12}", "SOURCE", "PORT", "SECONDS LEFT");
+    for grant in &grants {
+        println!("{:<40} {:<10} {:>12}", grant.addr, grant.port, grant.expires_in.as_secs());
+    }
+    Ok(())
+}
+
+fn remove_rules(config_path: &Path) -> Result<(), Failure> {
+    let config = ServerConfig::load(config_path)?;
+    let rules = RuleSet::from_config(&config);
+    let mut firewall = firewall::for_backend(config.firewall);
+    firewall
+        .remove(&rules)
+        .map_err(|e| Failure::runtime(format!("removing {} rules: {e}", firewall.name())))?;
+    eprintln!("{PROGRAM}: removed the {} rules; protected ports are no longer closed", firewall.name());
+    Ok(())
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
