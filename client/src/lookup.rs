@@ -27,7 +27,10 @@ pub struct Found {
 pub fn find(resolver: &Resolver, explicit: Option<&Path>) -> Result<Found, Failure> {
     if let Some(path) = explicit {
         let profile = ClientProfile::load(path)?;
-        return Ok(Found { path: path.to_path_buf(), profile });
+        return Ok(Found {
+            path: path.to_path_buf(),
+            profile,
+        });
     }
     let host = resolver.host();
     let home = knock_home()?;
@@ -50,7 +53,11 @@ pub fn find(resolver: &Resolver, explicit: Option<&Path>) -> Result<Found, Failu
     // 2. By address: HOST's addresses against profiles written with addresses.
     let ips = resolver.ips();
     if !ips.is_empty() {
-        let by_literal = matching(&all, |p| names(p).filter_map(literal).any(|ip| ips.contains(&ip)));
+        let by_literal = matching(&all, |p| {
+            names(p)
+                .filter_map(|n| literal(n))
+                .any(|ip| ips.contains(&ip))
+        });
         if let Some(found) = pick(host, by_literal)? {
             return Ok(found);
         }
@@ -58,9 +65,9 @@ pub fn find(resolver: &Resolver, explicit: Option<&Path>) -> Result<Found, Failu
         // written with names, resolved in parallel within a small budget.
         let resolved = resolve_hosts(&all);
         let by_resolution = matching(&all, |p| {
-            resolved.iter().any(|(host, addrs)| {
-                host == &p.host && addrs.iter().any(|a| ips.contains(&a.ip()))
-            })
+            resolved
+                .iter()
+                .any(|(host, addrs)| host == &p.host && addrs.iter().any(|a| ips.contains(&a.ip())))
         });
         if let Some(found) = pick(host, by_resolution)? {
             return Ok(found);
@@ -69,7 +76,9 @@ pub fn find(resolver: &Resolver, explicit: Option<&Path>) -> Result<Found, Failu
 
     // Nothing: a profile that could not be read may be the one.
     if let Some(err) = all.into_iter().find_map(|item| item.profile.err()) {
-        return Err(no_profile(format!(" (and one profile could not be read: {err})")));
+        return Err(no_profile(format!(
+            " (and one profile could not be read: {err})"
+        )));
     }
     Err(no_profile(String::new()))
 }
@@ -78,28 +87,33 @@ fn names(profile: &ClientProfile) -> impl Iterator<Item = &String> {
     std::iter::once(&profile.host).chain(&profile.aliases)
 }
 
-fn literal(name: &String) -> Option<IpAddr> {
+fn literal(name: &str) -> Option<IpAddr> {
     bare_host(name).parse().ok()
 }
 
-fn matching<'a>(
-    all: &'a [Installed],
-    test: impl Fn(&ClientProfile) -> bool,
-) -> Vec<&'a Installed> {
-    all.iter().filter(|item| item.profile.as_ref().is_ok_and(&test)).collect()
+fn matching(all: &[Installed], test: impl Fn(&ClientProfile) -> bool) -> Vec<&Installed> {
+    all.iter()
+        .filter(|item| item.profile.as_ref().is_ok_and(&test))
+        .collect()
 }
 
 fn pick(host: &str, candidates: Vec<&Installed>) -> Result<Option<Found>, Failure> {
     match candidates.as_slice() {
         [] => Ok(None),
         [one] => match &one.profile {
-            Ok(profile) => Ok(Some(Found { path: one.path.clone(), profile: profile.clone() })),
+            Ok(profile) => Ok(Some(Found {
+                path: one.path.clone(),
+                profile: profile.clone(),
+            })),
             Err(_) => Ok(None),
         },
         many => Err(Failure::usage(format!(
             "{} profiles answer to {host:?} ({}): pass --profile FILE to choose one",
             many.len(),
-            many.iter().map(|i| i.path.display().to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|i| i.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }

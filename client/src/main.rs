@@ -33,7 +33,12 @@ const PROGRAM: &str = "knock-client";
 
 /// Knock on a knock-server, then use the ports it opened.
 #[derive(Parser, Debug)]
-#[command(name = "knock-client", version, about, long_about = None)]
+#[command(
+    name = "knock-client",
+    version,
+    about = "Knock on a knock-server, then use the ports it opened.",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -152,13 +157,22 @@ impl KnockArgs {
                 Some(d)
             }
         };
-        Ok(KnockOptions { profile: self.profile, timeout, allow_ip, open_for, verbose: self.verbose })
+        Ok(KnockOptions {
+            profile: self.profile,
+            timeout,
+            allow_ip,
+            open_for,
+            verbose: self.verbose,
+        })
     }
 }
 
 /// An address as typed: `192.0.2.7`, `2001:db8::7` or `[2001:db8::7]`.
 fn parse_ip(text: &str) -> Option<IpAddr> {
-    let inner = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
     inner.parse().ok()
 }
 
@@ -167,14 +181,17 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 pub(crate) fn parse_port_args(items: &[String]) -> Result<Vec<PortSpec>, Failure> {
     let mut ports: Vec<PortSpec> = Vec::new();
     for item in items {
-        let spec: PortSpec =
-            item.parse().map_err(|m: String| Failure::usage(format!("PORT: {m}")))?;
+        let spec: PortSpec = item
+            .parse()
+            .map_err(|m: String| Failure::usage(format!("PORT: {m}")))?;
         if !ports.contains(&spec) {
             ports.push(spec);
         }
     }
     if ports.is_empty() {
-        return Err(Failure::usage("PORT: give at least one port, as 4992, tcp/4992 or udp/53"));
+        return Err(Failure::usage(
+            "PORT: give at least one port, as 4992, tcp/4992 or udp/53",
+        ));
     }
     if ports.len() > MAX_PORTS {
         return Err(Failure::usage(format!(
@@ -210,8 +227,10 @@ fn run_open(args: OpenArgs) -> Result<ExitCode, Failure> {
 }
 
 fn run_connect(args: ConnectArgs) -> Result<ExitCode, Failure> {
-    let spec: PortSpec =
-        args.port.parse().map_err(|m: String| Failure::usage(format!("PORT: {m}")))?;
+    let spec: PortSpec = args
+        .port
+        .parse()
+        .map_err(|m: String| Failure::usage(format!("PORT: {m}")))?;
     if spec.transport != Transport::Tcp {
         return Err(Failure::usage(format!(
             "PORT {spec}: connect relays a TCP connection; use `knock-client open HOST {spec}` \
@@ -231,17 +250,30 @@ mod tests {
         let ports = parse_port_args(&["22".into(), "tcp/22".into(), "udp/53".into()]).unwrap();
         assert_eq!(ports, vec![PortSpec::tcp(22), "udp/53".parse().unwrap()]);
         for bad in ["0", "tcp/abc", "sctp/5", "65536", "", "tcp/"] {
-            assert_eq!(parse_port_args(&[bad.to_owned()]).unwrap_err().code, 2, "{bad}");
+            assert_eq!(
+                parse_port_args(&[bad.to_owned()]).unwrap_err().code,
+                2,
+                "{bad}"
+            );
         }
         let many: Vec<String> = (1..=17).map(|p| p.to_string()).collect();
-        assert!(parse_port_args(&many).unwrap_err().message.contains("at most 16"));
+        assert!(parse_port_args(&many)
+            .unwrap_err()
+            .message
+            .contains("at most 16"));
     }
 
     #[test]
     fn ip_arguments() {
         assert_eq!(parse_ip("192.0.2.7"), Some("192.0.2.7".parse().unwrap()));
-        assert_eq!(parse_ip("[2001:db8::7]"), Some("2001:db8::7".parse().unwrap()));
-        assert_eq!(parse_ip("2001:db8::7"), Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(
+            parse_ip("[2001:db8::7]"),
+            Some("2001:db8::7".parse().unwrap())
+        );
+        assert_eq!(
+            parse_ip("2001:db8::7"),
+            Some("2001:db8::7".parse().unwrap())
+        );
         assert_eq!(parse_ip("relay.example"), None);
         assert_eq!(parse_ip("300.1.1.1"), None);
     }

@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 /// HOST without the brackets that some people put around IPv6 addresses.
 pub fn bare_host(host: &str) -> &str {
-    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 /// Every address of `host`, in the resolver's order of preference, without
@@ -15,7 +17,9 @@ pub fn resolve(host: &str) -> Result<Vec<SocketAddr>, String> {
     if bare.is_empty() {
         return Err("empty host name".to_owned());
     }
-    let found = (bare, 0u16).to_socket_addrs().map_err(|e| clean_error(&e))?;
+    let found = (bare, 0u16)
+        .to_socket_addrs()
+        .map_err(|e| clean_error(&e))?;
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for addr in found {
         if !addrs.contains(&addr) {
@@ -32,7 +36,9 @@ pub fn resolve(host: &str) -> Result<Vec<SocketAddr>, String> {
 /// service not known"; keep the part that says what happened.
 fn clean_error(err: &std::io::Error) -> String {
     let text = err.to_string();
-    text.strip_prefix("failed to lookup address information: ").unwrap_or(&text).to_owned()
+    text.strip_prefix("failed to lookup address information: ")
+        .unwrap_or(&text)
+        .to_owned()
 }
 
 /// Resolves HOST at most once, when first needed: profile lookup may need the
@@ -45,7 +51,10 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(host: &str) -> Self {
-        Self { host: host.to_owned(), result: OnceCell::new() }
+        Self {
+            host: host.to_owned(),
+            result: OnceCell::new(),
+        }
     }
 
     pub fn host(&self) -> &str {
@@ -61,7 +70,9 @@ impl Resolver {
 
     /// The addresses (resolving now if not yet done); none if resolution fails.
     pub fn ips(&self) -> Vec<IpAddr> {
-        self.addrs().map(|a| a.iter().map(SocketAddr::ip).collect()).unwrap_or_default()
+        self.addrs()
+            .map(|a| a.iter().map(SocketAddr::ip).collect())
+            .unwrap_or_default()
     }
 }
 

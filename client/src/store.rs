@@ -57,7 +57,9 @@ pub fn installed(dir: &Path) -> Result<Vec<Installed>, Failure> {
         .map(|entry| entry.path())
         .filter(|path| {
             path.extension().is_some_and(|ext| ext == EXTENSION)
-                && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
                 && path.is_file()
         })
         .collect();
@@ -85,14 +87,20 @@ pub fn file_name(profile: &ClientProfile) -> String {
             })
             .collect()
     };
-    format!("{}@{}.{EXTENSION}", clean(&profile.name), clean(&profile.host))
+    format!(
+        "{}@{}.{EXTENSION}",
+        clean(&profile.name),
+        clean(&profile.host)
+    )
 }
 
 /// Is `alias` something a HOST argument could be?
 fn valid_alias(alias: &str) -> bool {
     !alias.is_empty()
         && alias.len() <= 253
-        && alias.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '/' | ','))
+        && alias
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '/' | ','))
 }
 
 /// `knock-client import FILE [--alias NAME,...] [--force]`.
@@ -181,7 +189,13 @@ pub fn list() -> Result<ExitCode, Failure> {
                 p.host.clone(),
                 dash_if_empty(p.aliases.join(",")),
                 format!("udp/{}", p.knock_port),
-                dash_if_empty(p.ports.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")),
+                dash_if_empty(
+                    p.ports
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
             ]),
             Err(err) => broken.push(err),
         }

@@ -17,6 +17,11 @@
 //!
 //! `last` is written to disk, and made durable, before any grant: the state is
 //! O(clients active within the window) and serialises to a few lines.
+//!
+//! Forgetting is safe only while the window does not widen and the clock does
+//! not step back, so [`ReplayGuard::prune`] also raises a floor: a knock
+//! stamped before the horizon of the last prune is refused as too old, even
+//! under a wider window or an earlier `now` than the prune saw.
 
 use std::collections::HashMap;
 
@@ -32,6 +37,9 @@ const STATE_HEADER: &str = "knock-replay-state v1";
 pub struct ReplayGuard {
     window_ms: u64,
     started_at_ms: u64,
+    /// The horizon of the latest [`Self::prune`]: nothing stamped before it
+    /// is remembered, so nothing stamped before it is accepted.
+    forgotten_before_ms: u64,
     last: HashMap<String, u64>,
 }
 
@@ -68,7 +76,7 @@ impl ReplayGuard {
     /// A guard with no memory, for a server process that started at
     /// `started_at_ms`.
     pub fn new(window_ms: u64, started_at_ms: u64) -> Self {
-        Self { window_ms, started_at_ms, last: HashMap::new() }
+        Self { window_ms, started_at_ms, forgotten_before_ms: 0, last: HashMap::new() }
     }
 
     /// A guard that remembers what an earlier process wrote with [`Self::encode`].
@@ -125,6 +133,11 @@ impl ReplayGuard {
         if timestamp_ms < self.started_at_ms {
             return Err(ReplayError::BeforeStart);
         }
+        if timestamp_ms < self.forgotten_before_ms {
+            // Only reachable after the window widened or the clock stepped
+            // back since a prune: `last` may have held this client's entry.
+            return Err(ReplayError::TooOld { age_ms: now_ms.saturating_sub(timestamp_ms) });
+        }
         if let Some(&last) = self.last.get(client) {
             if timestamp_ms <= last {
                 return Err(ReplayError::Replay);
@@ -141,9 +154,12 @@ impl ReplayGuard {
     }
 
     /// Forgets entries that can no longer refuse anything: every knock they
-    /// would refuse is older than the window already.
+    /// would refuse is older than the window already. Knocks stamped before
+    /// the horizon stay refused even if the window is widened or the clock
+    /// steps back afterwards.
     pub fn prune(&mut self, now_ms: u64) {
         let horizon = now_ms.saturating_sub(self.window_ms);
+        self.forgotten_before_ms = self.forgotten_before_ms.max(horizon);
         self.last.retain(|_, &mut last| last >= horizon);
     }
 

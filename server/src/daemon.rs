@@ -304,8 +304,6 @@ impl Daemon {
 fn report(outcome: Outcome, log: &mut RejectionLog) {
     match outcome {
         Outcome::Granted(grant) => info!(
-            client = %grant.client,
-            source = %grant.addr,
             "granted {} to {} for {}s (client {})",
             port_list(&grant.ports),
             grant.addr,

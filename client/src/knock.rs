@@ -1,0 +1,192 @@
+//! Sealing and sending knocks. Every knock is new: a fresh nonce, fresh
+//! padding and a timestamp strictly greater than the previous one, so a
+//! second knock is never a copy of the first (a copy would be refused as a
+//! replay anyway).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use knock_keys::profile::ClientProfile;
+use knock_proto::{seal, KnockKeys, Request, SealRandomness, ServerId, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Why a knock could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// The knock could not be made: clock, randomness or sealing.
+    Prepare(String),
+    /// The datagram could not be sent to this address.
+    Network(std::io::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Prepare(message) => f.write_str(message),
+            SendError::Network(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+/// A knock that left this host.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    /// The source address the datagram was sent from (before any NAT).
+    pub local: SocketAddr,
+    pub len: usize,
+}
+
+/// Makes and sends the knocks of one run.
+#[derive(Debug)]
+pub struct Knocker {
+    keys: KnockKeys,
+    server_id: ServerId,
+    knock_port: u16,
+    request: Request,
+    last_stamp: Option<u64>,
+    rng: SystemRandom,
+}
+
+impl Knocker {
+    pub fn new(profile: &ClientProfile, request: Request) -> Self {
+        Self {
+            keys: profile.secret.derive(),
+            server_id: profile.server_id,
+            knock_port: profile.knock_port,
+            request,
+            last_stamp: None,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn knock_port(&self) -> u16 {
+        self.knock_port
+    }
+
+    /// Seals a new knock and sends it as one UDP datagram to `server` at the
+    /// profile's knock port, from a new ephemeral socket.
+    pub fn send(&mut self, server: SocketAddr) -> Result<Sent, SendError> {
+        let bytes = self.make()?;
+        let mut target = server;
+        target.set_port(self.knock_port);
+        let unspecified = match target.ip() {
+            IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        };
+        let socket = UdpSocket::bind(unspecified).map_err(SendError::Network)?;
+        // Connecting picks the route and the source address, and reports a
+        // missing route here rather than silently.
+        socket.connect(target).map_err(SendError::Network)?;
+        let written = socket.send(&bytes.0).map_err(SendError::Network)?;
+        if written != bytes.0.len() {
+            return Err(SendError::Network(std::io::Error::other(format!(
+                "only {written} of {} bytes were sent",
+                bytes.0.len()
+            ))));
+        }
+        let local = socket.local_addr().map_err(SendError::Network)?;
+        self.last_stamp = Some(bytes.1);
+        Ok(Sent {
+            local,
+            len: written,
+        })
+    }
+
+    /// A new sealed knock and its timestamp.
+    fn make(&self) -> Result<(Vec<u8>, u64), SendError> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .ok_or_else(|| {
+                SendError::Prepare("the system clock is before 1970: set the clock".to_owned())
+            })?;
+        let stamp = match self.last_stamp {
+            Some(last) => now_ms.max(last.saturating_add(1)),
+            None => now_ms,
+        };
+        let mut random = [0u8; NONCE_LEN + 1];
+        self.rng.fill(&mut random).map_err(|_| {
+            SendError::Prepare("the system random number generator failed".to_owned())
+        })?;
+        let mut nonce = [0u8; NONCE_LEN];
+        let (head, tail) = random.split_at(NONCE_LEN);
+        nonce.copy_from_slice(head);
+        let padding = tail.first().copied().unwrap_or(0);
+        let randomness = SealRandomness { nonce, padding };
+        let bytes = seal(
+            &self.keys,
+            &self.server_id,
+            &self.request,
+            stamp,
+            &randomness,
+        )
+        .map_err(|e| SendError::Prepare(format!("sealing the knock failed: {e}")))?;
+        Ok((bytes, stamp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knock_proto::{open, ClientSecret, KnockBytes, PortSpec};
+
+    fn profile() -> ClientProfile {
+        ClientProfile {
+            name: "alice".into(),
+            host: "127.0.0.1".into(),
+            aliases: vec![],
+            knock_port: 1,
+            server_id: ServerId([7; 16]),
+            secret: ClientSecret::from_bytes([9; 32]),
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn every_knock_is_new_and_opens() {
+        let profile = profile();
+        let request = Request {
+            ports: vec![PortSpec::tcp(22)],
+            duration_s: 0,
+            bound_addr: Some("203.0.113.5".parse().unwrap()),
+        };
+        let mut knocker = Knocker::new(&profile, request.clone());
+        let (first, t1) = knocker.make().unwrap();
+        knocker.last_stamp = Some(t1);
+        let (second, t2) = knocker.make().unwrap();
+        assert!(t2 > t1, "timestamps must increase: {t1} then {t2}");
+        assert_ne!(first, second);
+        let keys = profile.secret.derive();
+        for (bytes, stamp) in [(&first, t1), (&second, t2)] {
+            let parsed = KnockBytes::parse(bytes).unwrap();
+            let opened = open(&keys, &profile.server_id, &parsed).unwrap();
+            assert_eq!(opened.request, request);
+            assert_eq!(opened.timestamp_ms, stamp);
+        }
+    }
+
+    #[test]
+    fn sends_one_datagram_to_the_knock_port() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut profile = profile();
+        profile.knock_port = receiver.local_addr().unwrap().port();
+        let request = Request {
+            ports: vec![PortSpec::tcp(22)],
+            duration_s: 0,
+            bound_addr: None,
+        };
+        let mut knocker = Knocker::new(&profile, request.clone());
+        let sent = knocker.send("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut buf = [0u8; 2048];
+        let (len, from) = receiver.recv_from(&mut buf).unwrap();
+        assert_eq!(len, sent.len);
+        assert_eq!(from, sent.local);
+        let parsed = KnockBytes::parse(&buf[..len]).unwrap();
+        let opened = open(&profile.secret.derive(), &profile.server_id, &parsed).unwrap();
+        assert_eq!(opened.request, request);
+    }
+}

@@ -1,0 +1,347 @@
+//! One run of `open` or `connect`: find the profile, resolve HOST, send the
+//! knock, then prove the TCP ports open by connecting to them.
+//!
+//! The server never answers a knock, so a TCP connection that succeeds is the
+//! only sign that the knock worked. A knock that seems lost (no connection
+//! after [`REKNOCK_AFTER`]) is followed by exactly one NEW knock: new nonce,
+//! later timestamp. Resending the same bytes would be pointless, since the
+//! server honours a knock's bytes at most once.
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use knock_keys::cli::Failure;
+use knock_keys::duration::format_duration;
+use knock_keys::profile::ClientProfile;
+use knock_proto::{PortSpec, Request};
+
+use crate::knock::{Knocker, SendError, Sent};
+use crate::lookup;
+use crate::progress::Progress;
+use crate::resolve::{resolve, Resolver};
+use crate::KnockOptions;
+
+/// When no port has opened this long after the first knock, knock again once.
+const REKNOCK_AFTER: Duration = Duration::from_secs(1);
+/// The first connection attempt's timeout. It doubles, up to
+/// [`MAX_ATTEMPT`], after each attempt that times out, so that slow paths
+/// still get a chance, while on fast paths a SYN dropped before the firewall
+/// opened is followed by a new one soon.
+const FIRST_ATTEMPT: Duration = Duration::from_millis(300);
+const MAX_ATTEMPT: Duration = Duration::from_secs(2);
+/// The pause after a connection attempt that failed at once (refused,
+/// unreachable).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+pub struct Session {
+    pub host: String,
+    pub profile_path: PathBuf,
+    pub profile: ClientProfile,
+    /// The address knocked on and then connected to (port 0).
+    pub server: SocketAddr,
+    /// The first knock.
+    pub first: Sent,
+    /// How many knocks were sent: 1, or 2 after a re-knock.
+    pub knocks: u32,
+    pub options: KnockOptions,
+    pub progress: Progress,
+    knocker: Knocker,
+    started: Instant,
+}
+
+impl Session {
+    /// Finds the profile, resolves HOST and sends the first knock.
+    pub fn start(host: &str, ports: &[PortSpec], options: &KnockOptions) -> Result<Self, Failure> {
+        let resolver = Resolver::new(host);
+        let found = lookup::find(&resolver, options.profile.as_deref())?;
+        check_permitted(&found, ports)?;
+        let addrs = server_addrs(&resolver, &found.profile)?;
+        let candidates = order_candidates(host, &addrs, options.allow_ip)?;
+        let duration_s = match options.open_for {
+            Some(d) => u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+            None => 0,
+        };
+        let request = Request {
+            ports: ports.to_vec(),
+            duration_s,
+            bound_addr: options.allow_ip,
+        };
+        let mut knocker = Knocker::new(&found.profile, request);
+        let progress = Progress::start(options.verbose);
+        let knock_port = knocker.knock_port();
+        let mut errors = Vec::new();
+        for server in candidates {
+            progress.step(format!("knocking on {} udp/{knock_port}", server.ip()));
+            let started = Instant::now();
+            match knocker.send(server) {
+                Ok(first) => {
+                    progress.step(format!(
+                        "knock sent from {} to {} udp/{knock_port} ({} bytes)",
+                        first.local.ip(),
+                        server.ip(),
+                        first.len
+                    ));
+                    return Ok(Self {
+                        host: host.to_owned(),
+                        profile_path: found.path,
+                        profile: found.profile,
+                        server,
+                        first,
+                        knocks: 1,
+                        options: options.clone(),
+                        progress,
+                        knocker,
+                        started,
+                    });
+                }
+                Err(SendError::Prepare(message)) => return Err(Failure::runtime(message)),
+                Err(SendError::Network(err)) => errors.push(format!("to {}: {err}", server.ip())),
+            }
+        }
+        Err(Failure::runtime(format!(
+            "sending the knock to {host} udp/{knock_port} failed ({}); likely causes: no route \
+             to the server from this host (try HOST as an address of the other family), the \
+             network is down, or a local firewall blocks outgoing UDP",
+            errors.join("; ")
+        )))
+    }
+
+    /// Connects to each TCP port in turn until it accepts, re-knocking once,
+    /// until the timeout. Returns the connections, in the order of `ports`.
+    pub fn prove(&mut self, ports: &[u16]) -> Result<Vec<TcpStream>, Failure> {
+        let deadline = self.started + self.options.timeout;
+        let reknock_at = self.started + REKNOCK_AFTER;
+        let mut streams = Vec::with_capacity(ports.len());
+        for &port in ports {
+            let mut addr = self.server;
+            addr.set_port(port);
+            let mut attempt = FIRST_ATTEMPT;
+            let mut last_error = None;
+            self.progress
+                .step(format!("waiting for tcp/{port} on {}", addr.ip()));
+            loop {
+                let now = Instant::now();
+                if self.knocks == 1 && now >= reknock_at && now < deadline {
+                    self.reknock()?;
+                    self.progress.step(format!(
+                        "waiting for tcp/{port} on {} (second knock sent)",
+                        addr.ip()
+                    ));
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(self.no_answer(port, last_error));
+                }
+                let mut limit = attempt.min(deadline - now);
+                if self.knocks == 1 && reknock_at > now {
+                    limit = limit.min(reknock_at - now);
+                }
+                // connect_timeout refuses a zero timeout.
+                let limit = limit.max(Duration::from_millis(1));
+                match TcpStream::connect_timeout(&addr, limit) {
+                    Ok(stream) => {
+                        streams.push(stream);
+                        break;
+                    }
+                    Err(err) => {
+                        if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) {
+                            if limit == attempt {
+                                attempt = (attempt * 2).min(MAX_ATTEMPT);
+                            }
+                        } else {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            std::thread::sleep(RETRY_PAUSE.min(left));
+                        }
+                        last_error = Some(err);
+                    }
+                }
+            }
+        }
+        Ok(streams)
+    }
+
+    fn reknock(&mut self) -> Result<(), Failure> {
+        self.progress.step(format!(
+            "no answer after {}s: sending a new knock",
+            REKNOCK_AFTER.as_secs()
+        ));
+        match self.knocker.send(self.server) {
+            Ok(_) => {
+                self.knocks += 1;
+                Ok(())
+            }
+            Err(err) => Err(Failure::runtime(format!(
+                "sending the second knock to {} udp/{} failed: {err}; the network may have gone \
+                 down",
+                self.server.ip(),
+                self.knocker.knock_port()
+            ))),
+        }
+    }
+
+    fn no_answer(&self, port: u16, last_error: Option<std::io::Error>) -> Failure {
+        let knock_port = self.knocker.knock_port();
+        let last = match &last_error {
+            Some(err) if err.kind() == ErrorKind::ConnectionRefused => {
+                "last attempt: connection refused, i.e. reachable but closed or nothing listening"
+                    .to_owned()
+            }
+            Some(err) => format!("last attempt: {err}"),
+            None => "no attempt finished".to_owned(),
+        };
+        Failure::runtime(format!(
+            "no answer in time: tcp/{port} on {}{} did not accept a connection within {} of \
+             the knock ({} sent from {} to udp/{knock_port}; {last}); likely causes: clock skew \
+             between this host and the server, a wrong or outdated profile ({}), tcp/{port} not \
+             permitted for client {:?} on the server, a firewall on the path dropping udp/{knock_port} \
+             or tcp/{port}, or no service listening on tcp/{port}",
+            self.server.ip(),
+            if self.server.ip().to_string() == crate::resolve::bare_host(&self.host) {
+                String::new()
+            } else {
+                format!(" ({})", self.host)
+            },
+            format_duration(self.options.timeout),
+            if self.knocks == 1 { "1 knock".to_owned() } else { format!("{} knocks", self.knocks) },
+            self.first.local.ip(),
+            self.profile_path.display(),
+            self.profile.name,
+        ))
+    }
+
+    /// "for ADDRESS", as far as this host can know it.
+    pub fn for_whom(&self) -> String {
+        match self.options.allow_ip {
+            Some(ip) => format!("for {ip} (--allow-ip)"),
+            None => format!(
+                "for this host's address as the server sees it (sent from {})",
+                self.first.local.ip()
+            ),
+        }
+    }
+
+    /// "for how long", as far as this host can know it.
+    pub fn how_long(&self) -> String {
+        match self.options.open_for {
+            Some(d) => format!(
+                "for up to {} (the server may allow less)",
+                format_duration(d)
+            ),
+            None => "for the server's open_for window".to_owned(),
+        }
+    }
+}
+
+/// The server's addresses: HOST's. When HOST is only a name of the profile
+/// (an alias such as `relay`) and does not resolve, the first of the
+/// profile's host and aliases that does (its host, or an address alias).
+fn server_addrs(resolver: &Resolver, profile: &ClientProfile) -> Result<Vec<SocketAddr>, Failure> {
+    let host = resolver.host();
+    let failed = |message: String| {
+        Failure::runtime(format!(
+            "name resolution failed for {message}; check the name and your DNS, or give the \
+             server's IP address as HOST"
+        ))
+    };
+    let err = match resolver.addrs() {
+        Ok(addrs) => return Ok(addrs.to_vec()),
+        Err(err) => err,
+    };
+    if !profile.answers_to(host) {
+        return Err(failed(format!("{host:?}: {err}")));
+    }
+    let others = std::iter::once(&profile.host)
+        .chain(&profile.aliases)
+        .filter(|name| {
+            !name
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(host.trim_end_matches('.'))
+        });
+    let mut tried = vec![format!("{host:?}: {err}")];
+    for name in others {
+        match resolve(name) {
+            Ok(addrs) => return Ok(addrs),
+            Err(e) => tried.push(format!("{name:?}: {e}")),
+        }
+    }
+    Err(failed(format!(
+        "every name of the profile ({})",
+        tried.join(", ")
+    )))
+}
+
+/// Refuses ports the profile says this client may not open. A profile that
+/// lists no ports leaves the decision to the server.
+fn check_permitted(found: &lookup::Found, ports: &[PortSpec]) -> Result<(), Failure> {
+    let allowed = &found.profile.ports;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    match ports.iter().find(|p| !allowed.contains(p)) {
+        None => Ok(()),
+        Some(port) => {
+            Err(Failure::usage(format!(
+            "PORT {port}: not among the ports that profile {} may open ({}); if the server now \
+             permits it, import an updated profile",
+            found.path.display(),
+            allowed.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+        )))
+        }
+    }
+}
+
+/// The addresses to knock on, best first. The resolver's order is kept
+/// (so the knock and the connection use the same, preferred family), except
+/// that with `--allow-ip` only addresses of its family can work: the server
+/// honours such a knock only when it arrives from that address.
+fn order_candidates(
+    host: &str,
+    addrs: &[SocketAddr],
+    allow_ip: Option<IpAddr>,
+) -> Result<Vec<SocketAddr>, Failure> {
+    let Some(allow) = allow_ip else {
+        return Ok(addrs.to_vec());
+    };
+    let same_family: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| a.is_ipv4() == allow.is_ipv4())
+        .collect();
+    if same_family.is_empty() {
+        let family = if allow.is_ipv4() { "IPv4" } else { "IPv6" };
+        let other = if allow.is_ipv4() { "IPv6" } else { "IPv4" };
+        return Err(Failure::usage(format!(
+            "--allow-ip {allow} is {family}, but {host} has only {other} addresses ({}); the \
+             knock must come from the allowed address, so give an {other} --allow-ip",
+            addrs
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(same_family)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_ip_picks_its_family() {
+        let addrs: Vec<SocketAddr> = vec![
+            "[2001:db8::1]:0".parse().unwrap(),
+            "192.0.2.1:0".parse().unwrap(),
+        ];
+        assert_eq!(order_candidates("h", &addrs, None).unwrap(), addrs);
+        let v4 = order_candidates("h", &addrs, Some("203.0.113.5".parse().unwrap())).unwrap();
+        assert_eq!(v4, vec!["192.0.2.1:0".parse::<SocketAddr>().unwrap()]);
+        let only_v6 = &addrs[..1];
+        let err = order_candidates("h", only_v6, Some("203.0.113.5".parse().unwrap())).unwrap_err();
+        assert_eq!(err.code, 2);
+        assert!(err.message.contains("only IPv6"), "{}", err.message);
+    }
+}

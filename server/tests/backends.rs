@@ -1,0 +1,347 @@
+//! Behaviour tests of the real firewall backends: the same checks for
+//! nftables, iptables (default command) and iptables-legacy.
+//!
+//! Each test creates a fresh network namespace and re-runs this test binary
+//! inside it (`ip netns exec NS <self> <test> --exact`), so the host's own
+//! firewall is never touched. They need root, and fail (never skip) when a
+//! namespace cannot be created.
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use knock_proto::{PortSpec, Transport};
+use knock_server::firewall::iptables::Iptables;
+use knock_server::firewall::nftables::Nftables;
+use knock_server::firewall::{Firewall, FirewallError, LiveGrant, RuleSet};
+
+/// Set (to the namespace's name) in the child that runs inside it.
+const CHILD: &str = "KNOCK_FW_TEST_NETNS";
+/// The network namespace the parent ran in, which the child must not be in.
+const PARENT_NS: &str = "KNOCK_FW_TEST_PARENT_NS";
+
+fn current_netns() -> String {
+    std::fs::read_link("/proc/self/ns/net").expect("read /proc/self/ns/net").to_string_lossy().into_owned()
+}
+
+/// Deletes the namespace, even when the test fails.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+/// Runs `body` in a fresh network namespace: here if we are the child,
+/// else by re-running this very test inside a new namespace.
+fn in_fresh_netns(test: &str, body: impl FnOnce()) {
+    if std::env::var_os(CHILD).is_some() {
+        let parent = std::env::var(PARENT_NS).unwrap_or_default();
+        let ours = current_netns();
+        assert!(
+            !parent.is_empty() && parent != ours,
+            "refusing to test firewall backends outside a fresh namespace ({ours}, parent {parent:?})"
+        );
+        body();
+        return;
+    }
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("knockfw-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+    let created = Command::new("ip").args(["netns", "add", &name]).output().expect("run ip(8)");
+    assert!(
+        created.status.success(),
+        "cannot create network namespace {name} (these tests need root and ip(8)): {}",
+        String::from_utf8_lossy(&created.stderr).trim()
+    );
+    let _guard = Netns(name.clone());
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &name])
+        .arg(&exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, &name)
+        .env(PARENT_NS, current_netns())
+        .output()
+        .expect("run the test inside the namespace");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&child.stderr));
+    assert!(child.status.success(), "{test} failed inside namespace {name}");
+    assert!(stdout.contains("1 passed"), "{test} did not run inside namespace {name}");
+}
+
+/// Runs a shell command that must succeed; returns its stdout.
+fn sh(command: &str) -> String {
+    let output = Command::new("sh").args(["-c", command]).output().expect("run sh");
+    assert!(
+        output.status.success(),
+        "`{command}` failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Retries `command` until it succeeds (a set a rule just let go of can
+/// stay busy for a moment).
+fn sh_retry(command: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ok = Command::new("sh").args(["-c", command]).output().expect("run sh").status.success();
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{command}` kept failing");
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn rules(iptables: &str, ip6tables: &str) -> RuleSet {
+    RuleSet {
+        knock_port: 62201,
+        protected: vec![PortSpec::tcp(4992), PortSpec { transport: Transport::Udp, port: 53 }],
+        nft_table: "knock".into(),
+        nft_priority: -10,
+        iptables_cmd: iptables.into(),
+        ip6tables_cmd: ip6tables.into(),
+    }
+}
+
+/// What differs between backends: how to build one and how to look at
+/// (and damage) its rules from the outside.
+struct Backend {
+    make: fn() -> Box<dyn Firewall>,
+    rules: RuleSet,
+    /// Our rules as seen from outside: for each chain, its rule count (and
+    /// for iptables, how often INPUT jumps to it).
+    counts: fn(&RuleSet) -> Vec<usize>,
+    expected: Vec<usize>,
+    /// Changes one of our rules without changing their number.
+    tamper: fn(&RuleSet),
+    /// Deletes our rules behind the server's back.
+    delete: fn(&RuleSet),
+    /// Leaves our rules in a state install cannot update in place, while
+    /// 192.0.2.10 tcp/4992 stays granted.
+    make_incompatible: fn(&RuleSet),
+    /// Asserts the incompatible state was replaced.
+    check_replaced: fn(&RuleSet),
+    /// Anything of ours left in the kernel, as text ("" when clean).
+    leftovers: fn(&RuleSet) -> String,
+    /// Something that changes when our objects are recreated rather than
+    /// updated in place ("" when the backend has nothing such).
+    identity: fn(&RuleSet) -> String,
+}
+
+fn nft_counts(_: &RuleSet) -> Vec<usize> {
+    let listing = sh("nft -a list chain inet knock input");
+    vec![listing.lines().filter(|l| l.contains("# handle") && !l.contains("chain ")).count()]
+}
+
+fn nftables() -> Backend {
+    Backend {
+        make: || Box::new(Nftables::new()),
+        rules: rules("iptables", "ip6tables"),
+        counts: nft_counts,
+        expected: vec![5],
+        tamper: |_| {
+            let listing = sh("nft -a list chain inet knock input");
+            let handle = listing
+                .lines()
+                .find(|l| l.contains("udp dport 62201 drop"))
+                .and_then(|l| l.rsplit("# handle ").next())
+                .map(|h| h.trim().to_owned())
+                .expect("knock port rule and its handle");
+            sh(&format!("nft replace rule inet knock input handle {handle} udp dport 62202 drop"));
+        },
+        delete: |_| {
+            sh("nft delete table inet knock");
+        },
+        make_incompatible: |_| {
+            sh("nft add chain inet knock stray");
+        },
+        check_replaced: |_| {
+            assert!(!sh("nft list table inet knock").contains("stray"), "the stray chain survived install");
+        },
+        leftovers: |_| sh("nft list ruleset"),
+        identity: |_| {
+            let listing = sh("nft -a list table inet knock");
+            listing.lines().filter(|l| l.contains("# handle") && (l.contains("table ") || l.contains("set "))).collect::<Vec<_>>().join("\n")
+        },
+    }
+}
+
+fn ipt_counts(rules: &RuleSet) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for cmd in [&rules.iptables_cmd, &rules.ip6tables_cmd] {
+        let chain = sh(&format!("{cmd} -w -S KNOCK-INPUT"));
+        counts.push(chain.lines().filter(|l| l.starts_with("-A KNOCK-INPUT ")).count());
+        let input = sh(&format!("{cmd} -w -S INPUT"));
+        counts.push(input.lines().filter(|l| l.trim() == "-A INPUT -j KNOCK-INPUT").count());
+    }
+    counts
+}
+
+fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
+    Backend {
+        make: || Box::new(Iptables::new()),
+        rules: rules(iptables, ip6tables),
+        counts: ipt_counts,
+        // knock port, established, set match, one DROP per protected port; one jump
+        expected: vec![5, 1, 5, 1],
+        tamper: |rules| {
+            sh(&format!(
+                "{} -w -R KNOCK-INPUT 1 -p udp -m udp --dport 62202 -j DROP",
+                rules.ip6tables_cmd
+            ));
+        },
+        delete: |rules| {
+            sh(&format!("{} -w -D INPUT -j KNOCK-INPUT", rules.iptables_cmd));
+        },
+        make_incompatible: |rules| {
+            sh(&format!("{} -w -F KNOCK-INPUT", rules.iptables_cmd));
+            sh_retry("ipset destroy knock4");
+            sh("ipset create knock4 hash:ip,port family inet timeout 0 counters");
+            sh("ipset add knock4 192.0.2.10,tcp:4992 timeout 30");
+        },
+        check_replaced: |_| {
+            assert!(!sh("ipset save knock4").contains("counters"), "the incompatible set survived install");
+        },
+        leftovers: |rules| {
+            let mut left = String::new();
+            for cmd in [&rules.iptables_cmd, &rules.ip6tables_cmd] {
+                left.extend(sh(&format!("{cmd} -w -S")).lines().filter(|l| l.contains("KNOCK")).map(|l| format!("{l}\n")));
+            }
+            left.extend(sh("ipset list -n").lines().filter(|l| l.starts_with("knock")).map(|l| format!("{l}\n")));
+            left
+        },
+        identity: |_| String::new(),
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+fn find(grants: &[LiveGrant], addr: IpAddr, port: PortSpec) -> Option<Duration> {
+    grants.iter().find(|g| g.addr == addr && g.port == port).map(|g| g.expires_in)
+}
+
+fn left(fw: &mut dyn Firewall, rules: &RuleSet, addr: IpAddr, port: PortSpec) -> Option<Duration> {
+    find(&fw.grants(rules).expect("grants"), addr, port)
+}
+
+fn assert_missing(result: Result<(), FirewallError>, what: &str) {
+    assert!(matches!(result, Err(FirewallError::Missing(_))), "{what}: expected Missing, got {result:?}");
+}
+
+fn behaviour(backend: &Backend) {
+    let rules = &backend.rules;
+    let tcp = PortSpec::tcp(4992);
+    let udp = PortSpec { transport: Transport::Udp, port: 53 };
+    let mut fw = (backend.make)();
+
+    // plan changes nothing; verify fails before install
+    let plan = fw.plan(rules);
+    assert!(plan.contains("62201") && plan.contains("4992"), "plan:\n{plan}");
+    assert_eq!((backend.leftovers)(rules).trim(), "", "plan must not touch the kernel");
+    assert_missing(fw.verify(rules), "verify before install");
+
+    // installing twice, or from a restarted server, leaves one copy
+    fw.install(rules).expect("first install");
+    fw.install(rules).expect("second install");
+    assert_eq!((backend.counts)(rules), backend.expected, "rules after two installs");
+    (backend.make)().install(rules).expect("install by a restarted server");
+    assert_eq!((backend.counts)(rules), backend.expected, "rules after a restart");
+    fw.verify(rules).expect("verify after install");
+
+    // grants appear with sensible time left, for their address and ports only
+    let a4 = ip("192.0.2.10");
+    let a6 = ip("2001:db8::10");
+    fw.grant(a4, &[tcp, udp], Duration::from_secs(30)).expect("grant v4");
+    fw.grant(a6, &[tcp], Duration::from_secs(30)).expect("grant v6");
+    let grants = fw.grants(rules).expect("grants");
+    assert_eq!(grants.len(), 3, "grants: {grants:?}");
+    for (addr, port) in [(a4, tcp), (a4, udp), (a6, tcp)] {
+        let left = find(&grants, addr, port).expect("granted element is listed");
+        assert!(left > Duration::from_secs(25) && left <= Duration::from_secs(30), "{addr} {port}: {left:?}");
+    }
+    assert_eq!(find(&grants, a6, udp), None);
+
+    // granting again refreshes the timeout (to the new duration)
+    let r = ip("198.51.100.7");
+    fw.grant(r, &[tcp], Duration::from_secs(10)).expect("grant");
+    sleep(Duration::from_millis(1500));
+    let before = left(fw.as_mut(), rules, r, tcp).expect("listed");
+    assert!(before <= Duration::from_millis(8600), "no time passed? {before:?}");
+    fw.grant(r, &[tcp], Duration::from_secs(10)).expect("re-grant");
+    let after = left(fw.as_mut(), rules, r, tcp).expect("listed");
+    assert!(after >= Duration::from_secs(9), "re-grant did not refresh: {before:?} -> {after:?}");
+    fw.grant(r, &[tcp], Duration::from_secs(3)).expect("shorter re-grant");
+    let shorter = left(fw.as_mut(), rules, r, tcp).expect("listed");
+    assert!(shorter <= Duration::from_secs(3), "re-grant did not set the new timeout: {shorter:?}");
+
+    // a 2 s grant goes away on its own
+    let e = ip("203.0.113.5");
+    fw.grant(e, &[tcp], Duration::from_secs(2)).expect("short grant");
+    let start = Instant::now();
+    assert!(left(fw.as_mut(), rules, e, tcp).is_some(), "short grant not listed");
+    while left(fw.as_mut(), rules, e, tcp).is_some() {
+        assert!(start.elapsed() < Duration::from_secs(6), "2 s grant still listed after 6 s");
+        sleep(Duration::from_millis(100));
+    }
+    assert!(start.elapsed() >= Duration::from_secs(1), "2 s grant vanished after {:?}", start.elapsed());
+
+    // install keeps live grants, updating our objects in place
+    let identity = (backend.identity)(rules);
+    fw.install(rules).expect("install with live grants");
+    assert_eq!((backend.identity)(rules), identity, "install recreated what it should have kept");
+    let kept = left(fw.as_mut(), rules, a4, tcp).expect("grant survives install");
+    assert!(kept > Duration::from_secs(15), "{kept:?}");
+    assert!(left(fw.as_mut(), rules, a6, tcp).is_some(), "v6 grant survives install");
+    assert_eq!((backend.counts)(rules), backend.expected, "rules after install with grants");
+
+    // a layout install cannot update in place is replaced, grants kept
+    (backend.make_incompatible)(rules);
+    fw.install(rules).expect("install over an incompatible layout");
+    (backend.check_replaced)(rules);
+    let kept = left(fw.as_mut(), rules, a4, tcp).expect("grant survives replacing the layout");
+    assert!(kept > Duration::from_secs(10), "{kept:?}");
+    assert_eq!((backend.counts)(rules), backend.expected, "rules after replacing the layout");
+    fw.verify(rules).expect("verify after replacing the layout");
+
+    // a changed rule is noticed, and install repairs it
+    (backend.tamper)(rules);
+    assert_missing(fw.verify(rules), "verify after a rule was changed");
+    fw.install(rules).expect("install repairs a changed rule");
+    fw.verify(rules).expect("verify after repair");
+
+    // deleted rules are noticed, and install restores them
+    (backend.delete)(rules);
+    assert_missing(fw.verify(rules), "verify after our rules were deleted");
+    fw.install(rules).expect("install after deletion");
+    fw.verify(rules).expect("verify after reinstall");
+    assert_eq!((backend.counts)(rules), backend.expected, "rules after reinstall");
+
+    // remove leaves nothing, and may be repeated
+    fw.remove(rules).expect("remove");
+    assert_eq!((backend.leftovers)(rules).trim(), "", "left after remove");
+    fw.remove(rules).expect("second remove");
+    assert_missing(fw.verify(rules), "verify after remove");
+}
+
+#[test]
+fn nftables_backend() {
+    in_fresh_netns("nftables_backend", || behaviour(&nftables()));
+}
+
+#[test]
+fn iptables_backend() {
+    in_fresh_netns("iptables_backend", || behaviour(&iptables_with("iptables", "ip6tables")));
+}
+
+#[test]
+fn iptables_legacy_backend() {
+    in_fresh_netns("iptables_legacy_backend", || behaviour(&iptables_with("iptables-legacy", "ip6tables-legacy")));
+}

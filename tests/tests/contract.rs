@@ -1,0 +1,204 @@
+//! The contract's last section, "Behaviour on the wire and in the firewall",
+//! tested end to end on both firewall backends: real knock-server, real
+//! knock-client, real nftables or iptables+ipset, in network namespaces.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use knock_tests::*;
+
+/// One server with alice (tcp/4992 only) on a lab with client and attacker.
+struct World {
+    lab: Lab,
+    hosts: Hosts,
+    setup: Setup,
+    alice: std::path::PathBuf,
+    alice6: std::path::PathBuf,
+}
+
+fn world(firewall: &str, extra: &str) -> World {
+    let mut lab = Lab::new();
+    let hosts = lab.standard();
+    let setup = Setup::new(&lab, "server", firewall, &["tcp/4992", "tcp/2222"], extra);
+    let alice = setup.keygen("alice", SERVER_V4, Some("tcp/4992"));
+    // The same client secret can be reached over IPv6 through an alias profile.
+    let alice6 = setup.dir.join("alice6.knock");
+    let text = std::fs::read_to_string(&alice).unwrap().replace(
+        &format!("host = \"{SERVER_V4}\""),
+        &format!("host = \"{SERVER_V6}\""),
+    );
+    std::fs::write(&alice6, text).unwrap();
+    std::fs::set_permissions(&alice6, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    start_echo(&lab, &hosts.server, 4992);
+    start_echo(&lab, &hosts.server, 2222);
+    World { lab, hosts, setup, alice, alice6 }
+}
+
+fn knock(w: &World, profile: &std::path::Path, host: &str, port: &str) -> (i32, String, String) {
+    client(&w.hosts.client, profile, &["open", host, port, "--timeout", "3s"])
+}
+
+fn rule_dump(w: &World, firewall: &str) -> String {
+    match firewall {
+        "nftables" => w.hosts.server.sh("nft list ruleset"),
+        _ => w.hosts.server.sh("iptables -S; ip6tables -S; ipset list -n"),
+    }
+}
+
+fn sender_only_and_permitted_ports_only(firewall: &str) {
+    let w = world(firewall, "");
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let (srv, att_srv) = (ip(SERVER_V4), ip(SERVER_FOR_ATTACKER_V4));
+    assert!(!w.hosts.client.tcp_connects(srv, 4992), "open before any knock");
+    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "open to attacker before any knock");
+
+    let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
+    assert_eq!(code, 0, "knock failed: {out}{err}\n{}", server.log());
+    assert_eq!(out.lines().count(), 1, "one line on success: {out}");
+    assert!(w.hosts.client.tcp_connects(srv, 4992), "knocked port not open for the sender");
+    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "grant leaked to another address");
+    assert!(!w.hosts.client.tcp_connects(srv, 2222), "a port that was not requested opened");
+    server.wait_for_log("granted tcp/4992 to 198.18.0.2", Duration::from_secs(2));
+
+    // tcp/2222 is protected but not permitted for alice.
+    let (code, _, err) = knock(&w, &w.alice, SERVER_V4, "2222");
+    assert_eq!(code, 1, "a port not permitted must not open: {err}");
+    assert!(!w.hosts.client.tcp_connects(srv, 2222));
+    server.wait_for_log("port-not-permitted", Duration::from_secs(2));
+}
+
+fn expiry_keeps_established_connections(firewall: &str) {
+    let w = world(firewall, "");
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let srv = ip(SERVER_V4);
+    let opened = Instant::now();
+    let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
+    assert_eq!(code, 0, "{out}{err}\n{}", server.log());
+    let mut session = Session::open(&w.hosts.client, srv, 4992);
+    assert!(session.echoes("before expiry"), "session did not work");
+    // open_for is 5 s: new connections must be refused after it, not before.
+    assert!(w.hosts.client.tcp_connects(srv, 4992));
+    assert!(
+        eventually(Duration::from_secs(12), || !w.hosts.client.tcp_connects(srv, 4992)),
+        "the grant never expired"
+    );
+    let lasted = opened.elapsed();
+    assert!(lasted >= Duration::from_secs(4), "grant ended early, after {lasted:?}");
+    assert!(session.echoes("after expiry"), "an established connection was cut at expiry");
+    drop(server);
+}
+
+fn sigkill_expiry_and_restart_without_duplicates(firewall: &str) {
+    let w = world(firewall, "");
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let before = rule_dump(&w, firewall);
+    let srv = ip(SERVER_V4);
+    let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
+    assert_eq!(code, 0, "{out}{err}");
+    server.kill();
+    assert!(w.hosts.client.tcp_connects(srv, 4992), "grant vanished with the process");
+    assert!(
+        eventually(Duration::from_secs(12), || !w.hosts.client.tcp_connects(srv, 4992)),
+        "grant did not expire after SIGKILL"
+    );
+    assert!(!w.hosts.attacker.tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992), "protection lost after SIGKILL");
+
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let after = rule_dump(&w, firewall);
+    let strip = |s: &str| -> Vec<String> {
+        s.lines().filter(|l| !l.contains("expires") && !l.contains("elements")).map(str::to_owned).collect()
+    };
+    assert_eq!(strip(&before), strip(&after), "restart changed or duplicated rules");
+    let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
+    assert_eq!(code, 0, "knock after restart: {out}{err}\n{}", server.log());
+    assert_eq!(server.stop(), Some(0), "SIGTERM must exit 0");
+    // Fail-closed: after SIGTERM nobody new gets in.
+    assert!(!w.hosts.attacker.tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992));
+}
+
+fn replays_open_nothing(firewall: &str) {
+    let w = world(firewall, "");
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let dump = Tcpdump::start(&w.hosts.client, "udp port 62201", w.lab.dir.join("knock.pcap"));
+    let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
+    assert_eq!(code, 0, "{out}{err}");
+    let _ = dump.stop(&w.hosts.client);
+    let knocks = read_pcap_udp(&w.lab.dir.join("knock.pcap"));
+    let sent: Vec<_> = knocks.iter().filter(|d| d.dest_port == 62201).collect();
+    assert!(!sent.is_empty(), "captured no knock");
+    let captured = sent[0].payload.clone();
+
+    let att_srv = ip(SERVER_FOR_ATTACKER_V4);
+    send_udp(&w.hosts.attacker, att_srv, 62201, &captured);
+    server.wait_for_log("replay", Duration::from_secs(3));
+    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "replay from another address opened");
+
+    // After a restart, and after a restart with the state directory lost.
+    server.kill();
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    send_udp(&w.hosts.attacker, att_srv, 62201, &captured);
+    server.wait_for_log("knock refused", Duration::from_secs(3));
+    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "replay after restart opened");
+    server.kill();
+    std::fs::remove_dir_all(w.setup.dir.join("state")).unwrap();
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    send_udp(&w.hosts.attacker, att_srv, 62201, &captured);
+    server.wait_for_log("knock refused", Duration::from_secs(3));
+    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "replay after state loss opened");
+    assert_eq!(server.count_log("granted"), 0, "{}", server.log());
+    // Losing state never locks the real client out.
+    let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
+    assert_eq!(code, 0, "client locked out after state loss: {out}{err}\n{}", server.log());
+}
+
+fn ipv6_end_to_end_and_silence(firewall: &str) {
+    let w = world(firewall, "");
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let srv6 = ip(SERVER_V6);
+    let filter = format!(
+        "(src host {SERVER_V4} and (udp or icmp)) or (src host {SERVER_V6} and (udp or (icmp6 and ip6[40] < 128)))"
+    );
+    let dump = Tcpdump::start(&w.hosts.client, &filter, w.lab.dir.join("replies.pcap"));
+    assert!(!w.hosts.client.tcp_connects(srv6, 4992), "open over IPv6 before any knock");
+    let (code, out, err) = knock(&w, &w.alice6, SERVER_V6, "4992");
+    assert_eq!(code, 0, "IPv6 knock: {out}{err}\n{}", server.log());
+    assert!(w.hosts.client.tcp_connects(srv6, 4992), "IPv6 grant does not work");
+    assert!(!w.hosts.client.tcp_connects(ip(SERVER_V4), 4992), "IPv6 knock opened IPv4");
+    // Junk and a knock to the v4 address too: none of it may be answered.
+    send_udp(&w.hosts.client, ip(SERVER_V4), 62201, &[0u8; 120]);
+    send_udp(&w.hosts.client, srv6, 62201, &[1u8; 120]);
+    let (code, _, _) = knock(&w, &w.alice, SERVER_V4, "4992");
+    assert_eq!(code, 0);
+    let replies = dump.stop(&w.hosts.client);
+    assert!(replies.is_empty(), "the server answered on the wire: {replies:?}");
+}
+
+macro_rules! backend_suite {
+    ($module:ident, $firewall:literal) => {
+        mod $module {
+            #[test]
+            fn sender_only_and_permitted_ports_only() {
+                super::sender_only_and_permitted_ports_only($firewall);
+            }
+            #[test]
+            fn expiry_keeps_established_connections() {
+                super::expiry_keeps_established_connections($firewall);
+            }
+            #[test]
+            fn sigkill_expiry_and_restart_without_duplicates() {
+                super::sigkill_expiry_and_restart_without_duplicates($firewall);
+            }
+            #[test]
+            fn replays_open_nothing() {
+                super::replays_open_nothing($firewall);
+            }
+            #[test]
+            fn ipv6_end_to_end_and_silence() {
+                super::ipv6_end_to_end_and_silence($firewall);
+            }
+        }
+    };
+}
+
+backend_suite!(nftables, "nftables");
+backend_suite!(iptables, "iptables");
