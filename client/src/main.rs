@@ -10,6 +10,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod cli;
 mod connect;
 mod knock;
 mod lookup;
@@ -24,94 +25,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use cli::{Cli, Command, ConnectArgs, KnockArgs, OpenArgs};
+
 use knock_keys::cli::{parse_args, Failure};
 use knock_keys::duration::parse_duration;
 use knock_proto::{PortSpec, Transport, MAX_PORTS};
 
 const PROGRAM: &str = "knock-client";
-
-/// Knock on a knock-server, then use the ports it opened.
-#[derive(Parser, Debug)]
-#[command(
-    name = "knock-client",
-    version,
-    about = "Knock on a knock-server, then use the ports it opened.",
-    long_about = None
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Send one knock, then wait until the TCP ports accept connections.
-    Open(OpenArgs),
-    /// Knock, connect and relay stdin/stdout: `ProxyCommand knock-client connect %h %p`.
-    Connect(ConnectArgs),
-    /// Install a profile under $KNOCK_HOME (default ~/.config/knock), mode 0600.
-    Import(ImportArgs),
-    /// Show the installed profiles, without their keys.
-    List,
-}
-
-/// The options shared by `open` and `connect`.
-#[derive(Args, Debug)]
-struct KnockArgs {
-    /// The profile to use [default: the one under $KNOCK_HOME that answers to HOST].
-    #[arg(long, value_name = "FILE")]
-    profile: Option<PathBuf>,
-    /// Give up when the ports do not accept a connection within this long.
-    #[arg(long, value_name = "DUR", default_value = "5s")]
-    timeout: String,
-    /// Ask the server to open for IP only, and to honour the knock only when
-    /// it arrives from IP (use your public address when behind NAT).
-    #[arg(long, value_name = "IP")]
-    allow_ip: Option<String>,
-    /// Ask for this long instead of the server's open_for (the server may shorten it).
-    #[arg(long, value_name = "DUR")]
-    open_for: Option<String>,
-    /// Print each step on stderr (a spinner is shown instead when stderr is a terminal).
-    #[arg(short, long)]
-    verbose: bool,
-}
-
-#[derive(Args, Debug)]
-struct OpenArgs {
-    /// The server: a name, an IPv4 or an IPv6 address.
-    host: String,
-    /// The ports to open: 4992 (tcp), tcp/4992 or udp/53.
-    #[arg(required = true, value_name = "PORT")]
-    ports: Vec<String>,
-    /// Send the knock and exit, without checking that the ports opened.
-    #[arg(long)]
-    no_wait: bool,
-    #[command(flatten)]
-    knock: KnockArgs,
-}
-
-#[derive(Args, Debug)]
-struct ConnectArgs {
-    /// The server: a name, an IPv4 or an IPv6 address.
-    host: String,
-    /// The TCP port to connect to: 22 or tcp/22.
-    port: String,
-    #[command(flatten)]
-    knock: KnockArgs,
-}
-
-#[derive(Args, Debug)]
-struct ImportArgs {
-    /// The profile file written by knock-keygen.
-    file: PathBuf,
-    /// More names or addresses under which this profile is found.
-    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
-    alias: Vec<String>,
-    /// Replace an installed profile of the same name and host.
-    #[arg(long)]
-    force: bool,
-}
 
 /// The validated options of a knock.
 #[derive(Debug, Clone)]

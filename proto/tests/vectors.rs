@@ -8,6 +8,9 @@
 //! After a deliberate change of the format, print the block anew from the
 //! inputs with
 //! `cargo test -p knock-proto --test vectors -- --ignored --nocapture`.
+// Helpers outside #[test] fns assert with unwrap/panic too (clippy.toml only
+// exempts the #[test] fns themselves).
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 

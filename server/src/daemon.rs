@@ -180,7 +180,7 @@ impl Daemon {
                 self.reload();
             }
 
-            match self.capture.next() {
+            match self.capture.wait_next() {
                 Ok(Next::Datagram(datagram)) => {
                     let now_ms = unix_ms();
                     let outcome = honour(

@@ -1,11 +1,14 @@
 //! knock-server: `run`, `check`, `status`.
 
-use std::path::{Path, PathBuf};
+mod cli;
+
+use std::path::Path;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use cli::{Args, Command};
+
 use knock_keys::cli::{parse_args, Failure};
-use knock_keys::config::{ServerConfig, DEFAULT_CONFIG_PATH};
+use knock_keys::config::ServerConfig;
 use knock_keys::identity;
 use knock_server::capture::{filter, Capture};
 use knock_server::clients::load_clients;
@@ -17,47 +20,6 @@ use knock_server::privileges;
 use tracing::{info, warn};
 
 const PROGRAM: &str = "knock-server";
-
-/// Single-packet authorization server: opens protected ports for the sender of
-/// a valid knock alone, for a short window held by the kernel.
-#[derive(Parser, Debug)]
-#[command(name = "knock-server", version, about, long_about = None)]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run in the foreground (as a systemd service): sniff, verify, grant.
-    Run {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-    },
-    /// Validate configuration, clients and identity; print the rules it would
-    /// install. Changes nothing.
-    Check {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show live grants, read from the kernel.
-    Status {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove our firewall table or chains (used when uninstalling): protected
-    /// ports become reachable by everyone.
-    RemoveRules {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     let args = match parse_args::<Args>(PROGRAM) {
@@ -232,7 +194,7 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
     let mut grants = firewall
         .grants(&rules)
         .map_err(|e| Failure::runtime(format!("reading grants: {e}")))?;
-    grants.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+    grants.sort_by_key(|g| (g.addr, g.port));
     if json {
         let items: Vec<String> = grants
             .iter()

@@ -23,7 +23,10 @@ const CHILD: &str = "KNOCK_FW_TEST_NETNS";
 const PARENT_NS: &str = "KNOCK_FW_TEST_PARENT_NS";
 
 fn current_netns() -> String {
-    std::fs::read_link("/proc/self/ns/net").expect("read /proc/self/ns/net").to_string_lossy().into_owned()
+    std::fs::read_link("/proc/self/ns/net")
+        .expect("read /proc/self/ns/net")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Deletes the namespace, even when the test fails.
@@ -31,7 +34,9 @@ struct Netns(String);
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
     }
 }
 
@@ -49,8 +54,15 @@ fn in_fresh_netns(test: &str, body: impl FnOnce()) {
         return;
     }
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("knockfw-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-    let created = Command::new("ip").args(["netns", "add", &name]).output().expect("run ip(8)");
+    let name = format!(
+        "knockfw-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    let created = Command::new("ip")
+        .args(["netns", "add", &name])
+        .output()
+        .expect("run ip(8)");
     assert!(
         created.status.success(),
         "cannot create network namespace {name} (these tests need root and ip(8)): {}",
@@ -69,13 +81,22 @@ fn in_fresh_netns(test: &str, body: impl FnOnce()) {
     let stdout = String::from_utf8_lossy(&child.stdout);
     print!("{stdout}");
     eprint!("{}", String::from_utf8_lossy(&child.stderr));
-    assert!(child.status.success(), "{test} failed inside namespace {name}");
-    assert!(stdout.contains("1 passed"), "{test} did not run inside namespace {name}");
+    assert!(
+        child.status.success(),
+        "{test} failed inside namespace {name}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{test} did not run inside namespace {name}"
+    );
 }
 
 /// Runs a shell command that must succeed; returns its stdout.
 fn sh(command: &str) -> String {
-    let output = Command::new("sh").args(["-c", command]).output().expect("run sh");
+    let output = Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .expect("run sh");
     assert!(
         output.status.success(),
         "`{command}` failed: {}",
@@ -89,7 +110,12 @@ fn sh(command: &str) -> String {
 fn sh_retry(command: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let ok = Command::new("sh").args(["-c", command]).output().expect("run sh").status.success();
+        let ok = Command::new("sh")
+            .args(["-c", command])
+            .output()
+            .expect("run sh")
+            .status
+            .success();
         if ok {
             return;
         }
@@ -101,7 +127,13 @@ fn sh_retry(command: &str) {
 fn rules(iptables: &str, ip6tables: &str) -> RuleSet {
     RuleSet {
         knock_port: 62201,
-        protected: vec![PortSpec::tcp(4992), PortSpec { transport: Transport::Udp, port: 53 }],
+        protected: vec![
+            PortSpec::tcp(4992),
+            PortSpec {
+                transport: Transport::Udp,
+                port: 53,
+            },
+        ],
         nft_table: "knock".into(),
         nft_priority: -10,
         iptables_cmd: iptables.into(),
@@ -136,7 +168,10 @@ struct Backend {
 
 fn nft_counts(_: &RuleSet) -> Vec<usize> {
     let listing = sh("nft -a list chain inet knock input");
-    vec![listing.lines().filter(|l| l.contains("# handle") && !l.contains("chain ")).count()]
+    vec![listing
+        .lines()
+        .filter(|l| l.contains("# handle") && !l.contains("chain "))
+        .count()]
 }
 
 fn nftables() -> Backend {
@@ -153,7 +188,9 @@ fn nftables() -> Backend {
                 .and_then(|l| l.rsplit("# handle ").next())
                 .map(|h| h.trim().to_owned())
                 .expect("knock port rule and its handle");
-            sh(&format!("nft replace rule inet knock input handle {handle} udp dport 62202 drop"));
+            sh(&format!(
+                "nft replace rule inet knock input handle {handle} udp dport 62202 drop"
+            ));
         },
         delete: |_| {
             sh("nft delete table inet knock");
@@ -162,12 +199,19 @@ fn nftables() -> Backend {
             sh("nft add chain inet knock stray");
         },
         check_replaced: |_| {
-            assert!(!sh("nft list table inet knock").contains("stray"), "the stray chain survived install");
+            assert!(
+                !sh("nft list table inet knock").contains("stray"),
+                "the stray chain survived install"
+            );
         },
         leftovers: |_| sh("nft list ruleset"),
         identity: |_| {
             let listing = sh("nft -a list table inet knock");
-            listing.lines().filter(|l| l.contains("# handle") && (l.contains("table ") || l.contains("set "))).collect::<Vec<_>>().join("\n")
+            listing
+                .lines()
+                .filter(|l| l.contains("# handle") && (l.contains("table ") || l.contains("set ")))
+                .collect::<Vec<_>>()
+                .join("\n")
         },
     }
 }
@@ -176,9 +220,19 @@ fn ipt_counts(rules: &RuleSet) -> Vec<usize> {
     let mut counts = Vec::new();
     for cmd in [&rules.iptables_cmd, &rules.ip6tables_cmd] {
         let chain = sh(&format!("{cmd} -w -S KNOCK-INPUT"));
-        counts.push(chain.lines().filter(|l| l.starts_with("-A KNOCK-INPUT ")).count());
+        counts.push(
+            chain
+                .lines()
+                .filter(|l| l.starts_with("-A KNOCK-INPUT "))
+                .count(),
+        );
         let input = sh(&format!("{cmd} -w -S INPUT"));
-        counts.push(input.lines().filter(|l| l.trim() == "-A INPUT -j KNOCK-INPUT").count());
+        counts.push(
+            input
+                .lines()
+                .filter(|l| l.trim() == "-A INPUT -j KNOCK-INPUT")
+                .count(),
+        );
     }
     counts
 }
@@ -197,7 +251,10 @@ fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
             ));
         },
         delete: |rules| {
-            sh(&format!("{} -w -D INPUT -j KNOCK-INPUT", rules.iptables_cmd));
+            sh(&format!(
+                "{} -w -D INPUT -j KNOCK-INPUT",
+                rules.iptables_cmd
+            ));
         },
         make_incompatible: |rules| {
             sh(&format!("{} -w -F KNOCK-INPUT", rules.iptables_cmd));
@@ -206,17 +263,36 @@ fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
             sh("ipset add knock4 192.0.2.10,tcp:4992 timeout 30");
         },
         check_replaced: |_| {
-            assert!(!sh("ipset save knock4").contains("counters"), "the incompatible set survived install");
+            assert!(
+                !sh("ipset save knock4").contains("counters"),
+                "the incompatible set survived install"
+            );
         },
         leftovers: |rules| {
             let mut left = String::new();
             for cmd in [&rules.iptables_cmd, &rules.ip6tables_cmd] {
-                left.extend(sh(&format!("{cmd} -w -S")).lines().filter(|l| l.contains("KNOCK")).map(|l| format!("{l}\n")));
+                left.extend(
+                    sh(&format!("{cmd} -w -S"))
+                        .lines()
+                        .filter(|l| l.contains("KNOCK"))
+                        .map(|l| format!("{l}\n")),
+                );
             }
-            left.extend(sh("ipset list -n").lines().filter(|l| l.starts_with("knock")).map(|l| format!("{l}\n")));
+            left.extend(
+                sh("ipset list -n")
+                    .lines()
+                    .filter(|l| l.starts_with("knock"))
+                    .map(|l| format!("{l}\n")),
+            );
             left
         },
-        identity: |_| String::new(),
+        identity: |_| {
+            sh("ipset list -t")
+                .lines()
+                .filter(|l| l.contains("initval"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
     }
 }
 
@@ -225,7 +301,10 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn find(grants: &[LiveGrant], addr: IpAddr, port: PortSpec) -> Option<Duration> {
-    grants.iter().find(|g| g.addr == addr && g.port == port).map(|g| g.expires_in)
+    grants
+        .iter()
+        .find(|g| g.addr == addr && g.port == port)
+        .map(|g| g.expires_in)
 }
 
 fn left(fw: &mut dyn Firewall, rules: &RuleSet, addr: IpAddr, port: PortSpec) -> Option<Duration> {
@@ -233,39 +312,67 @@ fn left(fw: &mut dyn Firewall, rules: &RuleSet, addr: IpAddr, port: PortSpec) ->
 }
 
 fn assert_missing(result: Result<(), FirewallError>, what: &str) {
-    assert!(matches!(result, Err(FirewallError::Missing(_))), "{what}: expected Missing, got {result:?}");
+    assert!(
+        matches!(result, Err(FirewallError::Missing(_))),
+        "{what}: expected Missing, got {result:?}"
+    );
 }
 
 fn behaviour(backend: &Backend) {
     let rules = &backend.rules;
     let tcp = PortSpec::tcp(4992);
-    let udp = PortSpec { transport: Transport::Udp, port: 53 };
+    let udp = PortSpec {
+        transport: Transport::Udp,
+        port: 53,
+    };
     let mut fw = (backend.make)();
 
     // plan changes nothing; verify fails before install
     let plan = fw.plan(rules);
-    assert!(plan.contains("62201") && plan.contains("4992"), "plan:\n{plan}");
-    assert_eq!((backend.leftovers)(rules).trim(), "", "plan must not touch the kernel");
+    assert!(
+        plan.contains("62201") && plan.contains("4992"),
+        "plan:\n{plan}"
+    );
+    assert_eq!(
+        (backend.leftovers)(rules).trim(),
+        "",
+        "plan must not touch the kernel"
+    );
     assert_missing(fw.verify(rules), "verify before install");
 
     // installing twice, or from a restarted server, leaves one copy
     fw.install(rules).expect("first install");
     fw.install(rules).expect("second install");
-    assert_eq!((backend.counts)(rules), backend.expected, "rules after two installs");
-    (backend.make)().install(rules).expect("install by a restarted server");
-    assert_eq!((backend.counts)(rules), backend.expected, "rules after a restart");
+    assert_eq!(
+        (backend.counts)(rules),
+        backend.expected,
+        "rules after two installs"
+    );
+    (backend.make)()
+        .install(rules)
+        .expect("install by a restarted server");
+    assert_eq!(
+        (backend.counts)(rules),
+        backend.expected,
+        "rules after a restart"
+    );
     fw.verify(rules).expect("verify after install");
 
     // grants appear with sensible time left, for their address and ports only
     let a4 = ip("192.0.2.10");
     let a6 = ip("2001:db8::10");
-    fw.grant(a4, &[tcp, udp], Duration::from_secs(30)).expect("grant v4");
-    fw.grant(a6, &[tcp], Duration::from_secs(30)).expect("grant v6");
+    fw.grant(a4, &[tcp, udp], Duration::from_secs(30))
+        .expect("grant v4");
+    fw.grant(a6, &[tcp], Duration::from_secs(30))
+        .expect("grant v6");
     let grants = fw.grants(rules).expect("grants");
     assert_eq!(grants.len(), 3, "grants: {grants:?}");
     for (addr, port) in [(a4, tcp), (a4, udp), (a6, tcp)] {
         let left = find(&grants, addr, port).expect("granted element is listed");
-        assert!(left > Duration::from_secs(25) && left <= Duration::from_secs(30), "{addr} {port}: {left:?}");
+        assert!(
+            left > Duration::from_secs(25) && left <= Duration::from_secs(30),
+            "{addr} {port}: {left:?}"
+        );
     }
     assert_eq!(find(&grants, a6, udp), None);
 
@@ -274,41 +381,79 @@ fn behaviour(backend: &Backend) {
     fw.grant(r, &[tcp], Duration::from_secs(10)).expect("grant");
     sleep(Duration::from_millis(1500));
     let before = left(fw.as_mut(), rules, r, tcp).expect("listed");
-    assert!(before <= Duration::from_millis(8600), "no time passed? {before:?}");
-    fw.grant(r, &[tcp], Duration::from_secs(10)).expect("re-grant");
+    assert!(
+        before <= Duration::from_millis(8600),
+        "no time passed? {before:?}"
+    );
+    fw.grant(r, &[tcp], Duration::from_secs(10))
+        .expect("re-grant");
     let after = left(fw.as_mut(), rules, r, tcp).expect("listed");
-    assert!(after >= Duration::from_secs(9), "re-grant did not refresh: {before:?} -> {after:?}");
-    fw.grant(r, &[tcp], Duration::from_secs(3)).expect("shorter re-grant");
+    assert!(
+        after >= Duration::from_secs(9),
+        "re-grant did not refresh: {before:?} -> {after:?}"
+    );
+    fw.grant(r, &[tcp], Duration::from_secs(3))
+        .expect("shorter re-grant");
     let shorter = left(fw.as_mut(), rules, r, tcp).expect("listed");
-    assert!(shorter <= Duration::from_secs(3), "re-grant did not set the new timeout: {shorter:?}");
+    assert!(
+        shorter <= Duration::from_secs(3),
+        "re-grant did not set the new timeout: {shorter:?}"
+    );
 
     // a 2 s grant goes away on its own
     let e = ip("203.0.113.5");
-    fw.grant(e, &[tcp], Duration::from_secs(2)).expect("short grant");
+    fw.grant(e, &[tcp], Duration::from_secs(2))
+        .expect("short grant");
     let start = Instant::now();
-    assert!(left(fw.as_mut(), rules, e, tcp).is_some(), "short grant not listed");
+    assert!(
+        left(fw.as_mut(), rules, e, tcp).is_some(),
+        "short grant not listed"
+    );
     while left(fw.as_mut(), rules, e, tcp).is_some() {
-        assert!(start.elapsed() < Duration::from_secs(6), "2 s grant still listed after 6 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "2 s grant still listed after 6 s"
+        );
         sleep(Duration::from_millis(100));
     }
-    assert!(start.elapsed() >= Duration::from_secs(1), "2 s grant vanished after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "2 s grant vanished after {:?}",
+        start.elapsed()
+    );
 
     // install keeps live grants, updating our objects in place
     let identity = (backend.identity)(rules);
     fw.install(rules).expect("install with live grants");
-    assert_eq!((backend.identity)(rules), identity, "install recreated what it should have kept");
+    assert_eq!(
+        (backend.identity)(rules),
+        identity,
+        "install recreated what it should have kept"
+    );
     let kept = left(fw.as_mut(), rules, a4, tcp).expect("grant survives install");
     assert!(kept > Duration::from_secs(15), "{kept:?}");
-    assert!(left(fw.as_mut(), rules, a6, tcp).is_some(), "v6 grant survives install");
-    assert_eq!((backend.counts)(rules), backend.expected, "rules after install with grants");
+    assert!(
+        left(fw.as_mut(), rules, a6, tcp).is_some(),
+        "v6 grant survives install"
+    );
+    assert_eq!(
+        (backend.counts)(rules),
+        backend.expected,
+        "rules after install with grants"
+    );
 
     // a layout install cannot update in place is replaced, grants kept
     (backend.make_incompatible)(rules);
-    fw.install(rules).expect("install over an incompatible layout");
+    fw.install(rules)
+        .expect("install over an incompatible layout");
     (backend.check_replaced)(rules);
     let kept = left(fw.as_mut(), rules, a4, tcp).expect("grant survives replacing the layout");
     assert!(kept > Duration::from_secs(10), "{kept:?}");
-    assert_eq!((backend.counts)(rules), backend.expected, "rules after replacing the layout");
+    assert_eq!(
+        (backend.counts)(rules),
+        backend.expected,
+        "rules after replacing the layout"
+    );
     fw.verify(rules).expect("verify after replacing the layout");
 
     // a changed rule is noticed, and install repairs it
@@ -322,13 +467,29 @@ fn behaviour(backend: &Backend) {
     assert_missing(fw.verify(rules), "verify after our rules were deleted");
     fw.install(rules).expect("install after deletion");
     fw.verify(rules).expect("verify after reinstall");
-    assert_eq!((backend.counts)(rules), backend.expected, "rules after reinstall");
+    assert_eq!(
+        (backend.counts)(rules),
+        backend.expected,
+        "rules after reinstall"
+    );
 
     // remove leaves nothing, and may be repeated
     fw.remove(rules).expect("remove");
     assert_eq!((backend.leftovers)(rules).trim(), "", "left after remove");
     fw.remove(rules).expect("second remove");
     assert_missing(fw.verify(rules), "verify after remove");
+
+    // a grant with nothing installed fails promptly, and says why
+    let start = Instant::now();
+    assert_missing(
+        fw.grant(a4, &[tcp], Duration::from_secs(5)),
+        "grant after remove",
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "grant error took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -338,10 +499,14 @@ fn nftables_backend() {
 
 #[test]
 fn iptables_backend() {
-    in_fresh_netns("iptables_backend", || behaviour(&iptables_with("iptables", "ip6tables")));
+    in_fresh_netns("iptables_backend", || {
+        behaviour(&iptables_with("iptables", "ip6tables"))
+    });
 }
 
 #[test]
 fn iptables_legacy_backend() {
-    in_fresh_netns("iptables_legacy_backend", || behaviour(&iptables_with("iptables-legacy", "ip6tables-legacy")));
+    in_fresh_netns("iptables_legacy_backend", || {
+        behaviour(&iptables_with("iptables-legacy", "ip6tables-legacy"))
+    });
 }

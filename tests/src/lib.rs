@@ -494,7 +494,7 @@ impl Tcpdump {
     pub fn start(ns: &Ns, filter: &str, file: PathBuf) -> Self {
         let child = ns
             .cmd("tcpdump")
-            .args(["-i", "any", "-n", "-U", "-c", "10000", "-w"])
+            .args(["-i", "any", "-n", "-U", "--immediate-mode", "-c", "10000", "-w"])
             .arg(&file)
             .arg(filter)
             .stdout(Stdio::null())

@@ -60,8 +60,13 @@ fn sender_only_and_permitted_ports_only(firewall: &str) {
     assert!(!w.hosts.client.tcp_connects(srv, 2222), "a port that was not requested opened");
     server.wait_for_log("granted tcp/4992 to 198.18.0.2", Duration::from_secs(2));
 
-    // tcp/2222 is protected but not permitted for alice.
-    let (code, _, err) = knock(&w, &w.alice, SERVER_V4, "2222");
+    // tcp/2222 is protected but not permitted for alice. Her profile knows
+    // that; a profile that does not (an old one, or edited) asks anyway.
+    let unrestricted = w.setup.dir.join("alice-any.knock");
+    let text = std::fs::read_to_string(&w.alice).unwrap().replace("ports = [\"tcp/4992\"]", "ports = []");
+    std::fs::write(&unrestricted, text).unwrap();
+    std::fs::set_permissions(&unrestricted, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (code, _, err) = knock(&w, &unrestricted, SERVER_V4, "2222");
     assert_eq!(code, 1, "a port not permitted must not open: {err}");
     assert!(!w.hosts.client.tcp_connects(srv, 2222));
     server.wait_for_log("port-not-permitted", Duration::from_secs(2));

@@ -1,13 +1,17 @@
 //! knock-keygen: creates a client secret, writes the server's entry for it to
 //! `clients.d/NAME.toml` and the client's profile to `--out`.
 
+#[path = "knock-keygen/cli.rs"]
+mod cli;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use cli::Args;
+
 use knock_keys::cli::{parse_args, Failure};
-use knock_keys::config::{ServerConfig, DEFAULT_CONFIG_PATH};
+use knock_keys::config::ServerConfig;
 use knock_keys::entry::ClientEntry;
 use knock_keys::profile::ClientProfile;
 use knock_keys::secret_file::{ensure_private_dir, write_private};
@@ -16,32 +20,6 @@ use knock_proto::{valid_client_name, ClientSecret, PortSpec, CLIENT_SECRET_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
 const PROGRAM: &str = "knock-keygen";
-
-/// Create a knock client: a new secret, the server's entry and the client's profile.
-#[derive(Parser, Debug)]
-#[command(name = "knock-keygen", version, about, long_about = None)]
-struct Args {
-    /// The client's name (letters, digits, '-', '_', '.').
-    name: String,
-    /// How the client reaches this server: a DNS name or an address.
-    #[arg(long)]
-    host: String,
-    /// Limit the client to these protected ports (default: all of `protected`).
-    #[arg(long, value_delimiter = ',')]
-    ports: Option<Vec<String>>,
-    /// The server configuration.
-    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
-    /// Where to write the client profile; `-` prints it [default: ./NAME@HOST.knock].
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Other names or addresses under which the client finds this profile.
-    #[arg(long, value_delimiter = ',')]
-    alias: Vec<String>,
-    /// Replace an existing client of that name (its old secret stops working).
-    #[arg(long)]
-    force: bool,
-}
 
 fn main() -> ExitCode {
     let args = match parse_args::<Args>(PROGRAM) {

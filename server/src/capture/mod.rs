@@ -61,7 +61,7 @@ pub enum Next<'a> {
 
 impl Capture {
     /// Opens a capture of UDP datagrams to `knock_port` on `interface`
-    /// ("any" for all interfaces). `poll_every` bounds how long [`Self::next`]
+    /// ("any" for all interfaces). `poll_every` bounds how long [`Self::wait_next`]
     /// waits, so the caller can look at signals and timers.
     pub fn open(interface: &str, knock_port: u16, poll_every: Duration) -> Result<Self, CaptureError> {
         let nic = find_interface(interface)?;
@@ -89,7 +89,7 @@ impl Capture {
     }
 
     /// Waits for the next datagram, at most the poll interval.
-    pub fn next(&mut self) -> io::Result<Next<'_>> {
+    pub fn wait_next(&mut self) -> io::Result<Next<'_>> {
         let knock_port = self.knock_port;
         match self.receiver.next() {
             Ok(frame) => Ok(match parse_datagram(frame, knock_port) {

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use knock_proto::{PortSpec, Transport};
 
 use super::netlink::{
-    find_attr, nfnl_type, MessageBuilder, NetlinkError, NetlinkSocket, OwnedMessage, Request, NETLINK_NETFILTER,
-    NFNL_SUBSYS_IPSET, NLA_F_NET_BYTEORDER, NLM_F_ACK, NLM_F_REQUEST,
+    find_attr, nfnl_type, MessageBuilder, NetlinkError, NetlinkSocket, OwnedMessage, Request,
+    NETLINK_NETFILTER, NFNL_SUBSYS_IPSET, NLA_F_NET_BYTEORDER, NLM_F_ACK, NLM_F_REQUEST,
 };
 use super::{Firewall, FirewallError, LiveGrant, RuleSet};
 
@@ -78,8 +78,18 @@ pub struct Family {
     nfproto: u8,
 }
 
-pub const V4: Family = Family { v6: false, set: "knock4", ipset_family: "inet", nfproto: NFPROTO_IPV4 };
-pub const V6: Family = Family { v6: true, set: "knock6", ipset_family: "inet6", nfproto: NFPROTO_IPV6 };
+pub const V4: Family = Family {
+    v6: false,
+    set: "knock4",
+    ipset_family: "inet",
+    nfproto: NFPROTO_IPV4,
+};
+pub const V6: Family = Family {
+    v6: true,
+    set: "knock6",
+    ipset_family: "inet6",
+    nfproto: NFPROTO_IPV6,
+};
 const FAMILIES: [Family; 2] = [V4, V6];
 
 impl Family {
@@ -100,7 +110,16 @@ impl Family {
     }
 
     fn create_args(&self) -> [&'static str; 8] {
-        ["-exist", "create", self.set, SET_TYPE, "family", self.ipset_family, "timeout", "0"]
+        [
+            "-exist",
+            "create",
+            self.set,
+            SET_TYPE,
+            "family",
+            self.ipset_family,
+            "timeout",
+            "0",
+        ]
     }
 }
 
@@ -122,15 +141,24 @@ impl Iptables {
 /// Our chain's rules, as written to iptables-restore.
 pub fn chain_rules(rules: &RuleSet, family: Family) -> Vec<String> {
     let mut lines = vec![
-        format!("-A {CHAIN} -p udp -m udp --dport {} -j DROP", rules.knock_port),
+        format!(
+            "-A {CHAIN} -p udp -m udp --dport {} -j DROP",
+            rules.knock_port
+        ),
         format!("-A {CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"),
     ];
     let ports: BTreeSet<PortSpec> = rules.protected.iter().copied().collect();
     if !ports.is_empty() {
-        lines.push(format!("-A {CHAIN} -m set --match-set {} src,dst -j RETURN", family.set));
+        lines.push(format!(
+            "-A {CHAIN} -m set --match-set {} src,dst -j RETURN",
+            family.set
+        ));
         for port in ports {
             let t = port.transport.name();
-            lines.push(format!("-A {CHAIN} -p {t} -m {t} --dport {} -j DROP", port.port));
+            lines.push(format!(
+                "-A {CHAIN} -p {t} -m {t} --dport {} -j DROP",
+                port.port
+            ));
         }
     }
     lines
@@ -161,30 +189,56 @@ fn restore_command(command: &str) -> String {
 
 /// Runs `program args`, feeding `stdin`; returns stdout.
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
-    let command = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
-    let failed = |message: String| FirewallError::Command { command: command.clone(), message };
+    let command = std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let failed = |message: String| FirewallError::Command {
+        command: command.clone(),
+        message,
+    };
     let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => failed(format!("{program} not found; install it or set the command")),
+            std::io::ErrorKind::NotFound => failed(format!(
+                "{program} not found; install it or set the command"
+            )),
             _ => failed(e.to_string()),
         })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(|e| failed(format!("writing input: {e}")))?;
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| failed(format!("writing input: {e}")))?;
     }
-    let output = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let message = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
-        return Err(failed(if message.is_empty() { format!("exited with {}", output.status) } else { message }));
+        let message = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        return Err(failed(if message.is_empty() {
+            format!("exited with {}", output.status)
+        } else {
+            message
+        }));
     }
-    String::from_utf8(output.stdout)
-        .map_err(|_| FirewallError::Parse { command: command.clone(), message: "output is not UTF-8".into() })
+    String::from_utf8(output.stdout).map_err(|_| FirewallError::Parse {
+        command: command.clone(),
+        message: "output is not UTF-8".into(),
+    })
 }
 
 /// The filter table of one family, as `iptables -S` shows it.
@@ -217,7 +271,11 @@ pub fn parse_filter(listing: &str) -> FilterState {
 }
 
 fn read_filter(rules: &RuleSet, family: Family) -> Result<FilterState, FirewallError> {
-    Ok(parse_filter(&run(family.command(rules), &["-w", "-t", "filter", "-S"], None)?))
+    Ok(parse_filter(&run(
+        family.command(rules),
+        &["-w", "-t", "filter", "-S"],
+        None,
+    )?))
 }
 
 /// Parses `ipset save SET` output into grants.
@@ -225,17 +283,25 @@ pub fn parse_save(text: &str, set: &str) -> Vec<LiveGrant> {
     let prefix = format!("add {set} ");
     let mut grants = Vec::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else { continue };
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
         let mut words = rest.split_whitespace();
         let Some(member) = words.next() else { continue };
-        let Some((addr, proto_port)) = member.split_once(',') else { continue };
-        let Some((proto, port)) = proto_port.rsplit_once(':') else { continue };
+        let Some((addr, proto_port)) = member.split_once(',') else {
+            continue;
+        };
+        let Some((proto, port)) = proto_port.rsplit_once(':') else {
+            continue;
+        };
         let transport = match proto {
             "tcp" => Transport::Tcp,
             "udp" => Transport::Udp,
             _ => continue,
         };
-        let (Ok(addr), Ok(port)) = (addr.parse::<IpAddr>(), port.parse::<u16>()) else { continue };
+        let (Ok(addr), Ok(port)) = (addr.parse::<IpAddr>(), port.parse::<u16>()) else {
+            continue;
+        };
         let mut expires_in = Duration::MAX;
         while let Some(word) = words.next() {
             if word == "timeout" {
@@ -244,7 +310,11 @@ pub fn parse_save(text: &str, set: &str) -> Vec<LiveGrant> {
                 }
             }
         }
-        grants.push(LiveGrant { addr, port: PortSpec { transport, port }, expires_in });
+        grants.push(LiveGrant {
+            addr,
+            port: PortSpec { transport, port },
+            expires_in,
+        });
     }
     grants
 }
@@ -266,41 +336,71 @@ fn describe_ipset_error(error: &NetlinkError) -> String {
 }
 
 /// One IPSET_CMD_ADD message: `addr,proto:port timeout secs` into `set`.
-pub fn add_message(seq: u32, family: Family, addr: IpAddr, port: PortSpec, timeout_s: u32) -> Result<Vec<u8>, NetlinkError> {
-    let mut builder =
-        MessageBuilder::nfnl(nfnl_type(NFNL_SUBSYS_IPSET, IPSET_CMD_ADD), NLM_F_REQUEST | NLM_F_ACK, seq, family.nfproto, 0);
-    builder.put_u8(IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL).put_strz(IPSET_ATTR_SETNAME, family.set).nested(
-        IPSET_ATTR_DATA,
-        |b| {
+pub fn add_message(
+    seq: u32,
+    family: Family,
+    addr: IpAddr,
+    port: PortSpec,
+    timeout_s: u32,
+) -> Result<Vec<u8>, NetlinkError> {
+    let mut builder = MessageBuilder::nfnl(
+        nfnl_type(NFNL_SUBSYS_IPSET, IPSET_CMD_ADD),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        family.nfproto,
+        0,
+    );
+    builder
+        .put_u8(IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL)
+        .put_strz(IPSET_ATTR_SETNAME, family.set)
+        .nested(IPSET_ATTR_DATA, |b| {
             b.nested(IPSET_ATTR_IP, |b| {
                 match addr {
-                    IpAddr::V4(a) => b.put(IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &a.octets()),
-                    IpAddr::V6(a) => b.put(IPSET_ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, &a.octets()),
+                    IpAddr::V4(a) => {
+                        b.put(IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &a.octets())
+                    }
+                    IpAddr::V6(a) => {
+                        b.put(IPSET_ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, &a.octets())
+                    }
                 };
             })
             .put_u16_be(IPSET_ATTR_PORT | NLA_F_NET_BYTEORDER, port.port)
             .put_u8(IPSET_ATTR_PROTO, port.transport.ip_proto())
             .put_u32_be(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, timeout_s);
-        },
-    );
+        });
     builder.finish()
 }
 
 /// A message naming one set (HEADER, DESTROY).
 fn set_message(seq: u32, cmd: u8, set: &str) -> Result<Vec<u8>, NetlinkError> {
-    let mut builder = MessageBuilder::nfnl(nfnl_type(NFNL_SUBSYS_IPSET, cmd), NLM_F_REQUEST | NLM_F_ACK, seq, 0, 0);
-    builder.put_u8(IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL).put_strz(IPSET_ATTR_SETNAME, set);
+    let mut builder = MessageBuilder::nfnl(
+        nfnl_type(NFNL_SUBSYS_IPSET, cmd),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        0,
+        0,
+    );
+    builder
+        .put_u8(IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL)
+        .put_strz(IPSET_ATTR_SETNAME, set);
     builder.finish()
 }
 
 /// Whole seconds for ipset, rounded up, never 0 (which means "forever").
 fn timeout_secs(duration: Duration) -> u32 {
-    let secs = duration.as_secs().saturating_add(u64::from(duration.subsec_nanos() > 0));
-    u32::try_from(secs).unwrap_or(u32::MAX).clamp(1, IPSET_MAX_TIMEOUT)
+    let secs = duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0));
+    u32::try_from(secs)
+        .unwrap_or(u32::MAX)
+        .clamp(1, IPSET_MAX_TIMEOUT)
 }
 
 impl Iptables {
-    fn transact(&mut self, build: impl FnOnce(&mut NetlinkSocket) -> Result<Request, NetlinkError>) -> Result<Vec<OwnedMessage>, NetlinkError> {
+    fn transact(
+        &mut self,
+        build: impl FnOnce(&mut NetlinkSocket) -> Result<Request, NetlinkError>,
+    ) -> Result<Vec<OwnedMessage>, NetlinkError> {
         let socket = match &mut self.socket {
             Some(socket) => socket,
             none => none.insert(NetlinkSocket::open(NETLINK_NETFILTER, NETLINK_TIMEOUT)?),
@@ -313,7 +413,11 @@ impl Iptables {
     }
 
     /// Adds (or, as no NLM_F_EXCL is set, refreshes) elements.
-    fn add(&mut self, family: Family, elements: &[(IpAddr, PortSpec, u32)]) -> Result<(), NetlinkError> {
+    fn add(
+        &mut self,
+        family: Family,
+        elements: &[(IpAddr, PortSpec, u32)],
+    ) -> Result<(), NetlinkError> {
         self.transact(|socket| {
             let mut request = Request::new();
             for &(addr, port, timeout_s) in elements {
@@ -339,15 +443,21 @@ impl Iptables {
             Err(e) => return Err(FirewallError::Netlink(describe_ipset_error(&e))),
         };
         let Some(message) = messages.first() else {
-            return Err(FirewallError::Netlink(format!("ipset: no header for set {set}")));
+            return Err(FirewallError::Netlink(format!(
+                "ipset: no header for set {set}"
+            )));
         };
-        let attrs = message.nfnl_attrs().map_err(|e| FirewallError::Netlink(e.to_string()))?;
+        let attrs = message
+            .nfnl_attrs()
+            .map_err(|e| FirewallError::Netlink(e.to_string()))?;
         let type_name = find_attr(&attrs, IPSET_ATTR_TYPENAME)
             .map(|a| a.str().map(str::to_owned))
             .transpose()
             .map_err(|e| FirewallError::Netlink(e.to_string()))?
             .unwrap_or_default();
-        let family = find_attr(&attrs, IPSET_ATTR_FAMILY).and_then(|a| a.u8().ok()).unwrap_or(0);
+        let family = find_attr(&attrs, IPSET_ATTR_FAMILY)
+            .and_then(|a| a.u8().ok())
+            .unwrap_or(0);
         Ok(Some((type_name, family)))
     }
 
@@ -368,7 +478,12 @@ impl Iptables {
                 Err(e) if e.errno() == Some(IPSET_ERR_REFERENCED) && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => return Err(FirewallError::Netlink(format!("destroying set {set}: {}", describe_ipset_error(&e)))),
+                Err(e) => {
+                    return Err(FirewallError::Netlink(format!(
+                        "destroying set {set}: {}",
+                        describe_ipset_error(&e)
+                    )))
+                }
             }
         }
     }
@@ -376,9 +491,10 @@ impl Iptables {
     fn family_grants(&mut self, family: Family) -> Result<Vec<LiveGrant>, FirewallError> {
         match run(IPSET, &["save", family.set], None) {
             Ok(text) => Ok(parse_save(&text, family.set)),
-            Err(e) if self.header(family.set)?.is_none() => {
-                Err(FirewallError::Missing(format!("ipset {} does not exist ({e})", family.set)))
-            }
+            Err(e) if self.header(family.set)?.is_none() => Err(FirewallError::Missing(format!(
+                "ipset {} does not exist ({e})",
+                family.set
+            ))),
             Err(e) => Err(e),
         }
     }
@@ -394,7 +510,10 @@ impl Iptables {
             return Err(error);
         }
         let keep = self.family_grants(family).unwrap_or_else(|e| {
-            tracing::warn!("iptables: cannot read live grants of ipset {} before recreating it: {e}", family.set);
+            tracing::warn!(
+                "iptables: cannot read live grants of ipset {} before recreating it: {e}",
+                family.set
+            );
             Vec::new()
         });
         tracing::warn!(
@@ -405,7 +524,11 @@ impl Iptables {
         // Our chain references the set; it is refilled right after.
         let state = read_filter(rules, family)?;
         if state.chain_exists {
-            run(family.command(rules), &["-w", "-t", "filter", "-F", CHAIN], None)?;
+            run(
+                family.command(rules),
+                &["-w", "-t", "filter", "-F", CHAIN],
+                None,
+            )?;
         }
         self.destroy(family.set)?;
         run(IPSET, &family.create_args(), None)?;
@@ -416,7 +539,11 @@ impl Iptables {
             .collect();
         if !elements.is_empty() {
             if let Err(e) = self.add(family, &elements) {
-                tracing::warn!("iptables: could not restore grants into ipset {}: {}", family.set, describe_ipset_error(&e));
+                tracing::warn!(
+                    "iptables: could not restore grants into ipset {}: {}",
+                    family.set,
+                    describe_ipset_error(&e)
+                );
             }
         }
         Ok(())
@@ -429,13 +556,20 @@ impl Iptables {
             let command = family.command(rules);
             let state = read_filter(rules, family)?;
             if !state.chain_exists {
-                return Err(FirewallError::Missing(format!("{command}: chain {CHAIN} does not exist")));
+                return Err(FirewallError::Missing(format!(
+                    "{command}: chain {CHAIN} does not exist"
+                )));
             }
             if state.jumps != 1 {
-                return Err(FirewallError::Missing(format!("{command}: INPUT jumps to {CHAIN} {} times", state.jumps)));
+                return Err(FirewallError::Missing(format!(
+                    "{command}: INPUT jumps to {CHAIN} {} times",
+                    state.jumps
+                )));
             }
             if !state.jump_first {
-                return Err(FirewallError::Missing(format!("{command}: the jump to {CHAIN} is not the first rule of INPUT")));
+                return Err(FirewallError::Missing(format!(
+                    "{command}: the jump to {CHAIN} is not the first rule of INPUT"
+                )));
             }
             let expected = chain_rules(rules, family).len();
             if state.chain_rules.len() != expected {
@@ -466,12 +600,18 @@ impl Firewall for Iptables {
     }
 
     fn plan(&self, rules: &RuleSet) -> String {
-        let mut s = String::from("# knock-server (iptables backend): ipsets are created if missing, never flushed\n");
+        let mut s = String::from(
+            "# knock-server (iptables backend): ipsets are created if missing, never flushed\n",
+        );
         for family in FAMILIES {
             let _ = writeln!(s, "{IPSET} {}", family.create_args().join(" "));
         }
         for family in FAMILIES {
-            let _ = writeln!(s, "# {} -w --noflush", restore_command(family.command(rules)));
+            let _ = writeln!(
+                s,
+                "# {} -w --noflush",
+                restore_command(family.command(rules))
+            );
             s.push_str(&restore_script(rules, family, 0, false));
         }
         s
@@ -485,7 +625,11 @@ impl Firewall for Iptables {
         for family in FAMILIES {
             let state = read_filter(rules, family)?;
             let script = restore_script(rules, family, state.jumps, state.jump_first);
-            run(&restore_command(family.command(rules)), &["-w", "--noflush"], Some(&script))?;
+            run(
+                &restore_command(family.command(rules)),
+                &["-w", "--noflush"],
+                Some(&script),
+            )?;
         }
         let found = self.check(rules).map_err(|e| match e {
             FirewallError::Missing(m) => FirewallError::Missing(format!("after install: {m}")),
@@ -495,16 +639,28 @@ impl Firewall for Iptables {
         Ok(())
     }
 
-    fn grant(&mut self, addr: IpAddr, ports: &[PortSpec], duration: Duration) -> Result<(), FirewallError> {
+    fn grant(
+        &mut self,
+        addr: IpAddr,
+        ports: &[PortSpec],
+        duration: Duration,
+    ) -> Result<(), FirewallError> {
         let family = Family::of(addr);
         let timeout_s = timeout_secs(duration);
-        let elements: Vec<_> =
-            ports.iter().copied().collect::<BTreeSet<_>>().into_iter().map(|p| (addr, p, timeout_s)).collect();
+        let elements: Vec<_> = ports
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|p| (addr, p, timeout_s))
+            .collect();
         if elements.is_empty() {
             return Ok(());
         }
         self.add(family, &elements).map_err(|e| match e.errno() {
-            Some(libc::ENOENT) => FirewallError::Missing(format!("ipset {} does not exist", family.set)),
+            Some(libc::ENOENT) => {
+                FirewallError::Missing(format!("ipset {} does not exist", family.set))
+            }
             _ => FirewallError::Netlink(describe_ipset_error(&e)),
         })
     }
@@ -513,10 +669,14 @@ impl Firewall for Iptables {
         let found = self.check(rules)?;
         if let Some((installed, fingerprint)) = &self.installed {
             if installed != rules {
-                return Err(FirewallError::Missing("the configured rules differ from those installed".into()));
+                return Err(FirewallError::Missing(
+                    "the configured rules differ from those installed".into(),
+                ));
             }
             if *fingerprint != found {
-                return Err(FirewallError::Missing(format!("rules of chain {CHAIN} were changed")));
+                return Err(FirewallError::Missing(format!(
+                    "rules of chain {CHAIN} were changed"
+                )));
             }
         }
         Ok(())
@@ -527,7 +687,7 @@ impl Firewall for Iptables {
         for family in FAMILIES {
             grants.extend(self.family_grants(family)?);
         }
-        grants.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+        grants.sort_by_key(|g| (g.addr, g.port));
         Ok(grants)
     }
 
@@ -546,7 +706,11 @@ impl Firewall for Iptables {
                 let _ = writeln!(script, "-F {CHAIN}\n-X {CHAIN}");
             }
             script.push_str("COMMIT\n");
-            run(&restore_command(family.command(rules)), &["-w", "--noflush"], Some(&script))?;
+            run(
+                &restore_command(family.command(rules)),
+                &["-w", "--noflush"],
+                Some(&script),
+            )?;
         }
         for family in FAMILIES {
             self.destroy(family.set)?;
@@ -563,7 +727,13 @@ mod tests {
     fn rules() -> RuleSet {
         RuleSet {
             knock_port: 62201,
-            protected: vec![PortSpec::tcp(4992), PortSpec { transport: Transport::Udp, port: 53 }],
+            protected: vec![
+                PortSpec::tcp(4992),
+                PortSpec {
+                    transport: Transport::Udp,
+                    port: 53,
+                },
+            ],
             nft_table: "knock".into(),
             nft_priority: -10,
             iptables_cmd: "iptables".into(),
@@ -600,7 +770,10 @@ mod tests {
         assert!(state.chain_exists);
         assert_eq!(state.jumps, 2);
         assert!(state.jump_first);
-        assert_eq!(state.chain_rules, ["-A KNOCK-INPUT -p udp -m udp --dport 1 -j DROP"]);
+        assert_eq!(
+            state.chain_rules,
+            ["-A KNOCK-INPUT -p udp -m udp --dport 1 -j DROP"]
+        );
         assert!(!parse_filter("-A INPUT -p tcp -j ACCEPT\n-A INPUT -j KNOCK-INPUT\n").jump_first);
     }
 
@@ -614,7 +787,13 @@ mod tests {
         assert_eq!(grants[0].addr, "2001:db8::1".parse::<IpAddr>().expect("ip"));
         assert_eq!(grants[0].port, PortSpec::tcp(4992));
         assert_eq!(grants[0].expires_in, Duration::from_secs(29));
-        assert_eq!(grants[1].port, PortSpec { transport: Transport::Udp, port: 53 });
+        assert_eq!(
+            grants[1].port,
+            PortSpec {
+                transport: Transport::Udp,
+                port: 53
+            }
+        );
         assert_eq!(grants[2].expires_in, Duration::MAX);
     }
 
@@ -628,24 +807,64 @@ mod tests {
 
     #[test]
     fn add_message_encodes_ipset_attributes() {
-        let bytes = add_message(3, V4, "10.0.0.1".parse().expect("ip"), PortSpec::tcp(4992), 30).expect("small");
+        let bytes = add_message(
+            3,
+            V4,
+            "10.0.0.1".parse().expect("ip"),
+            PortSpec::tcp(4992),
+            30,
+        )
+        .expect("small");
         let messages = parse_messages(&bytes).expect("parse");
         assert_eq!(messages[0].msg_type, 0x0609);
         assert_eq!(messages[0].flags, NLM_F_REQUEST | NLM_F_ACK);
         assert_eq!(messages[0].payload[..4], [NFPROTO_IPV4, 0, 0, 0]);
         let attrs = messages[0].nfnl_attrs().expect("attrs");
-        assert_eq!(find_attr(&attrs, IPSET_ATTR_PROTOCOL).expect("p").u8().expect("u8"), IPSET_PROTOCOL);
-        assert_eq!(find_attr(&attrs, IPSET_ATTR_SETNAME).expect("n").data, b"knock4\0");
+        assert_eq!(
+            find_attr(&attrs, IPSET_ATTR_PROTOCOL)
+                .expect("p")
+                .u8()
+                .expect("u8"),
+            IPSET_PROTOCOL
+        );
+        assert_eq!(
+            find_attr(&attrs, IPSET_ATTR_SETNAME).expect("n").data,
+            b"knock4\0"
+        );
         let data = find_attr(&attrs, IPSET_ATTR_DATA).expect("data");
         assert!(data.nested);
         // raw view, to see the NLA_F_NET_BYTEORDER bits the kernel insists on
         let raw = data.data;
-        assert_eq!(u16::from_ne_bytes([raw[2], raw[3]]), IPSET_ATTR_IP | NLA_F_NESTED);
-        assert_eq!(u16::from_ne_bytes([raw[6], raw[7]]), IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER);
+        assert_eq!(
+            u16::from_ne_bytes([raw[2], raw[3]]),
+            IPSET_ATTR_IP | NLA_F_NESTED
+        );
+        assert_eq!(
+            u16::from_ne_bytes([raw[6], raw[7]]),
+            IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER
+        );
         assert_eq!(raw[8..12], [10, 0, 0, 1]);
         let inner = parse_attrs(raw).expect("inner");
-        assert_eq!(find_attr(&inner, IPSET_ATTR_PORT).expect("port").u16_be().expect("u16"), 4992);
-        assert_eq!(find_attr(&inner, IPSET_ATTR_PROTO).expect("proto").u8().expect("u8"), 6);
-        assert_eq!(find_attr(&inner, IPSET_ATTR_TIMEOUT).expect("t").u32_be().expect("u32"), 30);
+        assert_eq!(
+            find_attr(&inner, IPSET_ATTR_PORT)
+                .expect("port")
+                .u16_be()
+                .expect("u16"),
+            4992
+        );
+        assert_eq!(
+            find_attr(&inner, IPSET_ATTR_PROTO)
+                .expect("proto")
+                .u8()
+                .expect("u8"),
+            6
+        );
+        assert_eq!(
+            find_attr(&inner, IPSET_ATTR_TIMEOUT)
+                .expect("t")
+                .u32_be()
+                .expect("u32"),
+            30
+        );
     }
 }

@@ -30,6 +30,8 @@ pub const NLMSG_DONE: u16 = 3;
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_MULTI: u16 = 0x2;
 pub const NLM_F_ACK: u16 = 0x4;
+/// Set on dump messages when the dumped objects changed mid-dump.
+pub const NLM_F_DUMP_INTR: u16 = 0x10;
 pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
@@ -69,6 +71,8 @@ pub enum NetlinkError {
     Malformed(&'static str),
     #[error("netlink attribute or message too large")]
     TooLarge,
+    #[error("the kernel's objects changed during a dump; try again")]
+    DumpInterrupted,
 }
 
 impl NetlinkError {
@@ -101,7 +105,10 @@ impl MessageBuilder {
         buf.extend_from_slice(&flags.to_ne_bytes());
         buf.extend_from_slice(&seq.to_ne_bytes());
         buf.extend_from_slice(&0u32.to_ne_bytes());
-        Self { buf, too_large: false }
+        Self {
+            buf,
+            too_large: false,
+        }
     }
 
     /// An nfnetlink message: header, then `struct nfgenmsg`.
@@ -222,7 +229,9 @@ pub fn parse_messages(mut data: &[u8]) -> Result<Vec<Message<'_>>, NetlinkError>
     if data.is_empty() {
         Ok(messages)
     } else {
-        Err(NetlinkError::Malformed("trailing bytes after the last message"))
+        Err(NetlinkError::Malformed(
+            "trailing bytes after the last message",
+        ))
     }
 }
 
@@ -244,7 +253,10 @@ impl<'a> Message<'a> {
 
     /// The attributes of an nfnetlink message (after its nfgenmsg).
     pub fn nfnl_attrs(&self) -> Result<Vec<Attr<'a>>, NetlinkError> {
-        let body = self.payload.get(NFGENMSG_LEN..).ok_or(NetlinkError::Malformed("short nfgenmsg"))?;
+        let body = self
+            .payload
+            .get(NFGENMSG_LEN..)
+            .ok_or(NetlinkError::Malformed("short nfgenmsg"))?;
         parse_attrs(body)
     }
 }
@@ -287,7 +299,10 @@ impl<'a> Attr<'a> {
     }
 
     pub fn u8(&self) -> Result<u8, NetlinkError> {
-        self.data.first().copied().ok_or(NetlinkError::Malformed("short u8 attribute"))
+        self.data
+            .first()
+            .copied()
+            .ok_or(NetlinkError::Malformed("short u8 attribute"))
     }
 
     pub fn u16_be(&self) -> Result<u16, NetlinkError> {
@@ -315,7 +330,8 @@ impl<'a> Attr<'a> {
             Some(end) => &self.data[..end],
             None => self.data,
         };
-        std::str::from_utf8(bytes).map_err(|_| NetlinkError::Malformed("string attribute is not UTF-8"))
+        std::str::from_utf8(bytes)
+            .map_err(|_| NetlinkError::Malformed("string attribute is not UTF-8"))
     }
 }
 
@@ -330,7 +346,10 @@ pub struct OwnedMessage {
 
 impl OwnedMessage {
     pub fn nfnl_attrs(&self) -> Result<Vec<Attr<'_>>, NetlinkError> {
-        let body = self.payload.get(NFGENMSG_LEN..).ok_or(NetlinkError::Malformed("short nfgenmsg"))?;
+        let body = self
+            .payload
+            .get(NFGENMSG_LEN..)
+            .ok_or(NetlinkError::Malformed("short nfgenmsg"))?;
         parse_attrs(body)
     }
 }
@@ -378,11 +397,20 @@ impl NetlinkSocket {
     /// Opens a socket of netlink family `protocol`; reads give up after
     /// `timeout`.
     pub fn open(protocol: i32, timeout: Duration) -> Result<Self, NetlinkError> {
-        let socket = Socket::new(Domain::from(libc::AF_NETLINK), Type::RAW, Some(Protocol::from(protocol)))?;
+        let socket = Socket::new(
+            Domain::from(libc::AF_NETLINK),
+            Type::RAW,
+            Some(Protocol::from(protocol)),
+        )?;
         socket.set_read_timeout(Some(timeout))?;
         // Sequence numbers only need to differ from those of earlier
         // requests on this socket; start away from zero for readability.
-        Ok(Self { socket, seq: 1, timeout, buf: vec![0; RECV_BUFFER] })
+        Ok(Self {
+            socket,
+            seq: 1,
+            timeout,
+            buf: vec![0; RECV_BUFFER],
+        })
     }
 
     /// A fresh sequence number.
@@ -403,28 +431,40 @@ impl NetlinkSocket {
         let mut pending = request.awaited.clone();
         let mut data = Vec::new();
         let mut first_error: Option<NetlinkError> = None;
+        let mut interrupted = false;
         while !pending.is_empty() {
             let len = match (&self.socket).read(&mut self.buf) {
                 Ok(len) => len,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(NetlinkError::Timeout(self.timeout))
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             };
             if len >= self.buf.len() {
-                return Err(NetlinkError::Malformed("datagram larger than the receive buffer"));
+                return Err(NetlinkError::Malformed(
+                    "datagram larger than the receive buffer",
+                ));
             }
             let buf = self.buf.get(..len).unwrap_or(&[]);
             for message in parse_messages(buf)? {
                 if !request.seqs.contains(&message.seq) {
                     continue; // stale answer to an earlier, failed request
                 }
+                interrupted |= message.flags & NLM_F_DUMP_INTR != 0;
                 match message.msg_type {
                     NLMSG_ERROR => {
                         let code = message.error_code().unwrap_or(Ok(0))?;
                         if code != 0 {
-                            first_error.get_or_insert(NetlinkError::Kernel { errno: code, seq: message.seq });
+                            first_error.get_or_insert(NetlinkError::Kernel {
+                                errno: code,
+                                seq: message.seq,
+                            });
                             if !request.awaited.contains(&message.seq) {
                                 pending.clear();
                             }
@@ -439,7 +479,10 @@ impl NetlinkSocket {
                             .map(|b| i32::from_ne_bytes(b).saturating_neg())
                             .unwrap_or(0);
                         if code != 0 {
-                            first_error.get_or_insert(NetlinkError::Kernel { errno: code, seq: message.seq });
+                            first_error.get_or_insert(NetlinkError::Kernel {
+                                errno: code,
+                                seq: message.seq,
+                            });
                         }
                         pending.remove(&message.seq);
                     }
@@ -459,6 +502,7 @@ impl NetlinkSocket {
         }
         match first_error {
             Some(error) => Err(error),
+            None if interrupted => Err(NetlinkError::DumpInterrupted),
             None => Ok(data),
         }
     }
@@ -477,9 +521,12 @@ mod tests {
     #[test]
     fn message_header_nfgenmsg_and_attributes_encode_exactly() {
         let mut builder = MessageBuilder::nfnl(0x0a0c, NLM_F_REQUEST | NLM_F_ACK, 7, 1, 0);
-        builder.put_strz(1, "knock").put_u64_be(4, 30_000).nested(3, |b| {
-            b.put_u8(7, 6);
-        });
+        builder
+            .put_strz(1, "knock")
+            .put_u64_be(4, 30_000)
+            .nested(3, |b| {
+                b.put_u8(7, 6);
+            });
         let bytes = builder.finish().expect("small message");
         let mut expected = Vec::new();
         // nlmsghdr: length, type, flags, seq, pid (host order)
@@ -514,7 +561,9 @@ mod tests {
             b.put_u32_be(2, 0xdead_beef).put_u16_be(4, 4992);
         });
         let first = builder.finish().expect("small");
-        let second = MessageBuilder::new(NLMSG_DONE, NLM_F_MULTI, 10).finish().expect("small");
+        let second = MessageBuilder::new(NLMSG_DONE, NLM_F_MULTI, 10)
+            .finish()
+            .expect("small");
         let mut datagram = first.clone();
         datagram.extend_from_slice(&second);
 
@@ -524,12 +573,27 @@ mod tests {
         assert_eq!(messages[0].seq, 9);
         assert_eq!(messages[1].msg_type, NLMSG_DONE);
         let attrs = messages[0].nfnl_attrs().expect("attrs");
-        assert_eq!(find_attr(&attrs, 1).expect("name").str().expect("utf8"), "knock");
+        assert_eq!(
+            find_attr(&attrs, 1).expect("name").str().expect("utf8"),
+            "knock"
+        );
         let nested = find_attr(&attrs, 3).expect("nested");
         assert!(nested.nested);
         let inner = nested.nested_attrs().expect("inner");
-        assert_eq!(find_attr(&inner, 2).expect("u32").u32_be().expect("4 bytes"), 0xdead_beef);
-        assert_eq!(find_attr(&inner, 4).expect("u16").u16_be().expect("2 bytes"), 4992);
+        assert_eq!(
+            find_attr(&inner, 2)
+                .expect("u32")
+                .u32_be()
+                .expect("4 bytes"),
+            0xdead_beef
+        );
+        assert_eq!(
+            find_attr(&inner, 4)
+                .expect("u16")
+                .u16_be()
+                .expect("2 bytes"),
+            4992
+        );
     }
 
     #[test]
@@ -548,7 +612,9 @@ mod tests {
 
     #[test]
     fn truncated_input_is_rejected_not_trusted() {
-        let bytes = MessageBuilder::new(NLMSG_DONE, 0, 1).finish().expect("small");
+        let bytes = MessageBuilder::new(NLMSG_DONE, 0, 1)
+            .finish()
+            .expect("small");
         assert!(parse_messages(&bytes[..10]).is_err());
         let mut lying = bytes.clone();
         lying[..4].copy_from_slice(&64u32.to_ne_bytes());
@@ -556,7 +622,11 @@ mod tests {
         // attribute claiming more bytes than present
         let attr = [20u8, 0, 1, 0, 1, 2, 3, 4];
         assert!(parse_attrs(&attr).is_err());
-        let tiny = Attr { attr_type: 1, nested: false, data: &[1, 2] };
+        let tiny = Attr {
+            attr_type: 1,
+            nested: false,
+            data: &[1, 2],
+        };
         assert!(tiny.u32_be().is_err());
     }
 

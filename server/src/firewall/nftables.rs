@@ -34,9 +34,9 @@ use std::time::Duration;
 use knock_proto::{PortSpec, Transport};
 
 use super::netlink::{
-    find_attr, Attr, MessageBuilder, NetlinkError, NetlinkSocket, OwnedMessage, Request, NETLINK_NETFILTER,
-    NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REQUEST,
+    find_attr, nfnl_type, Attr, MessageBuilder, NetlinkError, NetlinkSocket, OwnedMessage, Request,
+    NETLINK_NETFILTER, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use super::{Firewall, FirewallError, LiveGrant, RuleSet};
 
@@ -164,7 +164,13 @@ pub fn decode_key(key: &[u8]) -> Option<(IpAddr, PortSpec)> {
 
 /// The protected ports, sorted and without duplicates.
 fn protected(rules: &RuleSet) -> Vec<PortSpec> {
-    rules.protected.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
+    rules
+        .protected
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// How many rules our chain holds once installed.
@@ -182,7 +188,10 @@ pub fn expected_rule_count(rules: &RuleSet) -> usize {
 pub fn install_script(rules: &RuleSet) -> String {
     let table = &rules.nft_table;
     let mut s = String::new();
-    let _ = writeln!(s, "# knock-server: the table inet {table} is owned and rewritten by knock-server");
+    let _ = writeln!(
+        s,
+        "# knock-server: the table inet {table} is owned and rewritten by knock-server"
+    );
     let _ = writeln!(s, "table inet {table} {{");
     for (set, addr_type) in [(SET4, "ipv4_addr"), (SET6, "ipv6_addr")] {
         let _ = writeln!(s, "\tset {set} {{");
@@ -191,7 +200,11 @@ pub fn install_script(rules: &RuleSet) -> String {
         let _ = writeln!(s, "\t}}");
     }
     let _ = writeln!(s, "\tchain {CHAIN} {{");
-    let _ = writeln!(s, "\t\ttype filter hook input priority {}; policy accept;", rules.nft_priority);
+    let _ = writeln!(
+        s,
+        "\t\ttype filter hook input priority {}; policy accept;",
+        rules.nft_priority
+    );
     let _ = writeln!(s, "\t}}");
     let _ = writeln!(s, "}}");
     let _ = writeln!(s, "flush chain inet {table} {CHAIN}");
@@ -201,10 +214,20 @@ pub fn install_script(rules: &RuleSet) -> String {
     let _ = writeln!(s, "\t\tct state established,related accept");
     let ports = protected(rules);
     if !ports.is_empty() {
-        let list = ports.iter().map(|p| format!("{} . {}", p.transport.name(), p.port)).collect::<Vec<_>>().join(", ");
+        let list = ports
+            .iter()
+            .map(|p| format!("{} . {}", p.transport.name(), p.port))
+            .collect::<Vec<_>>()
+            .join(", ");
         let guard = format!("meta l4proto . th dport {{ {list} }}");
-        let _ = writeln!(s, "\t\t{guard} ip saddr . meta l4proto . th dport @{SET4} accept");
-        let _ = writeln!(s, "\t\t{guard} ip6 saddr . meta l4proto . th dport @{SET6} accept");
+        let _ = writeln!(
+            s,
+            "\t\t{guard} ip saddr . meta l4proto . th dport @{SET4} accept"
+        );
+        let _ = writeln!(
+            s,
+            "\t\t{guard} ip6 saddr . meta l4proto . th dport @{SET6} accept"
+        );
         let _ = writeln!(s, "\t\t{guard} drop");
     }
     let _ = writeln!(s, "\t}}");
@@ -240,7 +263,10 @@ pub fn recreate_script(rules: &RuleSet, keep: &[LiveGrant]) -> String {
 /// Runs `nft -f -` on `script`.
 fn run_nft(script: &str) -> Result<(), FirewallError> {
     let command = format!("{NFT} -f -");
-    let failed = |message: String| FirewallError::Command { command: command.clone(), message };
+    let failed = |message: String| FirewallError::Command {
+        command: command.clone(),
+        message,
+    };
     let mut child = Command::new(NFT)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -248,19 +274,34 @@ fn run_nft(script: &str) -> Result<(), FirewallError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => failed("not found; install the nftables package".into()),
+            std::io::ErrorKind::NotFound => {
+                failed("not found; install the nftables package".into())
+            }
             _ => failed(e.to_string()),
         })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(|e| failed(format!("writing the script: {e}")))?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| failed(format!("writing the script: {e}")))?;
     }
-    let output = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
     if output.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let message = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
-    Err(failed(if message.is_empty() { format!("exited with {}", output.status) } else { message }))
+    let message = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    Err(failed(if message.is_empty() {
+        format!("exited with {}", output.status)
+    } else {
+        message
+    }))
 }
 
 /// A chain as the kernel reports it.
@@ -287,27 +328,60 @@ fn malformed(what: &'static str) -> NetlinkError {
 
 fn parse_chain(message: &OwnedMessage) -> Result<(String, ChainInfo), NetlinkError> {
     let attrs = message.nfnl_attrs()?;
-    let table = find_attr(&attrs, NFTA_CHAIN_TABLE).ok_or(malformed("chain without table"))?.str()?.to_owned();
-    let name = find_attr(&attrs, NFTA_CHAIN_NAME).ok_or(malformed("chain without name"))?.str()?.to_owned();
+    let table = find_attr(&attrs, NFTA_CHAIN_TABLE)
+        .ok_or(malformed("chain without table"))?
+        .str()?
+        .to_owned();
+    let name = find_attr(&attrs, NFTA_CHAIN_NAME)
+        .ok_or(malformed("chain without name"))?
+        .str()?
+        .to_owned();
     let hook = match find_attr(&attrs, NFTA_CHAIN_HOOK) {
         Some(hook) => {
             let hook = hook.nested_attrs()?;
-            let num = find_attr(&hook, NFTA_HOOK_HOOKNUM).ok_or(malformed("hook without number"))?.u32_be()?;
-            let prio = find_attr(&hook, NFTA_HOOK_PRIORITY).ok_or(malformed("hook without priority"))?.u32_be()?;
+            let num = find_attr(&hook, NFTA_HOOK_HOOKNUM)
+                .ok_or(malformed("hook without number"))?
+                .u32_be()?;
+            let prio = find_attr(&hook, NFTA_HOOK_PRIORITY)
+                .ok_or(malformed("hook without priority"))?
+                .u32_be()?;
             Some((num, i32::from_be_bytes(prio.to_be_bytes())))
         }
         None => None,
     };
-    let policy = find_attr(&attrs, NFTA_CHAIN_POLICY).map(|a| a.u32_be()).transpose()?;
-    let chain_type = find_attr(&attrs, NFTA_CHAIN_TYPE).map(|a| a.str().map(str::to_owned)).transpose()?;
-    Ok((table, ChainInfo { name, hook, policy, chain_type }))
+    let policy = find_attr(&attrs, NFTA_CHAIN_POLICY)
+        .map(|a| a.u32_be())
+        .transpose()?;
+    let chain_type = find_attr(&attrs, NFTA_CHAIN_TYPE)
+        .map(|a| a.str().map(str::to_owned))
+        .transpose()?;
+    Ok((
+        table,
+        ChainInfo {
+            name,
+            hook,
+            policy,
+            chain_type,
+        },
+    ))
 }
 
 fn parse_set(message: &OwnedMessage) -> Result<(String, SetInfo), NetlinkError> {
     let attrs = message.nfnl_attrs()?;
-    let u32_of = |ty| find_attr(&attrs, ty).map(|a| a.u32_be()).transpose().map(Option::unwrap_or_default);
-    let table = find_attr(&attrs, NFTA_SET_TABLE).ok_or(malformed("set without table"))?.str()?.to_owned();
-    let name = find_attr(&attrs, NFTA_SET_NAME).ok_or(malformed("set without name"))?.str()?.to_owned();
+    let u32_of = |ty| {
+        find_attr(&attrs, ty)
+            .map(|a| a.u32_be())
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    let table = find_attr(&attrs, NFTA_SET_TABLE)
+        .ok_or(malformed("set without table"))?
+        .str()?
+        .to_owned();
+    let name = find_attr(&attrs, NFTA_SET_NAME)
+        .ok_or(malformed("set without name"))?
+        .str()?
+        .to_owned();
     Ok((
         table,
         SetInfo {
@@ -329,15 +403,22 @@ fn check_chain(table: &str, chain: &ChainInfo, rules: &RuleSet) -> Result<(), St
         ));
     }
     if chain.policy != Some(NF_ACCEPT) {
-        return Err(format!("chain inet {table} {CHAIN} no longer has policy accept"));
+        return Err(format!(
+            "chain inet {table} {CHAIN} no longer has policy accept"
+        ));
     }
     Ok(())
 }
 
 /// Is `set` one of ours, of the right type?
 fn check_set(table: &str, set: &SetInfo) -> Result<(), String> {
-    let (key_type, key_len) = if set.name == SET4 { (KEY_TYPE4, KEY_LEN4) } else { (KEY_TYPE6, KEY_LEN6) };
-    let forbidden = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL | NFT_SET_MAP | NFT_SET_OBJECT;
+    let (key_type, key_len) = if set.name == SET4 {
+        (KEY_TYPE4, KEY_LEN4)
+    } else {
+        (KEY_TYPE6, KEY_LEN6)
+    };
+    let forbidden =
+        NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL | NFT_SET_MAP | NFT_SET_OBJECT;
     if set.key_type != key_type
         || usize::try_from(set.key_len).ok() != Some(key_len)
         || set.flags & NFT_SET_TIMEOUT == 0
@@ -351,6 +432,9 @@ fn check_set(table: &str, set: &SetInfo) -> Result<(), String> {
     Ok(())
 }
 
+/// A set element's key, and the milliseconds it has left (none: no timeout).
+type Element = (Vec<u8>, Option<u64>);
+
 /// What install finds in the kernel before it starts.
 #[derive(Debug)]
 enum TableState {
@@ -361,9 +445,11 @@ enum TableState {
 
 impl Nftables {
     fn table_for_grant(&self) -> Result<String, FirewallError> {
-        self.table
-            .clone()
-            .ok_or_else(|| FirewallError::Missing("nftables rules are not installed yet (grant before install)".into()))
+        self.table.clone().ok_or_else(|| {
+            FirewallError::Missing(
+                "nftables rules are not installed yet (grant before install)".into(),
+            )
+        })
     }
 
     /// Sends `request` on our socket (opened if needed, dropped on error so
@@ -388,28 +474,41 @@ impl Nftables {
         Ok(socket.next_seq())
     }
 
-    /// One GET (or, with `dump`, a dump) of nf_tables message `msg`.
+    /// One GET (or, with `dump`, a dump) of nf_tables message `msg`. A dump
+    /// the kernel marks as interrupted (the ruleset changed meanwhile) is
+    /// retried.
     fn query(
         &mut self,
         msg: u8,
         dump: bool,
-        attrs: impl FnOnce(&mut MessageBuilder),
+        attrs: impl Fn(&mut MessageBuilder),
     ) -> Result<Vec<OwnedMessage>, NetlinkError> {
-        let seq = self.next_seq()?;
-        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
-        let mut builder =
-            MessageBuilder::nfnl(super::netlink::nfnl_type(NFNL_SUBSYS_NFTABLES, msg), flags, seq, NFPROTO_INET, 0);
-        attrs(&mut builder);
-        let mut request = Request::new();
-        request.push(seq, &builder.finish()?, true);
-        self.transact(&request)
+        let mut attempts = 0;
+        loop {
+            let seq = self.next_seq()?;
+            let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+            let mut builder = MessageBuilder::nfnl(
+                nfnl_type(NFNL_SUBSYS_NFTABLES, msg),
+                flags,
+                seq,
+                NFPROTO_INET,
+                0,
+            );
+            attrs(&mut builder);
+            let mut request = Request::new();
+            request.push(seq, &builder.finish()?, true);
+            match self.transact(&request) {
+                Err(NetlinkError::DumpInterrupted) if attempts < 3 => attempts += 1,
+                result => return result,
+            }
+        }
     }
 
     /// `Ok(None)` when the kernel says the object does not exist.
     fn get_one(
         &mut self,
         msg: u8,
-        attrs: impl FnOnce(&mut MessageBuilder),
+        attrs: impl Fn(&mut MessageBuilder),
     ) -> Result<Option<OwnedMessage>, FirewallError> {
         match self.query(msg, false, attrs) {
             Ok(messages) => Ok(messages.into_iter().next()),
@@ -426,21 +525,35 @@ impl Nftables {
             return Ok(None);
         };
         let attrs = message.nfnl_attrs().map_err(nl)?;
-        Ok(Some(find_attr(&attrs, NFTA_TABLE_FLAGS).map(|a| a.u32_be()).transpose().map_err(nl)?.unwrap_or(0)))
+        Ok(Some(
+            find_attr(&attrs, NFTA_TABLE_FLAGS)
+                .map(|a| a.u32_be())
+                .transpose()
+                .map_err(nl)?
+                .unwrap_or(0),
+        ))
     }
 
     fn get_chain(&mut self, table: &str) -> Result<Option<ChainInfo>, FirewallError> {
         let message = self.get_one(NFT_MSG_GETCHAIN, |b| {
-            b.put_strz(NFTA_CHAIN_TABLE, table).put_strz(NFTA_CHAIN_NAME, CHAIN);
+            b.put_strz(NFTA_CHAIN_TABLE, table)
+                .put_strz(NFTA_CHAIN_NAME, CHAIN);
         })?;
-        message.map(|m| parse_chain(&m).map(|(_, chain)| chain)).transpose().map_err(nl)
+        message
+            .map(|m| parse_chain(&m).map(|(_, chain)| chain))
+            .transpose()
+            .map_err(nl)
     }
 
     fn get_set(&mut self, table: &str, set: &str) -> Result<Option<SetInfo>, FirewallError> {
         let message = self.get_one(NFT_MSG_GETSET, |b| {
-            b.put_strz(NFTA_SET_TABLE, table).put_strz(NFTA_SET_NAME, set);
+            b.put_strz(NFTA_SET_TABLE, table)
+                .put_strz(NFTA_SET_NAME, set);
         })?;
-        message.map(|m| parse_set(&m).map(|(_, set)| set)).transpose().map_err(nl)
+        message
+            .map(|m| parse_set(&m).map(|(_, set)| set))
+            .transpose()
+            .map_err(nl)
     }
 
     /// Every chain of our table.
@@ -481,36 +594,52 @@ impl Nftables {
     fn dump_rules(&mut self, table: &str) -> Result<Vec<Vec<u8>>, FirewallError> {
         let messages = self
             .query(NFT_MSG_GETRULE, true, |b| {
-                b.put_strz(NFTA_RULE_TABLE, table).put_strz(NFTA_RULE_CHAIN, CHAIN);
+                b.put_strz(NFTA_RULE_TABLE, table)
+                    .put_strz(NFTA_RULE_CHAIN, CHAIN);
             })
             .map_err(nl)?;
         let mut rules = Vec::new();
         for message in &messages {
             let attrs = message.nfnl_attrs().map_err(nl)?;
-            let owner = find_attr(&attrs, NFTA_RULE_TABLE).map(|a| a.str()).transpose().map_err(nl)?;
-            let chain = find_attr(&attrs, NFTA_RULE_CHAIN).map(|a| a.str()).transpose().map_err(nl)?;
+            let owner = find_attr(&attrs, NFTA_RULE_TABLE)
+                .map(|a| a.str())
+                .transpose()
+                .map_err(nl)?;
+            let chain = find_attr(&attrs, NFTA_RULE_CHAIN)
+                .map(|a| a.str())
+                .transpose()
+                .map_err(nl)?;
             if owner == Some(table) && chain == Some(CHAIN) {
-                rules.push(find_attr(&attrs, NFTA_RULE_EXPRESSIONS).map(|a| a.data.to_vec()).unwrap_or_default());
+                rules.push(
+                    find_attr(&attrs, NFTA_RULE_EXPRESSIONS)
+                        .map(|a| a.data.to_vec())
+                        .unwrap_or_default(),
+                );
             }
         }
         Ok(rules)
     }
 
     /// The live elements of one of our sets: key and milliseconds left.
-    fn dump_elements(&mut self, table: &str, set: &str) -> Result<Vec<(Vec<u8>, Option<u64>)>, FirewallError> {
+    fn dump_elements(&mut self, table: &str, set: &str) -> Result<Vec<Element>, FirewallError> {
         let messages = match self.query(NFT_MSG_GETSETELEM, true, |b| {
-            b.put_strz(NFTA_SET_ELEM_LIST_TABLE, table).put_strz(NFTA_SET_ELEM_LIST_SET, set);
+            b.put_strz(NFTA_SET_ELEM_LIST_TABLE, table)
+                .put_strz(NFTA_SET_ELEM_LIST_SET, set);
         }) {
             Ok(messages) => messages,
             Err(e) if e.errno() == Some(libc::ENOENT) => {
-                return Err(FirewallError::Missing(format!("set inet {table} {set} does not exist")))
+                return Err(FirewallError::Missing(format!(
+                    "set inet {table} {set} does not exist"
+                )))
             }
             Err(e) => return Err(nl(e)),
         };
         let mut elements = Vec::new();
         for message in &messages {
             let attrs = message.nfnl_attrs().map_err(nl)?;
-            let Some(list) = find_attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS) else { continue };
+            let Some(list) = find_attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS) else {
+                continue;
+            };
             for element in list.nested_attrs().map_err(nl)? {
                 if element.attr_type != NFTA_LIST_ELEM {
                     continue;
@@ -524,20 +653,27 @@ impl Nftables {
     /// Looks at what is in the kernel before install.
     fn inspect(&mut self, rules: &RuleSet) -> Result<TableState, FirewallError> {
         let table = rules.nft_table.as_str();
-        let Some(flags) = self.get_table_flags(table)? else { return Ok(TableState::Absent) };
+        let Some(flags) = self.get_table_flags(table)? else {
+            return Ok(TableState::Absent);
+        };
         if flags & NFT_TABLE_F_DORMANT != 0 {
-            return Ok(TableState::Incompatible(format!("table inet {table} is dormant")));
+            return Ok(TableState::Incompatible(format!(
+                "table inet {table} is dormant"
+            )));
         }
         for chain in self.dump_chains(table)? {
             if chain.name != CHAIN {
-                return Ok(TableState::Incompatible(format!("unexpected chain {} in table inet {table}", chain.name)));
+                return Ok(TableState::Incompatible(format!(
+                    "unexpected chain {} in table inet {table}",
+                    chain.name
+                )));
             }
-            if let Err(reason) = check_chain(table, &chain, rules) {
-                // A policy other than accept is rewritten by the script; a
-                // hook or priority change cannot be.
-                if chain.hook != Some((NF_INET_LOCAL_IN, rules.nft_priority)) || chain.chain_type.as_deref() != Some("filter") {
-                    return Ok(TableState::Incompatible(reason));
-                }
+            // The script resets a changed policy; it cannot move a chain to
+            // another hook or priority.
+            let mut wanted = chain.clone();
+            wanted.policy = Some(NF_ACCEPT);
+            if let Err(reason) = check_chain(table, &wanted, rules) {
+                return Ok(TableState::Incompatible(reason));
             }
         }
         for set in self.dump_sets(table)? {
@@ -545,7 +681,10 @@ impl Nftables {
                 continue;
             }
             if set.name != SET4 && set.name != SET6 {
-                return Ok(TableState::Incompatible(format!("unexpected set {} in table inet {table}", set.name)));
+                return Ok(TableState::Incompatible(format!(
+                    "unexpected set {} in table inet {table}",
+                    set.name
+                )));
             }
             if let Err(reason) = check_set(table, &set) {
                 return Ok(TableState::Incompatible(reason));
@@ -558,20 +697,26 @@ impl Nftables {
     fn check(&mut self, rules: &RuleSet) -> Result<Vec<Vec<u8>>, FirewallError> {
         let table = rules.nft_table.as_str();
         match self.get_table_flags(table)? {
-            None => return Err(FirewallError::Missing(format!("table inet {table} does not exist"))),
+            None => {
+                return Err(FirewallError::Missing(format!(
+                    "table inet {table} does not exist"
+                )))
+            }
             Some(flags) if flags & NFT_TABLE_F_DORMANT != 0 => {
-                return Err(FirewallError::Missing(format!("table inet {table} is dormant")))
+                return Err(FirewallError::Missing(format!(
+                    "table inet {table} is dormant"
+                )))
             }
             Some(_) => {}
         }
-        let chain = self
-            .get_chain(table)?
-            .ok_or_else(|| FirewallError::Missing(format!("chain inet {table} {CHAIN} does not exist")))?;
+        let chain = self.get_chain(table)?.ok_or_else(|| {
+            FirewallError::Missing(format!("chain inet {table} {CHAIN} does not exist"))
+        })?;
         check_chain(table, &chain, rules).map_err(FirewallError::Missing)?;
         for name in [SET4, SET6] {
-            let set = self
-                .get_set(table, name)?
-                .ok_or_else(|| FirewallError::Missing(format!("set inet {table} {name} does not exist")))?;
+            let set = self.get_set(table, name)?.ok_or_else(|| {
+                FirewallError::Missing(format!("set inet {table} {name} does not exist"))
+            })?;
             check_set(table, &set).map_err(FirewallError::Missing)?;
         }
         let found = self.dump_rules(table)?;
@@ -590,13 +735,26 @@ impl Nftables {
     /// second add start a fresh timeout on kernels that keep an existing
     /// element's timeout on a plain add; the first add makes the delete
     /// valid whether or not the element existed.
-    fn add_elements(&mut self, table: &str, set: &str, keys: &[Vec<u8>], timeout_ms: u64) -> Result<(), NetlinkError> {
+    fn add_elements(
+        &mut self,
+        table: &str,
+        set: &str,
+        keys: &[Vec<u8>],
+        timeout_ms: u64,
+    ) -> Result<(), NetlinkError> {
         let mut request = Request::new();
         let begin = self.next_seq()?;
         let res_id = u16::from(NFNL_SUBSYS_NFTABLES);
         request.push(
             begin,
-            &MessageBuilder::nfnl(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin, AF_UNSPEC, res_id).finish()?,
+            &MessageBuilder::nfnl(
+                NFNL_MSG_BATCH_BEGIN,
+                NLM_F_REQUEST,
+                begin,
+                AF_UNSPEC,
+                res_id,
+            )
+            .finish()?,
             false,
         );
         for (msg, flags, timeout) in [
@@ -605,15 +763,65 @@ impl Nftables {
             (NFT_MSG_NEWSETELEM, NLM_F_CREATE, Some(timeout_ms)),
         ] {
             let seq = self.next_seq()?;
-            request.push(seq, &setelem_message(msg, flags | NLM_F_REQUEST | NLM_F_ACK, seq, table, set, keys, timeout)?, true);
+            request.push(
+                seq,
+                &setelem_message(
+                    msg,
+                    flags | NLM_F_REQUEST | NLM_F_ACK,
+                    seq,
+                    table,
+                    set,
+                    keys,
+                    timeout,
+                )?,
+                true,
+            );
         }
         let end = self.next_seq()?;
         request.push(
             end,
-            &MessageBuilder::nfnl(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, AF_UNSPEC, res_id).finish()?,
+            &MessageBuilder::nfnl(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, AF_UNSPEC, res_id)
+                .finish()?,
             false,
         );
         self.transact(&request).map(|_| ())
+    }
+}
+
+impl Nftables {
+    /// One batch deleting our table.
+    fn delete_table_request(&mut self, table: &str) -> Result<Request, NetlinkError> {
+        let res_id = u16::from(NFNL_SUBSYS_NFTABLES);
+        let (begin, del, end) = (self.next_seq()?, self.next_seq()?, self.next_seq()?);
+        let mut delete = MessageBuilder::nfnl(
+            nfnl_type(NFNL_SUBSYS_NFTABLES, NFT_MSG_DELTABLE),
+            NLM_F_REQUEST | NLM_F_ACK,
+            del,
+            NFPROTO_INET,
+            0,
+        );
+        delete.put_strz(NFTA_TABLE_NAME, table);
+        let mut request = Request::new();
+        request.push(
+            begin,
+            &MessageBuilder::nfnl(
+                NFNL_MSG_BATCH_BEGIN,
+                NLM_F_REQUEST,
+                begin,
+                AF_UNSPEC,
+                res_id,
+            )
+            .finish()?,
+            false,
+        );
+        request.push(del, &delete.finish()?, true);
+        request.push(
+            end,
+            &MessageBuilder::nfnl(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, AF_UNSPEC, res_id)
+                .finish()?,
+            false,
+        );
+        Ok(request)
     }
 }
 
@@ -631,11 +839,17 @@ pub fn setelem_message(
     keys: &[Vec<u8>],
     timeout_ms: Option<u64>,
 ) -> Result<Vec<u8>, NetlinkError> {
-    let mut builder =
-        MessageBuilder::nfnl(super::netlink::nfnl_type(NFNL_SUBSYS_NFTABLES, msg), flags, seq, NFPROTO_INET, 0);
-    builder.put_strz(NFTA_SET_ELEM_LIST_TABLE, table).put_strz(NFTA_SET_ELEM_LIST_SET, set).nested(
-        NFTA_SET_ELEM_LIST_ELEMENTS,
-        |b| {
+    let mut builder = MessageBuilder::nfnl(
+        nfnl_type(NFNL_SUBSYS_NFTABLES, msg),
+        flags,
+        seq,
+        NFPROTO_INET,
+        0,
+    );
+    builder
+        .put_strz(NFTA_SET_ELEM_LIST_TABLE, table)
+        .put_strz(NFTA_SET_ELEM_LIST_SET, set)
+        .nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
             for key in keys {
                 b.nested(NFTA_LIST_ELEM, |b| {
                     b.nested(NFTA_SET_ELEM_KEY, |b| {
@@ -646,16 +860,19 @@ pub fn setelem_message(
                     }
                 });
             }
-        },
-    );
+        });
     builder.finish()
 }
 
-fn parse_element(element: Attr<'_>) -> Result<(Vec<u8>, Option<u64>), NetlinkError> {
+fn parse_element(element: Attr<'_>) -> Result<Element, NetlinkError> {
     let attrs = element.nested_attrs()?;
-    let key = find_attr(&attrs, NFTA_SET_ELEM_KEY).ok_or(malformed("element without key"))?.nested_attrs()?;
+    let key = find_attr(&attrs, NFTA_SET_ELEM_KEY)
+        .ok_or(malformed("element without key"))?
+        .nested_attrs()?;
     let value = find_attr(&key, NFTA_DATA_VALUE).ok_or(malformed("element key without value"))?;
-    let expiration = find_attr(&attrs, NFTA_SET_ELEM_EXPIRATION).map(|a| a.u64_be()).transpose()?;
+    let expiration = find_attr(&attrs, NFTA_SET_ELEM_EXPIRATION)
+        .map(|a| a.u64_be())
+        .transpose()?;
     Ok((value.data.to_vec(), expiration))
 }
 
@@ -705,14 +922,21 @@ impl Firewall for Nftables {
         Ok(())
     }
 
-    fn grant(&mut self, addr: IpAddr, ports: &[PortSpec], duration: Duration) -> Result<(), FirewallError> {
+    fn grant(
+        &mut self,
+        addr: IpAddr,
+        ports: &[PortSpec],
+        duration: Duration,
+    ) -> Result<(), FirewallError> {
         let ports: BTreeSet<PortSpec> = ports.iter().copied().collect();
         if ports.is_empty() {
             return Ok(());
         }
         let table = self.table_for_grant()?;
         // Never 0: an element without a timeout would never expire.
-        let timeout_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1);
+        let timeout_ms = u64::try_from(duration.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut set = SET4;
         let mut keys = Vec::with_capacity(ports.len());
         for port in ports {
@@ -720,10 +944,13 @@ impl Firewall for Nftables {
             set = s;
             keys.push(key);
         }
-        self.add_elements(&table, set, &keys, timeout_ms).map_err(|e| match e.errno() {
-            Some(libc::ENOENT) => FirewallError::Missing(format!("set inet {table} {set} does not exist: {e}")),
-            _ => nl(e),
-        })
+        self.add_elements(&table, set, &keys, timeout_ms)
+            .map_err(|e| match e.errno() {
+                Some(libc::ENOENT) => {
+                    FirewallError::Missing(format!("set inet {table} {set} does not exist: {e}"))
+                }
+                _ => nl(e),
+            })
     }
 
     fn verify(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
@@ -731,7 +958,9 @@ impl Firewall for Nftables {
         let found = self.check(rules)?;
         if let Some((installed, fingerprint)) = &self.installed {
             if installed != rules {
-                return Err(FirewallError::Missing("the configured rules differ from those installed".into()));
+                return Err(FirewallError::Missing(
+                    "the configured rules differ from those installed".into(),
+                ));
             }
             if *fingerprint != found {
                 return Err(FirewallError::Missing(format!(
@@ -748,38 +977,26 @@ impl Firewall for Nftables {
         let mut grants = Vec::new();
         for set in [SET4, SET6] {
             for (key, expiration) in self.dump_elements(table, set)? {
-                let Some((addr, port)) = decode_key(&key) else { continue };
+                let Some((addr, port)) = decode_key(&key) else {
+                    continue;
+                };
                 // An element without timeout (added by hand) never expires.
                 let expires_in = expiration.map_or(Duration::MAX, Duration::from_millis);
-                grants.push(LiveGrant { addr, port, expires_in });
+                grants.push(LiveGrant {
+                    addr,
+                    port,
+                    expires_in,
+                });
             }
         }
-        grants.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+        grants.sort_by_key(|g| (g.addr, g.port));
         Ok(grants)
     }
 
     fn remove(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
         let table = rules.nft_table.as_str();
         self.installed = None;
-        let mut request = Request::new();
-        let res_id = u16::from(NFNL_SUBSYS_NFTABLES);
-        let begin = self.next_seq().map_err(nl)?;
-        let del = self.next_seq().map_err(nl)?;
-        let end = self.next_seq().map_err(nl)?;
-        let type_del = super::netlink::nfnl_type(NFNL_SUBSYS_NFTABLES, NFT_MSG_DELTABLE);
-        let mut delete = MessageBuilder::nfnl(type_del, NLM_F_REQUEST | NLM_F_ACK, del, NFPROTO_INET, 0);
-        delete.put_strz(NFTA_TABLE_NAME, table);
-        let built = (|| -> Result<_, NetlinkError> {
-            Ok((
-                MessageBuilder::nfnl(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin, AF_UNSPEC, res_id).finish()?,
-                delete.finish()?,
-                MessageBuilder::nfnl(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, AF_UNSPEC, res_id).finish()?,
-            ))
-        })()
-        .map_err(nl)?;
-        request.push(begin, &built.0, false);
-        request.push(del, &built.1, true);
-        request.push(end, &built.2, false);
+        let request = self.delete_table_request(table).map_err(nl)?;
         match self.transact(&request) {
             Ok(_) => Ok(()),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
@@ -796,7 +1013,14 @@ mod tests {
     fn rules() -> RuleSet {
         RuleSet {
             knock_port: 62201,
-            protected: vec![PortSpec::tcp(4992), PortSpec { transport: Transport::Udp, port: 53 }, PortSpec::tcp(4992)],
+            protected: vec![
+                PortSpec::tcp(4992),
+                PortSpec {
+                    transport: Transport::Udp,
+                    port: 53,
+                },
+                PortSpec::tcp(4992),
+            ],
             nft_table: "knock".into(),
             nft_priority: -10,
             iptables_cmd: "iptables".into(),
@@ -809,7 +1033,13 @@ mod tests {
         let (set, key) = element_key("10.0.0.1".parse().expect("ip"), PortSpec::tcp(4992));
         assert_eq!(set, SET4);
         assert_eq!(key, [10, 0, 0, 1, 6, 0, 0, 0, 0x13, 0x80, 0, 0]);
-        let (set, key) = element_key("2001:db8::1".parse().expect("ip"), PortSpec { transport: Transport::Udp, port: 53 });
+        let (set, key) = element_key(
+            "2001:db8::1".parse().expect("ip"),
+            PortSpec {
+                transport: Transport::Udp,
+                port: 53,
+            },
+        );
         assert_eq!(set, SET6);
         assert_eq!(key.len(), KEY_LEN6);
         assert_eq!(key[..4], [0x20, 0x01, 0x0d, 0xb8]);
@@ -820,7 +1050,13 @@ mod tests {
     fn keys_decode_back() {
         for (addr, port) in [
             ("192.0.2.7".parse().expect("ip"), PortSpec::tcp(22)),
-            ("fe80::1".parse().expect("ip"), PortSpec { transport: Transport::Udp, port: 65535 }),
+            (
+                "fe80::1".parse().expect("ip"),
+                PortSpec {
+                    transport: Transport::Udp,
+                    port: 65535,
+                },
+            ),
         ] {
             let (_, key) = element_key(addr, port);
             assert_eq!(decode_key(&key), Some((addr, port)));
@@ -833,17 +1069,30 @@ mod tests {
     #[test]
     fn setelem_message_nests_key_and_timeout() {
         let keys = vec![element_key("10.0.0.1".parse().expect("ip"), PortSpec::tcp(4992)).1];
-        let bytes =
-            setelem_message(NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE, 5, "knock", SET4, &keys, Some(2500))
-                .expect("small");
+        let bytes = setelem_message(
+            NFT_MSG_NEWSETELEM,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
+            5,
+            "knock",
+            SET4,
+            &keys,
+            Some(2500),
+        )
+        .expect("small");
         let messages = parse_messages(&bytes).expect("parse");
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0].msg_type, 0x0a0c);
         assert_eq!(messages[0].flags, 0x405);
         assert_eq!(messages[0].payload[..4], [NFPROTO_INET, 0, 0, 0]);
         let attrs = messages[0].nfnl_attrs().expect("attrs");
-        assert_eq!(find_attr(&attrs, NFTA_SET_ELEM_LIST_TABLE).expect("t").data, b"knock\0");
-        assert_eq!(find_attr(&attrs, NFTA_SET_ELEM_LIST_SET).expect("s").data, b"allow4\0");
+        assert_eq!(
+            find_attr(&attrs, NFTA_SET_ELEM_LIST_TABLE).expect("t").data,
+            b"knock\0"
+        );
+        assert_eq!(
+            find_attr(&attrs, NFTA_SET_ELEM_LIST_SET).expect("s").data,
+            b"allow4\0"
+        );
         let list = find_attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS).expect("list");
         assert!(list.nested);
         let elements = list.nested_attrs().expect("elements");
@@ -851,12 +1100,29 @@ mod tests {
         let (key, _) = parse_element(elements[0]).expect("element");
         assert_eq!(key, keys[0]);
         let inner = parse_attrs(elements[0].data).expect("inner");
-        assert_eq!(find_attr(&inner, NFTA_SET_ELEM_TIMEOUT).expect("timeout").data, 2500u64.to_be_bytes());
+        assert_eq!(
+            find_attr(&inner, NFTA_SET_ELEM_TIMEOUT)
+                .expect("timeout")
+                .data,
+            2500u64.to_be_bytes()
+        );
 
-        let del = setelem_message(NFT_MSG_DELSETELEM, NLM_F_REQUEST, 6, "knock", SET4, &keys, None).expect("small");
+        let del = setelem_message(
+            NFT_MSG_DELSETELEM,
+            NLM_F_REQUEST,
+            6,
+            "knock",
+            SET4,
+            &keys,
+            None,
+        )
+        .expect("small");
         let messages = parse_messages(&del).expect("parse");
         let attrs = messages[0].nfnl_attrs().expect("attrs");
-        let elements = find_attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS).expect("l").nested_attrs().expect("e");
+        let elements = find_attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS)
+            .expect("l")
+            .nested_attrs()
+            .expect("e");
         let inner = parse_attrs(elements[0].data).expect("inner");
         assert!(find_attr(&inner, NFTA_SET_ELEM_TIMEOUT).is_none());
     }
@@ -879,6 +1145,8 @@ mod tests {
         }];
         let again = recreate_script(&rules(), &keep);
         assert!(again.starts_with("table inet knock\ndelete table inet knock\n"));
-        assert!(again.ends_with("add element inet knock allow4 { 10.0.0.9 . tcp . 4992 timeout 12345ms }\n"));
+        assert!(again.ends_with(
+            "add element inet knock allow4 { 10.0.0.9 . tcp . 4992 timeout 12345ms }\n"
+        ));
     }
 }

@@ -1,0 +1,192 @@
+//! Build helpers for packaging.
+//!
+//! `cargo run -p xtask -- dist OUT_DIR` writes, from the binaries' own clap
+//! definitions (included here by path, so they cannot drift):
+//!
+//! - `OUT_DIR/man/*.1`: one page per program and one per subcommand;
+//! - `OUT_DIR/completions/{bash,zsh,fish}/...`: shell completions.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+
+#[allow(dead_code)]
+#[path = "../../server/src/cli.rs"]
+mod server_cli;
+
+#[allow(dead_code)]
+#[path = "../../client/src/cli.rs"]
+mod client_cli;
+
+#[allow(dead_code)]
+#[path = "../../keys/src/bin/knock-keygen/cli.rs"]
+mod keygen_cli;
+
+const USAGE: &str = "usage: cargo run -p xtask -- dist OUT_DIR";
+
+/// What every page ends with: exit status, files, see also.
+const EXIT_STATUS: &str = "0 on success, 1 on a runtime failure, 2 on a usage or configuration error. \
+Every error is one line on standard error that names the file, field or argument at fault.";
+
+struct Program {
+    command: clap::Command,
+    /// Extra man page sections: (heading, paragraphs).
+    sections: Vec<(&'static str, Vec<&'static str>)>,
+}
+
+fn programs() -> Vec<Program> {
+    vec![
+        Program {
+            command: server_cli::Args::command(),
+            sections: vec![
+                (
+                    "FILES",
+                    vec![
+                        "/etc/knock/server.toml: the configuration (see the commented default installed with the package).",
+                        "/etc/knock/server.id: the server identity that client profiles are bound to; kept with the configuration, not with the state.",
+                        "/etc/knock/clients.d/NAME.toml: one entry per authorised client, mode 0600, written by knock-keygen(1).",
+                        "/var/lib/knock/: replay state (state_dir).",
+                    ],
+                ),
+                (
+                    "SIGNALS",
+                    vec![
+                        "SIGHUP reloads the configuration and the clients without dropping live grants (systemctl reload knock-server).",
+                        "SIGTERM exits 0. With on_exit = \"stay-closed\" (the default) the firewall rules stay and protected ports stay closed; with on_exit = \"remove-rules\" they are removed.",
+                    ],
+                ),
+                ("EXIT STATUS", vec![EXIT_STATUS]),
+                (
+                    "SEE ALSO",
+                    vec!["knock-keygen(1), knock-client(1), systemctl(1), nft(8), iptables(8); docs/OPERATIONS.md, the operator's guide."],
+                ),
+            ],
+        },
+        Program {
+            command: keygen_cli::Args::command(),
+            sections: vec![
+                (
+                    "FILES",
+                    vec![
+                        "/etc/knock/server.toml: the server configuration read for clients_dir, protected and knock_port.",
+                        "/etc/knock/clients.d/NAME.toml: the server's entry for the new client, mode 0600.",
+                        "./NAME@HOST.knock: the client profile (--out), mode 0600; install it on the client with knock-client import.",
+                    ],
+                ),
+                ("EXIT STATUS", vec![EXIT_STATUS]),
+                ("SEE ALSO", vec!["knock-server(1), knock-client(1)."]),
+            ],
+        },
+        Program {
+            command: client_cli::Cli::command(),
+            sections: vec![
+                (
+                    "ENVIRONMENT",
+                    vec!["KNOCK_HOME: where profiles are installed and looked up (default ~/.config/knock)."],
+                ),
+                (
+                    "EXAMPLES",
+                    vec![
+                        "knock-client import alice@vpn.example.knock",
+                        "knock-client open vpn.example 22",
+                        "In ~/.ssh/config: Host vpn.example / ProxyCommand knock-client connect %h %p",
+                    ],
+                ),
+                ("EXIT STATUS", vec![EXIT_STATUS]),
+                ("SEE ALSO", vec!["knock-keygen(1), knock-server(1), ssh_config(5)."]),
+            ],
+        },
+    ]
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let out = match args.as_slice() {
+        [task, out] if task == "dist" => PathBuf::from(out),
+        _ => {
+            eprintln!("xtask: {USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match dist(&out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {}: {err}", out.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dist(out: &Path) -> std::io::Result<()> {
+    let man_dir = out.join("man");
+    fs::create_dir_all(&man_dir)?;
+    for program in programs() {
+        let name = program.command.get_name().to_owned();
+        man_pages(program.command.clone(), &program.sections, &man_dir)?;
+        for (shell, dir, file) in [
+            (Shell::Bash, "bash", name.clone()),
+            (Shell::Zsh, "zsh", format!("_{name}")),
+            (Shell::Fish, "fish", format!("{name}.fish")),
+        ] {
+            let dir = out.join("completions").join(dir);
+            fs::create_dir_all(&dir)?;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut program.command.clone(), name.clone(), &mut buf);
+            fs::write(dir.join(file), buf)?;
+        }
+    }
+    Ok(())
+}
+
+/// One page for the program, with `sections` appended, and one per subcommand.
+fn man_pages(
+    command: clap::Command,
+    sections: &[(&'static str, Vec<&'static str>)],
+    dir: &Path,
+) -> std::io::Result<()> {
+    let mut command = command.disable_help_subcommand(true);
+    command.build();
+    let version = command.get_version().unwrap_or_default().to_owned();
+    let page = |cmd: clap::Command| {
+        clap_mangen::Man::new(cmd)
+            .source(format!("knock {version}"))
+            .manual("knock manual")
+    };
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        page(sub.clone()).generate_to(dir)?;
+    }
+    let man = page(command.clone());
+    let mut roff = Vec::new();
+    man.render(&mut roff)?;
+    for (heading, paragraphs) in sections {
+        writeln!(roff, ".SH \"{heading}\"")?;
+        for paragraph in paragraphs {
+            writeln!(roff, ".PP")?;
+            writeln!(roff, "{}", escape(paragraph))?;
+        }
+    }
+    let subcommands: Vec<String> = command
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| format!("{}(1)", s.get_display_name().unwrap_or(s.get_name())))
+        .collect();
+    if !subcommands.is_empty() {
+        writeln!(roff, ".PP")?;
+        writeln!(roff, "{}", escape(&format!("Each subcommand has its own page: {}.", subcommands.join(", "))))?;
+    }
+    fs::write(dir.join(man.get_filename()), roff)
+}
+
+/// Escapes text for roff: backslashes, and a leading dot or quote.
+fn escape(text: &str) -> String {
+    let text = text.replace('\\', "\\e").replace('-', "\\-");
+    if text.starts_with('.') || text.starts_with('\'') {
+        format!("\\&{text}")
+    } else {
+        text
+    }
+}
