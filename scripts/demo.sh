@@ -12,7 +12,8 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 2
 fi
 
-say()  { printf '\n\033[1m== %s\033[0m\n' "$*" 2>/dev/null || printf '\n== %s\n' "$*"; }
+if [[ -t 1 ]]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD='' PLAIN=''; fi
+say()  { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
 show() { printf '   $ %s\n' "$*"; }
 ok()   { printf '   -> %s\n' "$*"; }
 
@@ -27,6 +28,7 @@ WORK=$(mktemp -d /tmp/knock-demo.XXXXXX)
 PIDS=()
 cleanup() {
     set +e
+    disown -a 2>/dev/null
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     for ns in $SRV $CLI $EVE $HUB; do
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
@@ -117,10 +119,12 @@ SSHCFG
 show "knock-client import alice.knock"
 KNOCK_HOME="$WORK/client-home" ip netns exec $CLI "$BIN/knock-client" import "$WORK/alice.knock" 2>&1 | sed 's/^/   /'
 show "cat ~/.ssh/config"; sed -n '/ProxyCommand/p' "$HOME_SSH" | sed 's/^/     /'
-show "ssh relay 'echo hello from \$(hostname), uptime \$(cut -d. -f1 /proc/uptime)s'"
+show "ssh relay 'echo logged in as \$(whoami), connection \$SSH_CONNECTION'"
 KNOCK_HOME="$WORK/client-home" ip netns exec $CLI ssh -F "$HOME_SSH" relay \
-    'echo hello from $(hostname), uptime $(cut -d. -f1 /proc/uptime)s' < /dev/null 2>&1 | sed 's/^/   -> /'
-tail -n 1 "$WORK/server.log" | sed 's/^/   [server] /'
+    'echo logged in as $(whoami), connection $SSH_CONNECTION' < /dev/null 2>&1 | sed 's/^/   -> /'
+grep granted "$WORK/server.log" | tail -n 1 | sed 's/^/   [server] /'
+show "knock-server status   # on the server: the grant lives in the kernel"
+ip netns exec $SRV "$BIN/knock-server" status --config "$WORK/etc/server.toml" | sed 's/^/   /'
 wait $TCPDUMP 2>/dev/null || true
 
 say "3. The eavesdropper replays the knock it captured, from its own address"
@@ -149,6 +153,4 @@ echo "after the window closed" >&"${SSH[1]}"
 read -r -t 10 reply <&"${SSH[0]}" && ok "$reply (the established session is still up)"
 exec {SSH[1]}>&-
 
-say "knock-server status"
-ip netns exec $SRV "$BIN/knock-server" status --config "$WORK/etc/server.toml" | sed 's/^/   /'
 say "Done. Cleaning up the namespaces."

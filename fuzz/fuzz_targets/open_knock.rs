@@ -15,7 +15,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|datagram: &[u8]| {
     let world = world();
     for server in &world.servers {
-        let Some((client, opened)) = open_path(world, server, datagram) else { continue };
+        let Some((client, opened)) = open_path(world, server, datagram) else {
+            continue;
+        };
 
         let nonce: [u8; 24] = datagram[8..32].try_into().unwrap();
         let unpadded = seal(
@@ -35,17 +37,27 @@ fuzz_target!(|datagram: &[u8]| {
             &SealRandomness { nonce, padding },
         )
         .unwrap();
-        assert_eq!(again, datagram, "an opened knock is not the canonical sealing of its request");
+        assert_eq!(
+            again, datagram,
+            "an opened knock is not the canonical sealing of its request"
+        );
 
         let now = server.now_ms;
         let mut guard = ReplayGuard::new(WINDOW_MS, now - WINDOW_MS);
         if let Ok(fresh) = guard.check(&client.name, opened.timestamp_ms, now) {
             guard.commit(fresh);
-            assert_eq!(guard.check(&client.name, opened.timestamp_ms, now), Err(ReplayError::Replay));
+            assert_eq!(
+                guard.check(&client.name, opened.timestamp_ms, now),
+                Err(ReplayError::Replay)
+            );
             let restored = ReplayGuard::restore(WINDOW_MS, now, &guard.encode()).unwrap();
-            assert!(restored.check(&client.name, opened.timestamp_ms, now + 1).is_err());
+            assert!(restored
+                .check(&client.name, opened.timestamp_ms, now + 1)
+                .is_err());
             let lost = ReplayGuard::new(WINDOW_MS, now + 1);
-            assert!(lost.check(&client.name, opened.timestamp_ms, now + 1).is_err());
+            assert!(lost
+                .check(&client.name, opened.timestamp_ms, now + 1)
+                .is_err());
         }
     }
 });

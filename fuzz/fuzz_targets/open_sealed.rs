@@ -27,7 +27,9 @@ fuzz_target!(|input: &[u8]| {
 
     let (aead_key, hint_key) = derive(&client.secret);
     let datagram = seal_plaintext(&aead_key, &hint(&hint_key, server.now_ms), &nonce, body);
-    let Ok(knock) = KnockBytes::parse(&datagram) else { return };
+    let Ok(knock) = KnockBytes::parse(&datagram) else {
+        return;
+    };
     if let Err(e) = open(&client.keys, &server.id, &knock) {
         assert_ne!(e, OpenError::BadMac, "an authentic knock failed its MAC");
         return;

@@ -21,8 +21,12 @@ fuzz_target!(|bytes: &[u8]| {
     let path = Path::new("/home/u/.config/knock/fuzz.knock");
     if let Ok(profile) = ClientProfile::parse(path, &text) {
         let written = profile.to_toml();
-        let again = ClientProfile::parse(path, &written)
-            .unwrap_or_else(|e| panic!("a profile does not read back its own file: {e}\n{}", *written));
+        let again = ClientProfile::parse(path, &written).unwrap_or_else(|e| {
+            panic!(
+                "a profile does not read back its own file: {e}\n{}",
+                *written
+            )
+        });
         assert_eq!(again.name, profile.name);
         assert_eq!(again.host, profile.host);
         assert_eq!(again.aliases, profile.aliases);

@@ -8,8 +8,7 @@ use std::sync::OnceLock;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use knock_proto::{
-    open, ClientSecret, HintIndex, KnockBytes, KnockKeys, OpenedKnock, PortSpec, Request,
-    ServerId,
+    open, ClientSecret, HintIndex, KnockBytes, KnockKeys, OpenedKnock, PortSpec, Request, ServerId,
 };
 use ring::{hkdf, hmac};
 
@@ -49,7 +48,9 @@ fn unhex(text: &str) -> Vec<u8> {
 
 /// The (key, value) paragraphs of the `test-vectors` block.
 fn vector_fields() -> Vec<Vec<(String, String)>> {
-    let Some(start) = PROTOCOL_MD.find("```test-vectors\n") else { return Vec::new() };
+    let Some(start) = PROTOCOL_MD.find("```test-vectors\n") else {
+        return Vec::new();
+    };
     let body = PROTOCOL_MD.get(start + 16..).unwrap_or("");
     let body = body.get(..body.find("```").unwrap_or(0)).unwrap_or("");
     body.split("\n\n")
@@ -69,11 +70,21 @@ pub fn world() -> &'static World {
         let mut servers_at = Vec::new();
         for fields in vector_fields() {
             let get = |key: &str| {
-                fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("")
+                fields
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("")
             };
-            let Ok(secret) = <[u8; 32]>::try_from(unhex(get("client_secret"))) else { continue };
-            let Some(id) = ServerId::from_slice(&unhex(get("server_id"))) else { continue };
-            let Ok(now_ms) = get("timestamp_ms").parse::<u64>() else { continue };
+            let Ok(secret) = <[u8; 32]>::try_from(unhex(get("client_secret"))) else {
+                continue;
+            };
+            let Some(id) = ServerId::from_slice(&unhex(get("server_id"))) else {
+                continue;
+            };
+            let Ok(now_ms) = get("timestamp_ms").parse::<u64>() else {
+                continue;
+            };
             clients.push(Client {
                 name: get("name").to_owned(),
                 secret,
@@ -131,7 +142,10 @@ fn expand(prk: &hkdf::Prk, info: &[u8]) -> [u8; 32] {
 /// (aead key, hint key).
 pub fn derive(secret: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"knock/v1").extract(secret);
-    (expand(&prk, b"knock/v1 aead"), expand(&prk, b"knock/v1 hint"))
+    (
+        expand(&prk, b"knock/v1 aead"),
+        expand(&prk, b"knock/v1 hint"),
+    )
 }
 
 pub fn hint(hint_key: &[u8; 32], timestamp_ms: u64) -> [u8; 8] {
@@ -146,7 +160,12 @@ pub fn hint(hint_key: &[u8; 32], timestamp_ms: u64) -> [u8; 8] {
 }
 
 /// `hint || nonce || AEAD(plaintext)`, exactly as a client with the key would.
-pub fn seal_plaintext(aead_key: &[u8; 32], hint: &[u8; 8], nonce: &[u8; 24], plaintext: &[u8]) -> Vec<u8> {
+pub fn seal_plaintext(
+    aead_key: &[u8; 32],
+    hint: &[u8; 8],
+    nonce: &[u8; 24],
+    plaintext: &[u8],
+) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(Key::from_slice(aead_key));
     let mut body = plaintext.to_vec();
     let Ok(tag) = cipher.encrypt_in_place_detached(XNonce::from_slice(nonce), hint, &mut body)
@@ -161,7 +180,12 @@ pub fn seal_plaintext(aead_key: &[u8; 32], hint: &[u8; 8], nonce: &[u8; 24], pla
 }
 
 /// The canonical plaintext of a request (docs/PROTOCOL.md, "The plaintext").
-pub fn plaintext(request: &Request, server: &ServerId, timestamp_ms: u64, padding: usize) -> Vec<u8> {
+pub fn plaintext(
+    request: &Request,
+    server: &ServerId,
+    timestamp_ms: u64,
+    padding: usize,
+) -> Vec<u8> {
     let mut p = vec![1u8];
     p.push(match request.bound_addr {
         None => 0,

@@ -14,8 +14,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use knock_proto::{
-    open, seal, ClientSecret, HintIndex, KnockBytes, KnockKeys, PortSpec, Request,
-    SealRandomness, ServerId,
+    open, seal, ClientSecret, HintIndex, KnockBytes, KnockKeys, PortSpec, Request, SealRandomness,
+    ServerId,
 };
 
 const NOW_MS: u64 = 1_700_000_000_000;
@@ -29,9 +29,15 @@ fn keys(seed: u8) -> KnockKeys {
 /// What the server does with one datagram up to the replay guard; `true` if
 /// it opened.
 fn server_path(index: &HintIndex<usize>, all: &[KnockKeys], datagram: &[u8]) -> bool {
-    let Ok(knock) = KnockBytes::parse(datagram) else { return false };
-    let Some(&client) = index.lookup(knock.hint()) else { return false };
-    let Some(keys) = all.get(client) else { return false };
+    let Ok(knock) = KnockBytes::parse(datagram) else {
+        return false;
+    };
+    let Some(&client) = index.lookup(knock.hint()) else {
+        return false;
+    };
+    let Some(keys) = all.get(client) else {
+        return false;
+    };
     open(keys, &SERVER, &knock).is_ok()
 }
 
@@ -43,16 +49,29 @@ fn benches(c: &mut Criterion) {
         duration_s: 0,
         bound_addr: None,
     };
-    let randomness = SealRandomness { nonce: [7; 24], padding: 21 };
+    let randomness = SealRandomness {
+        nonce: [7; 24],
+        padding: 21,
+    };
     let sealer = &all[42];
 
     c.bench_function("seal", |b| {
-        b.iter(|| seal(sealer, &SERVER, black_box(&request), NOW_MS, black_box(&randomness)))
+        b.iter(|| {
+            seal(
+                sealer,
+                &SERVER,
+                black_box(&request),
+                NOW_MS,
+                black_box(&randomness),
+            )
+        })
     });
 
     let valid = seal(sealer, &SERVER, &request, NOW_MS, &randomness).expect("seal");
     assert!(server_path(&index, &all, &valid));
-    c.bench_function("open_valid", |b| b.iter(|| server_path(&index, &all, black_box(&valid))));
+    c.bench_function("open_valid", |b| {
+        b.iter(|| server_path(&index, &all, black_box(&valid)))
+    });
 
     // Same length, bytes from a fixed xorshift stream: no hint matches.
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -65,7 +84,9 @@ fn benches(c: &mut Criterion) {
         })
         .collect();
     assert!(!server_path(&index, &all, &junk));
-    c.bench_function("reject_junk", |b| b.iter(|| server_path(&index, &all, black_box(&junk))));
+    c.bench_function("reject_junk", |b| {
+        b.iter(|| server_path(&index, &all, black_box(&junk)))
+    });
 
     let mut bad_tag = valid.clone();
     let last = bad_tag.len() - 1;

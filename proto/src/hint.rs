@@ -72,7 +72,11 @@ impl<T: Clone> HintIndex<T> {
                 by_hint.insert(KeyHint::for_slot(keys, slot), client.clone());
             }
         }
-        Self { first_slot, last_slot, by_hint }
+        Self {
+            first_slot,
+            last_slot,
+            by_hint,
+        }
     }
 
     /// Does this index still cover every slot reachable from `now_ms`? When

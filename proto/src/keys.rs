@@ -51,7 +51,10 @@ impl ClientSecret {
         expand(&prk, INFO_HINT, &mut hint);
         let hint_key = hmac::Key::new(hmac::HMAC_SHA256, &hint);
         hint.zeroize();
-        KnockKeys { aead, hint: hint_key }
+        KnockKeys {
+            aead,
+            hint: hint_key,
+        }
     }
 }
 

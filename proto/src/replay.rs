@@ -76,7 +76,12 @@ impl ReplayGuard {
     /// A guard with no memory, for a server process that started at
     /// `started_at_ms`.
     pub fn new(window_ms: u64, started_at_ms: u64) -> Self {
-        Self { window_ms, started_at_ms, forgotten_before_ms: 0, last: HashMap::new() }
+        Self {
+            window_ms,
+            started_at_ms,
+            forgotten_before_ms: 0,
+            last: HashMap::new(),
+        }
     }
 
     /// A guard that remembers what an earlier process wrote with [`Self::encode`].
@@ -95,8 +100,12 @@ impl ReplayGuard {
             if line.is_empty() {
                 continue;
             }
-            let (name, stamp) = line.split_once(' ').ok_or(StateDecodeError::Line(index + 2))?;
-            let stamp: u64 = stamp.parse().map_err(|_| StateDecodeError::Line(index + 2))?;
+            let (name, stamp) = line
+                .split_once(' ')
+                .ok_or(StateDecodeError::Line(index + 2))?;
+            let stamp: u64 = stamp
+                .parse()
+                .map_err(|_| StateDecodeError::Line(index + 2))?;
             if !valid_client_name(name) {
                 return Err(StateDecodeError::Line(index + 2));
             }
@@ -125,10 +134,14 @@ impl ReplayGuard {
         now_ms: u64,
     ) -> Result<FreshKnock, ReplayError> {
         if timestamp_ms.saturating_add(self.window_ms) < now_ms {
-            return Err(ReplayError::TooOld { age_ms: now_ms - timestamp_ms });
+            return Err(ReplayError::TooOld {
+                age_ms: now_ms - timestamp_ms,
+            });
         }
         if timestamp_ms > now_ms.saturating_add(self.window_ms) {
-            return Err(ReplayError::FromFuture { ahead_ms: timestamp_ms - now_ms });
+            return Err(ReplayError::FromFuture {
+                ahead_ms: timestamp_ms - now_ms,
+            });
         }
         if timestamp_ms < self.started_at_ms {
             return Err(ReplayError::BeforeStart);
@@ -136,14 +149,19 @@ impl ReplayGuard {
         if timestamp_ms < self.forgotten_before_ms {
             // Only reachable after the window widened or the clock stepped
             // back since a prune: `last` may have held this client's entry.
-            return Err(ReplayError::TooOld { age_ms: now_ms.saturating_sub(timestamp_ms) });
+            return Err(ReplayError::TooOld {
+                age_ms: now_ms.saturating_sub(timestamp_ms),
+            });
         }
         if let Some(&last) = self.last.get(client) {
             if timestamp_ms <= last {
                 return Err(ReplayError::Replay);
             }
         }
-        Ok(FreshKnock { client: client.to_owned(), timestamp_ms })
+        Ok(FreshKnock {
+            client: client.to_owned(),
+            timestamp_ms,
+        })
     }
 
     /// Consumes a fresh knock: from now on it, and everything its client

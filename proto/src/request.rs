@@ -47,7 +47,10 @@ pub struct PortSpec {
 
 impl PortSpec {
     pub fn tcp(port: u16) -> Self {
-        Self { transport: Transport::Tcp, port }
+        Self {
+            transport: Transport::Tcp,
+            port,
+        }
     }
 }
 
@@ -65,7 +68,9 @@ impl FromStr for PortSpec {
             Some(("tcp", n)) => (Transport::Tcp, n),
             Some(("udp", n)) => (Transport::Udp, n),
             Some((other, _)) => {
-                return Err(format!("unknown transport {other:?} in {text:?}: use tcp/PORT or udp/PORT"))
+                return Err(format!(
+                    "unknown transport {other:?} in {text:?}: use tcp/PORT or udp/PORT"
+                ))
             }
             None => (Transport::Tcp, text),
         };

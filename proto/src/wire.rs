@@ -80,7 +80,10 @@ pub fn seal(
         return Err(SealError::NoPorts);
     }
     if count > MAX_PORTS {
-        return Err(SealError::TooManyPorts { count, max: MAX_PORTS });
+        return Err(SealError::TooManyPorts {
+            count,
+            max: MAX_PORTS,
+        });
     }
     let padding = usize::from(randomness.padding) % (MAX_PADDING + 1);
     let hint = KeyHint::at(keys, timestamp_ms);
@@ -145,7 +148,12 @@ impl<'a> KnockBytes<'a> {
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
         let mut hint_bytes = [0u8; HINT_LEN];
         hint_bytes.copy_from_slice(hint);
-        Ok(Self { hint: KeyHint(hint_bytes), nonce, ciphertext, tag })
+        Ok(Self {
+            hint: KeyHint(hint_bytes),
+            nonce,
+            ciphertext,
+            tag,
+        })
     }
 
     /// The hint that names the one candidate client.
@@ -209,8 +217,8 @@ fn decode_plaintext(server: &ServerId, plaintext: &[u8]) -> Result<OpenedKnock, 
     }
     let mut ports = Vec::with_capacity(count);
     for _ in 0..count {
-        let transport = Transport::from_ip_proto(reader.byte()?)
-            .ok_or(OpenError::Malformed("transport"))?;
+        let transport =
+            Transport::from_ip_proto(reader.byte()?).ok_or(OpenError::Malformed("transport"))?;
         let port = u16::from_be_bytes(reader.array()?);
         if port == 0 {
             return Err(OpenError::Malformed("port 0"));
@@ -228,7 +236,11 @@ fn decode_plaintext(server: &ServerId, plaintext: &[u8]) -> Result<OpenedKnock, 
         return Err(OpenError::Malformed("padding"));
     }
     Ok(OpenedKnock {
-        request: Request { ports, duration_s, bound_addr },
+        request: Request {
+            ports,
+            duration_s,
+            bound_addr,
+        },
         timestamp_ms,
     })
 }
@@ -239,7 +251,10 @@ struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
     fn byte(&mut self) -> Result<u8, OpenError> {
-        let (&first, rest) = self.0.split_first().ok_or(OpenError::Malformed("truncated"))?;
+        let (&first, rest) = self
+            .0
+            .split_first()
+            .ok_or(OpenError::Malformed("truncated"))?;
         self.0 = rest;
         Ok(first)
     }

@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use knock_proto::{
-    open, seal, HintIndex, KeyHint, KnockBytes, OpenError, ServerId, MAX_KNOCK_LEN,
-    MIN_KNOCK_LEN, SLOT_MS,
+    open, seal, HintIndex, KeyHint, KnockBytes, OpenError, ServerId, MAX_KNOCK_LEN, MIN_KNOCK_LEN,
+    SLOT_MS,
 };
 use proptest::prelude::*;
 
@@ -52,7 +52,11 @@ fn server_ids_differing_in_one_bit_are_told_apart() {
 /// The index a server with `clients` clients builds at `now_ms`.
 fn index(clients: u8, now_ms: u64, window_ms: u64) -> (Vec<knock_proto::KnockKeys>, HintIndex<u8>) {
     let all: Vec<_> = (0..clients).map(keys).collect();
-    let index = HintIndex::build((0..clients).map(|i| (i, &all[usize::from(i)])), now_ms, window_ms);
+    let index = HintIndex::build(
+        (0..clients).map(|i| (i, &all[usize::from(i)])),
+        now_ms,
+        window_ms,
+    );
     (all, index)
 }
 
@@ -104,7 +108,11 @@ fn index_holds_clients_times_slots() {
     ] {
         let (_, index) = index(clients, now_ms, window_ms);
         let slots = slots_in_window(now_ms, window_ms);
-        assert_eq!(index.len(), usize::from(clients) * slots, "{clients} clients at {now_ms}");
+        assert_eq!(
+            index.len(),
+            usize::from(clients) * slots,
+            "{clients} clients at {now_ms}"
+        );
         assert_eq!(index.is_empty(), clients == 0);
     }
     // The default ±30 s window always spans exactly three slots.

@@ -29,7 +29,11 @@ fn sealed_bytes_hide_ports_address_time_and_server() {
         let count = 1 + rng.below(16) as usize;
         let ports: Vec<PortSpec> = (0..count)
             .map(|_| PortSpec {
-                transport: if rng.below(2) == 0 { Transport::Tcp } else { Transport::Udp },
+                transport: if rng.below(2) == 0 {
+                    Transport::Tcp
+                } else {
+                    Transport::Udp
+                },
                 port: 1 + rng.below(65535) as u16,
             })
             .collect();
@@ -42,7 +46,11 @@ fn sealed_bytes_hide_ports_address_time_and_server() {
                 Some(IpAddr::from(a))
             }
         };
-        let request = Request { ports, duration_s: rng.next_u64() as u32, bound_addr };
+        let request = Request {
+            ports,
+            duration_s: rng.next_u64() as u32,
+            bound_addr,
+        };
         let timestamp_ms = T0 + rng.below(1 << 40);
         let datagram = seal(&k, &server, &request, timestamp_ms, &randomness(&mut rng)).unwrap();
 
@@ -55,9 +63,18 @@ fn sealed_bytes_hide_ports_address_time_and_server() {
             ("port list", port_block.clone()),
             ("port list without count", port_block[1..].to_vec()),
             ("timestamp", timestamp_ms.to_be_bytes().to_vec()),
-            ("timestamp low bytes", timestamp_ms.to_be_bytes()[2..].to_vec()),
-            ("timestamp, little-endian", timestamp_ms.to_le_bytes()[..6].to_vec()),
-            ("timestamp in seconds", ((timestamp_ms / 1000) as u32).to_be_bytes().to_vec()),
+            (
+                "timestamp low bytes",
+                timestamp_ms.to_be_bytes()[2..].to_vec(),
+            ),
+            (
+                "timestamp, little-endian",
+                timestamp_ms.to_le_bytes()[..6].to_vec(),
+            ),
+            (
+                "timestamp in seconds",
+                ((timestamp_ms / 1000) as u32).to_be_bytes().to_vec(),
+            ),
             ("server id", server.0.to_vec()),
             ("server id prefix", server.0[..6].to_vec()),
             ("duration", request.duration_s.to_be_bytes().to_vec()),
@@ -77,7 +94,10 @@ fn sealed_bytes_hide_ports_address_time_and_server() {
         }
         for (what, needle) in &needles {
             if needle.len() >= 4 {
-                assert!(!contains(&datagram, needle), "knock {i}: {what} in the clear");
+                assert!(
+                    !contains(&datagram, needle),
+                    "knock {i}: {what} in the clear"
+                );
             }
         }
     }
@@ -113,12 +133,20 @@ fn no_byte_position_is_constant_across_knocks() {
         let values: HashSet<u8> = knocks.iter().map(|k| k[position]).collect();
         // 2000 uniform draws cover nearly all 256 values; a cleartext version,
         // type or length byte would show one or a few.
-        assert!(values.len() > 200, "position {position}: only {} values", values.len());
+        assert!(
+            values.len() > 200,
+            "position {position}: only {} values",
+            values.len()
+        );
     }
     // The same from the end (the tag, and whatever precedes it).
     for back in 1..=shortest {
         let values: HashSet<u8> = knocks.iter().map(|k| k[k.len() - back]).collect();
-        assert!(values.len() > 200, "position -{back}: only {} values", values.len());
+        assert!(
+            values.len() > 200,
+            "position -{back}: only {} values",
+            values.len()
+        );
     }
 }
 
@@ -147,7 +175,10 @@ fn byte_frequencies_look_uniform() {
     }
     let total: u64 = counts.iter().sum();
     let expected = total as f64 / 256.0;
-    let chi2: f64 = counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
+    let chi2: f64 = counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
     assert!(chi2 < 380.0, "all bytes: chi-square {chi2:.1} with 255 df");
 
     let shortest = knocks.iter().map(Vec::len).min().unwrap();
@@ -157,8 +188,14 @@ fn byte_frequencies_look_uniform() {
             nibbles[usize::from(k[position] >> 4)] += 1;
         }
         let expected = knocks.len() as f64 / 16.0;
-        let chi2: f64 = nibbles.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
-        assert!(chi2 < 60.0, "position {position}: chi-square {chi2:.1} with 15 df");
+        let chi2: f64 = nibbles
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(
+            chi2 < 60.0,
+            "position {position}: chi-square {chi2:.1} with 15 df"
+        );
     }
 }
 
@@ -182,13 +219,20 @@ fn knocks_in_different_slots_share_nothing() {
         }
     }
     let rate = equal_positions as f64 / compared as f64;
-    assert!((0.5 / 256.0..2.0 / 256.0).contains(&rate), "equal-position rate {rate}");
+    assert!(
+        (0.5 / 256.0..2.0 / 256.0).contains(&rate),
+        "equal-position rate {rate}"
+    );
 
     // Slot by slot, the hints of one client are all different.
     let k = keys(9);
     let mut rng = SplitMix(3);
     let hints: HashSet<[u8; 8]> = (0..10_000u64)
-        .map(|slot| seal_simple(&k, slot * SLOT_MS, &mut rng)[..8].try_into().unwrap())
+        .map(|slot| {
+            seal_simple(&k, slot * SLOT_MS, &mut rng)[..8]
+                .try_into()
+                .unwrap()
+        })
         .collect();
     assert_eq!(hints.len(), 10_000);
 }

@@ -8,9 +8,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use knock_proto::{
-    open, seal, KnockBytes, ReplayError, ReplayGuard, StateDecodeError,
-};
+use knock_proto::{open, seal, KnockBytes, ReplayError, ReplayGuard, StateDecodeError};
 use proptest::prelude::*;
 
 const START: u64 = T0;
@@ -26,8 +24,14 @@ fn accepts_a_knock_once() {
     let mut guard = ReplayGuard::new(WINDOW_MS, START);
     let now = START + 60_000;
     accept(&mut guard, "alice", now - 1_000, now);
-    assert_eq!(guard.check("alice", now - 1_000, now), Err(ReplayError::Replay));
-    assert_eq!(guard.check("alice", now - 1_000, now + 5_000), Err(ReplayError::Replay));
+    assert_eq!(
+        guard.check("alice", now - 1_000, now),
+        Err(ReplayError::Replay)
+    );
+    assert_eq!(
+        guard.check("alice", now - 1_000, now + 5_000),
+        Err(ReplayError::Replay)
+    );
     // Other clients are not affected.
     accept(&mut guard, "bob", now - 1_000, now);
 }
@@ -38,7 +42,10 @@ fn older_stamp_than_the_last_accepted_is_a_replay() {
     let now = START + 60_000;
     accept(&mut guard, "alice", now, now);
     assert_eq!(guard.check("alice", now - 1, now), Err(ReplayError::Replay));
-    assert_eq!(guard.check("alice", now - 20_000, now + 1), Err(ReplayError::Replay));
+    assert_eq!(
+        guard.check("alice", now - 20_000, now + 1),
+        Err(ReplayError::Replay)
+    );
     accept(&mut guard, "alice", now + 1, now + 1);
 }
 
@@ -50,22 +57,38 @@ fn freshness_window_is_enforced_both_ways() {
     assert!(guard.check("a", now + WINDOW_MS, now).is_ok());
     assert_eq!(
         guard.check("a", now - WINDOW_MS - 1, now),
-        Err(ReplayError::TooOld { age_ms: WINDOW_MS + 1 })
+        Err(ReplayError::TooOld {
+            age_ms: WINDOW_MS + 1
+        })
     );
     assert_eq!(
         guard.check("a", now + WINDOW_MS + 1, now),
-        Err(ReplayError::FromFuture { ahead_ms: WINDOW_MS + 1 })
+        Err(ReplayError::FromFuture {
+            ahead_ms: WINDOW_MS + 1
+        })
     );
     // Extremes do not overflow.
-    assert!(matches!(guard.check("a", 0, u64::MAX), Err(ReplayError::TooOld { .. })));
-    assert!(matches!(guard.check("a", u64::MAX, 0), Err(ReplayError::FromFuture { .. })));
-    assert!(matches!(guard.check("a", u64::MAX, u64::MAX), Err(ReplayError::BeforeStart) | Ok(_)));
+    assert!(matches!(
+        guard.check("a", 0, u64::MAX),
+        Err(ReplayError::TooOld { .. })
+    ));
+    assert!(matches!(
+        guard.check("a", u64::MAX, 0),
+        Err(ReplayError::FromFuture { .. })
+    ));
+    assert!(matches!(
+        guard.check("a", u64::MAX, u64::MAX),
+        Err(ReplayError::BeforeStart) | Ok(_)
+    ));
 }
 
 #[test]
 fn stamp_before_start_is_refused() {
     let guard = ReplayGuard::new(WINDOW_MS, START);
-    assert_eq!(guard.check("a", START - 1, START + 1_000), Err(ReplayError::BeforeStart));
+    assert_eq!(
+        guard.check("a", START - 1, START + 1_000),
+        Err(ReplayError::BeforeStart)
+    );
     assert!(guard.check("a", START, START + 1_000).is_ok());
 }
 
@@ -110,18 +133,27 @@ fn encode_restore_round_trip() {
     assert_eq!(restored.len(), 4);
     for (i, name) in ["zed", "alice", "bob.laptop", "c-1_2"].iter().enumerate() {
         let stamp = now + i as u64;
-        assert_eq!(restored.check(name, stamp, now + 5), Err(ReplayError::Replay));
+        assert_eq!(
+            restored.check(name, stamp, now + 5),
+            Err(ReplayError::Replay)
+        );
         assert!(restored.check(name, stamp + 1, now + 5).is_ok());
     }
     // Equal states encode to equal bytes, whatever the order of commits.
     let mut other = ReplayGuard::new(WINDOW_MS, START);
-    for (i, name) in ["zed", "alice", "bob.laptop", "c-1_2"].iter().enumerate().rev() {
+    for (i, name) in ["zed", "alice", "bob.laptop", "c-1_2"]
+        .iter()
+        .enumerate()
+        .rev()
+    {
         accept(&mut other, name, now + i as u64, now + i as u64);
     }
     assert_eq!(other.encode(), encoded);
     // An empty state round-trips too.
     let empty = ReplayGuard::new(WINDOW_MS, START).encode();
-    assert!(ReplayGuard::restore(WINDOW_MS, START, &empty).unwrap().is_empty());
+    assert!(ReplayGuard::restore(WINDOW_MS, START, &empty)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -130,11 +162,17 @@ fn restore_rejects_garbage() {
     for (input, expected) in [
         (&b""[..], StateDecodeError::Header),
         (b"\xff\xfe", StateDecodeError::Header),
-        (b"knock-replay-state v2\nalice 1\n", StateDecodeError::Header),
+        (
+            b"knock-replay-state v2\nalice 1\n",
+            StateDecodeError::Header,
+        ),
         (b"alice 1\n", StateDecodeError::Header),
         (b" knock-replay-state v1\n", StateDecodeError::Header),
     ] {
-        assert_eq!(ReplayGuard::restore(WINDOW_MS, START, input).unwrap_err(), expected);
+        assert_eq!(
+            ReplayGuard::restore(WINDOW_MS, START, input).unwrap_err(),
+            expected
+        );
     }
     for (body, line) in [
         ("alice\n", 2),
@@ -175,10 +213,19 @@ fn prune_drops_only_entries_older_than_the_window() {
     guard.prune(now);
     assert_eq!(guard.len(), 2);
     let kept = String::from_utf8(guard.encode()).unwrap();
-    assert!(kept.contains("edge ") && kept.contains("new ") && !kept.contains("old "), "{kept}");
+    assert!(
+        kept.contains("edge ") && kept.contains("new ") && !kept.contains("old "),
+        "{kept}"
+    );
     // The pruned entry could only refuse knocks that are too old anyway.
-    assert!(matches!(guard.check("old", now - 60_000, now), Err(ReplayError::TooOld { .. })));
-    assert_eq!(guard.check("edge", now - WINDOW_MS, now), Err(ReplayError::Replay));
+    assert!(matches!(
+        guard.check("old", now - 60_000, now),
+        Err(ReplayError::TooOld { .. })
+    ));
+    assert_eq!(
+        guard.check("edge", now - WINDOW_MS, now),
+        Err(ReplayError::Replay)
+    );
 }
 
 /// Widening the window (on reload) after a prune must not bring back a knock
@@ -235,11 +282,15 @@ fn knock_accepted_before_state_loss_is_refused_after_restart() {
     );
     // With the state file kept, the restored guard refuses it as a replay.
     let restored = ReplayGuard::restore(WINDOW_MS, restart, &first.encode()).unwrap();
-    assert!(restored.check("alice", opened.timestamp_ms, restart + 10).is_err());
+    assert!(restored
+        .check("alice", opened.timestamp_ms, restart + 10)
+        .is_err());
     // A new knock from the client is welcome in the new process.
     let fresh = seal_simple(&k, restart + 20, &mut rng);
     let fresh = open(&k, &SERVER, &KnockBytes::parse(&fresh).unwrap()).unwrap();
-    assert!(second.check("alice", fresh.timestamp_ms, restart + 30).is_ok());
+    assert!(second
+        .check("alice", fresh.timestamp_ms, restart + 30)
+        .is_ok());
 }
 
 /// The residual of the start-time floor, as documented: a client whose clock
@@ -279,12 +330,19 @@ fn a_knock_seals_and_passes_the_guard_once_end_to_end() {
 #[derive(Debug, Clone)]
 enum Op {
     /// A knock from client `c` stamped `now + offset - window`.
-    Knock { c: u8, offset: u64 },
+    Knock {
+        c: u8,
+        offset: u64,
+    },
     /// A replay of the `i`-th knock accepted so far.
-    Replay { i: prop::sample::Index },
+    Replay {
+        i: prop::sample::Index,
+    },
     Prune,
     /// Time moves forward.
-    Tick { ms: u64 },
+    Tick {
+        ms: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -49,13 +49,20 @@ impl Vector {
     }
 
     fn request(&self) -> Request {
-        let ports: Vec<PortSpec> =
-            self.get("ports").split(',').map(|p| p.trim().parse().unwrap()).collect();
+        let ports: Vec<PortSpec> = self
+            .get("ports")
+            .split(',')
+            .map(|p| p.trim().parse().unwrap())
+            .collect();
         let bound_addr: Option<IpAddr> = match self.get("bound_addr") {
             "none" => None,
             addr => Some(addr.parse().unwrap()),
         };
-        Request { ports, duration_s: self.get("duration_s").parse().unwrap(), bound_addr }
+        Request {
+            ports,
+            duration_s: self.get("duration_s").parse().unwrap(),
+            bound_addr,
+        }
     }
 
     fn timestamp_ms(&self) -> u64 {
@@ -76,7 +83,9 @@ impl Vector {
 
 /// The paragraphs of the first ```` ```test-vectors ```` block.
 fn vectors() -> Vec<Vector> {
-    let start = PROTOCOL_MD.find("```test-vectors\n").expect("no test-vectors block in PROTOCOL.md");
+    let start = PROTOCOL_MD
+        .find("```test-vectors\n")
+        .expect("no test-vectors block in PROTOCOL.md");
     let body = &PROTOCOL_MD[start + "```test-vectors\n".len()..];
     let body = &body[..body.find("```").expect("unterminated test-vectors block")];
     let mut out = Vec::new();
@@ -87,7 +96,9 @@ fn vectors() -> Vec<Vector> {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (key, value) = line.split_once(':').unwrap_or_else(|| panic!("bad line {line:?}"));
+            let (key, value) = line
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad line {line:?}"));
             let previous = fields.insert(key.trim().to_owned(), value.trim().to_owned());
             assert!(previous.is_none(), "duplicate `{key}` in {paragraph:?}");
         }
@@ -111,8 +122,14 @@ fn protocol_md_has_at_least_three_vectors() {
 fn seal_reproduces_every_vector() {
     for v in vectors() {
         let keys = ClientSecret::from_bytes(v.secret()).derive();
-        let sealed =
-            seal(&keys, &v.server(), &v.request(), v.timestamp_ms(), &v.randomness()).unwrap();
+        let sealed = seal(
+            &keys,
+            &v.server(),
+            &v.request(),
+            v.timestamp_ms(),
+            &v.randomness(),
+        )
+        .unwrap();
         assert_eq!(hex(&sealed), v.get("knock"), "vector {}", v.name());
     }
 }
@@ -126,7 +143,10 @@ fn open_recovers_every_vector() {
         let datagram = v.knock();
         let knock = KnockBytes::parse(&datagram).unwrap();
         let index = HintIndex::build([(v.name().to_owned(), &keys)], v.timestamp_ms(), WINDOW_MS);
-        assert_eq!(index.lookup(knock.hint()).map(String::as_str), Some(v.name()));
+        assert_eq!(
+            index.lookup(knock.hint()).map(String::as_str),
+            Some(v.name())
+        );
         let opened = open(&keys, &v.server(), &knock).unwrap();
         assert_eq!(opened.request, v.request(), "vector {}", v.name());
         assert_eq!(opened.timestamp_ms, v.timestamp_ms(), "vector {}", v.name());
@@ -149,7 +169,12 @@ fn vectors_match_an_independent_implementation_of_the_spec() {
         assert_eq!(hex(&plaintext), v.get("plaintext"), "vector {}", v.name());
         let knock = spec::seal_plaintext(&aead_key, &hint, &v.randomness().nonce, &plaintext);
         assert_eq!(hex(&knock), v.get("knock"), "vector {}", v.name());
-        assert_eq!(v.get("length").parse::<usize>().unwrap(), knock.len(), "vector {}", v.name());
+        assert_eq!(
+            v.get("length").parse::<usize>().unwrap(),
+            knock.len(),
+            "vector {}",
+            v.name()
+        );
     }
 }
 
@@ -163,8 +188,14 @@ fn print_vectors() {
             println!();
         }
         let keys = ClientSecret::from_bytes(v.secret()).derive();
-        let sealed =
-            seal(&keys, &v.server(), &v.request(), v.timestamp_ms(), &v.randomness()).unwrap();
+        let sealed = seal(
+            &keys,
+            &v.server(),
+            &v.request(),
+            v.timestamp_ms(),
+            &v.randomness(),
+        )
+        .unwrap();
         let (aead_key, hint_key) = spec::derive(&v.secret());
         let padding = usize::from(v.randomness().padding) % 64;
         let plaintext = spec::plaintext(&v.request(), &v.server().0, v.timestamp_ms(), padding);

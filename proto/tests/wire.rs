@@ -26,7 +26,11 @@ enum Verdict {
 /// An index over clients 0..8, by seed.
 fn index_at(now_ms: u64) -> (Vec<knock_proto::KnockKeys>, HintIndex<u8>) {
     let all: Vec<_> = (0..8u8).map(keys).collect();
-    let index = HintIndex::build((0..8u8).map(|i| (i, &all[usize::from(i)])), now_ms, WINDOW_MS);
+    let index = HintIndex::build(
+        (0..8u8).map(|i| (i, &all[usize::from(i)])),
+        now_ms,
+        WINDOW_MS,
+    );
     (all, index)
 }
 
@@ -237,9 +241,15 @@ fn fixed_knock() -> (Vec<knock_proto::KnockKeys>, HintIndex<u8>, Vec<u8>) {
         duration_s: 120,
         bound_addr: Some("2001:db8::7".parse().unwrap()),
     };
-    let rand = SealRandomness { nonce: [0xa5; 24], padding: 9 };
+    let rand = SealRandomness {
+        nonce: [0xa5; 24],
+        padding: 9,
+    };
     let datagram = seal(&all[2], &SERVER, &request, T0, &rand).unwrap();
-    assert!(matches!(verdict(&all, &index, &SERVER, &datagram), Verdict::Opened(2, _)));
+    assert!(matches!(
+        verdict(&all, &index, &SERVER, &datagram),
+        Verdict::Opened(2, _)
+    ));
     (all, index, datagram)
 }
 
@@ -290,20 +300,32 @@ fn hint_is_authenticated() {
     let mut moved = datagram.clone();
     moved[..8].copy_from_slice(&spec::hint(&hint_key, T0 + 30_000));
     assert_ne!(moved[..8], datagram[..8]);
-    assert_eq!(verdict(&all, &index, &SERVER, &moved), Verdict::Open(OpenError::BadMac));
+    assert_eq!(
+        verdict(&all, &index, &SERVER, &moved),
+        Verdict::Open(OpenError::BadMac)
+    );
 }
 
 #[test]
 fn seal_refuses_bad_port_counts() {
     let k = keys(1);
-    let rand = SealRandomness { nonce: [0; 24], padding: 0 };
+    let rand = SealRandomness {
+        nonce: [0; 24],
+        padding: 0,
+    };
     let mut request = simple_request();
     request.ports.clear();
-    assert_eq!(seal(&k, &SERVER, &request, T0, &rand), Err(SealError::NoPorts));
+    assert_eq!(
+        seal(&k, &SERVER, &request, T0, &rand),
+        Err(SealError::NoPorts)
+    );
     request.ports = vec![knock_proto::PortSpec::tcp(1); MAX_PORTS + 1];
     assert_eq!(
         seal(&k, &SERVER, &request, T0, &rand),
-        Err(SealError::TooManyPorts { count: MAX_PORTS + 1, max: MAX_PORTS })
+        Err(SealError::TooManyPorts {
+            count: MAX_PORTS + 1,
+            max: MAX_PORTS
+        })
     );
     request.ports.pop();
     let datagram = seal(&k, &SERVER, &request, T0, &rand).unwrap();
@@ -318,7 +340,10 @@ fn length_bounds_are_the_extremes_of_seal() {
         &SERVER,
         &simple_request(),
         T0,
-        &SealRandomness { nonce: [0; 24], padding: 0 },
+        &SealRandomness {
+            nonce: [0; 24],
+            padding: 0,
+        },
     )
     .unwrap();
     assert_eq!(shortest.len(), MIN_KNOCK_LEN);
@@ -332,13 +357,22 @@ fn length_bounds_are_the_extremes_of_seal() {
         &SERVER,
         &longest_request,
         T0,
-        &SealRandomness { nonce: [0; 24], padding: MAX_PADDING as u8 },
+        &SealRandomness {
+            nonce: [0; 24],
+            padding: MAX_PADDING as u8,
+        },
     )
     .unwrap();
     assert_eq!(longest.len(), MAX_KNOCK_LEN);
     assert_eq!((MIN_KNOCK_LEN, MAX_KNOCK_LEN), (82, 206));
-    assert_eq!(KnockBytes::parse(&shortest[..MIN_KNOCK_LEN - 1]).err(), Some(ParseError::TooShort(81)));
+    assert_eq!(
+        KnockBytes::parse(&shortest[..MIN_KNOCK_LEN - 1]).err(),
+        Some(ParseError::TooShort(81))
+    );
     let mut too_long = longest.clone();
     too_long.push(0);
-    assert_eq!(KnockBytes::parse(&too_long).err(), Some(ParseError::TooLong(207)));
+    assert_eq!(
+        KnockBytes::parse(&too_long).err(),
+        Some(ParseError::TooLong(207))
+    );
 }

@@ -89,7 +89,7 @@ impl RejectionLog {
         *self.counts.entry(rejection.reason()).or_default() += 1;
         if rejection.is_authentic() && self.detailed < DETAILED_REJECTIONS {
             self.detailed += 1;
-            warn!(reason = rejection.reason(), "knock refused: {rejection}");
+            warn!("knock refused ({}): {rejection}", rejection.reason());
         }
     }
 

@@ -7,6 +7,12 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// Drops every capability but CAP_NET_RAW and CAP_NET_ADMIN.
 pub fn drop_to_network_caps() -> Result<(), caps::errors::CapsError> {
     let keep: CapsHashSet = [Capability::CAP_NET_RAW, Capability::CAP_NET_ADMIN].into_iter().collect();
+    // Already confined (systemd's CapabilityBoundingSet, whose seccomp filter
+    // also denies capset(2)): nothing to drop.
+    let within = |set| caps::read(None, set).map(|have| have.is_subset(&keep)).unwrap_or(false);
+    if within(CapSet::Bounding) && within(CapSet::Permitted) {
+        return Ok(());
+    }
     // The bounding set first: changing it needs CAP_SETPCAP, dropped below.
     // Caps that are already missing (systemd's CapabilityBoundingSet) are fine.
     for cap in caps::all() {

@@ -31,17 +31,31 @@ pub fn keys(seed: u8) -> KnockKeys {
 }
 
 pub fn simple_request() -> Request {
-    Request { ports: vec![PortSpec::tcp(4992)], duration_s: 0, bound_addr: None }
+    Request {
+        ports: vec![PortSpec::tcp(4992)],
+        duration_s: 0,
+        bound_addr: None,
+    }
 }
 
 pub fn randomness(rng: &mut SplitMix) -> SealRandomness {
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill(&mut nonce);
-    SealRandomness { nonce, padding: rng.next_u64() as u8 }
+    SealRandomness {
+        nonce,
+        padding: rng.next_u64() as u8,
+    }
 }
 
 pub fn seal_simple(keys: &KnockKeys, timestamp_ms: u64, rng: &mut SplitMix) -> Vec<u8> {
-    seal(keys, &SERVER, &simple_request(), timestamp_ms, &randomness(rng)).unwrap()
+    seal(
+        keys,
+        &SERVER,
+        &simple_request(),
+        timestamp_ms,
+        &randomness(rng),
+    )
+    .unwrap()
 }
 
 /// splitmix64: deterministic, so statistical tests give the same answer on
@@ -88,9 +102,16 @@ pub fn bound_addr() -> impl Strategy<Value = Option<IpAddr>> {
 }
 
 pub fn request() -> impl Strategy<Value = Request> {
-    (proptest::collection::vec(port_spec(), 1..=MAX_PORTS), any::<u32>(), bound_addr()).prop_map(
-        |(ports, duration_s, bound_addr)| Request { ports, duration_s, bound_addr },
+    (
+        proptest::collection::vec(port_spec(), 1..=MAX_PORTS),
+        any::<u32>(),
+        bound_addr(),
     )
+        .prop_map(|(ports, duration_s, bound_addr)| Request {
+            ports,
+            duration_s,
+            bound_addr,
+        })
 }
 
 pub fn seal_randomness() -> impl Strategy<Value = SealRandomness> {
@@ -124,7 +145,10 @@ pub mod spec {
     /// (aead key, hint key) as docs/PROTOCOL.md "Key derivation" describes.
     pub fn derive(secret: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"knock/v1").extract(secret);
-        (expand(&prk, b"knock/v1 aead"), expand(&prk, b"knock/v1 hint"))
+        (
+            expand(&prk, b"knock/v1 aead"),
+            expand(&prk, b"knock/v1 hint"),
+        )
     }
 
     /// The hint for the 30 s slot holding `timestamp_ms`.

@@ -566,11 +566,10 @@ impl Iptables {
                     state.jumps
                 )));
             }
-            if !state.jump_first {
-                return Err(FirewallError::Missing(format!(
-                    "{command}: the jump to {CHAIN} is not the first rule of INPUT"
-                )));
-            }
+            // Install puts the jump first, but tools such as fail2ban insert
+            // their own jumps at position 1 later. Treating that as damage
+            // would make us fight them every few seconds; an ACCEPT placed
+            // before our jump is the operator's explicit choice.
             let expected = chain_rules(rules, family).len();
             if state.chain_rules.len() != expected {
                 return Err(FirewallError::Missing(format!(
