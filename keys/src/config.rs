@@ -101,7 +101,7 @@ impl ServerConfig {
     /// Checks `text` as if read from `path` (relative paths in it are taken
     /// relative to the directory of `path`).
     pub fn parse(path: &Path, text: &str) -> Result<Self, FileError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| FileError::syntax(path, &e))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| FileError::syntax(path, text, &e))?;
         let base = path.parent().unwrap_or(Path::new("/"));
         let field = |name, message: String| FileError::field(path, name, message);
 

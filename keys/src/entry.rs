@@ -44,7 +44,7 @@ impl ClientEntry {
             })?
             .to_owned();
         let text = read_secret(path)?;
-        let raw: RawEntry = toml::from_str(&text).map_err(|e| FileError::syntax(path, &e))?;
+        let raw: RawEntry = toml::from_str(&text).map_err(|e| FileError::syntax(path, &text, &e))?;
         let secret = decode_base64(&raw.key)
             .and_then(|bytes| ClientSecret::from_slice(&bytes))
             .ok_or_else(|| FileError::field(path, "key", "must be 32 bytes of base64"))?;

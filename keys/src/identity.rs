@@ -20,7 +20,7 @@ struct RawIdentity {
 /// Reads the identity file.
 pub fn load(path: &Path) -> Result<ServerId, FileError> {
     let text = read_config(path)?;
-    let raw: RawIdentity = toml::from_str(&text).map_err(|e| FileError::syntax(path, &e))?;
+    let raw: RawIdentity = toml::from_str(&text).map_err(|e| FileError::syntax(path, &text, &e))?;
     decode_base64(&raw.server_id)
         .and_then(|bytes| ServerId::from_slice(&bytes))
         .ok_or_else(|| {

@@ -47,14 +47,25 @@ impl FileError {
         Self::Field { path: path.to_path_buf(), field, message: message.into() }
     }
 
-    pub(crate) fn syntax(path: &std::path::Path, err: &toml::de::Error) -> Self {
-        // toml's messages span several lines with a source excerpt; keep one.
+    pub(crate) fn syntax(path: &std::path::Path, text: &str, err: &toml::de::Error) -> Self {
+        // toml's messages span several lines with a source excerpt; keep one
+        // line, and name the line and the key it points at.
         let message = err.message().trim().replace('\n', " ");
         let location = err
             .span()
-            .map(|span| format!(" (at byte {})", span.start))
+            .map(|span| {
+                let start = span.start.min(text.len());
+                let line_no = text.get(..start).map_or(0, |head| head.matches('\n').count()) + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("");
+                match line.split_once('=') {
+                    Some((key, _)) if !key.trim().is_empty() && !key.trim_start().starts_with('#') => {
+                        format!("line {line_no}, field `{}`: ", key.trim())
+                    }
+                    _ => format!("line {line_no}: "),
+                }
+            })
             .unwrap_or_default();
-        Self::Syntax { path: path.to_path_buf(), message: format!("{message}{location}") }
+        Self::Syntax { path: path.to_path_buf(), message: format!("{location}{message}") }
     }
 }
 

@@ -48,12 +48,15 @@ impl ClientProfile {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, FileError> {
-        let raw: RawProfile = toml::from_str(text).map_err(|e| FileError::syntax(path, &e))?;
+        let raw: RawProfile = toml::from_str(text).map_err(|e| FileError::syntax(path, text, &e))?;
         if !valid_client_name(&raw.name) {
             return Err(FileError::field(path, "name", "use letters, digits, '-', '_' or '.'"));
         }
-        if raw.host.trim().is_empty() {
-            return Err(FileError::field(path, "host", "empty"));
+        if !plausible_host(&raw.host) {
+            return Err(FileError::field(path, "host", "must be a host name or address"));
+        }
+        if !raw.aliases.iter().all(|a| plausible_host(a)) {
+            return Err(FileError::field(path, "aliases", "each must be a host name or address"));
         }
         let knock_port = u16::try_from(raw.knock_port)
             .ok()
@@ -93,7 +96,7 @@ impl ClientProfile {
             items.map(|s| toml_string(&s)).collect::<Vec<_>>().join(", ")
         };
         Zeroizing::new(format!(
-            "# knock client profile: client \"{name}\" of server {host}.\n\
+            "# knock client profile: client \"{name}\".\n\
              # Install it with `knock-client import FILE`. It holds a secret: keep it 0600.\n\
              name = \"{name}\"\n\
              host = {host_toml}\n\
@@ -103,7 +106,6 @@ impl ClientProfile {
              key = \"{key}\"\n\
              ports = [{ports}]\n",
             name = self.name,
-            host = self.host,
             host_toml = toml_string(&self.host),
             aliases = quote(&mut self.aliases.iter().cloned()),
             port = self.knock_port,
@@ -116,4 +118,10 @@ impl ClientProfile {
 
 fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
+}
+
+/// Host names and addresses as a profile may hold them: no blanks, no control
+/// characters, nothing that could break the file it is written back to.
+fn plausible_host(host: &str) -> bool {
+    !host.is_empty() && host.len() <= 253 && host.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
 }

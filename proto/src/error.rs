@@ -54,6 +54,8 @@ pub enum SealError {
     NoPorts,
     #[error("a knock can request at most {max} ports, not {count}")]
     TooManyPorts { count: usize, max: usize },
+    #[error("port 0 cannot be requested")]
+    PortZero,
     /// The cipher refused the input; it does so only past 256 GiB.
     #[error("encryption failed")]
     Encryption,

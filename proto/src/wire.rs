@@ -85,6 +85,9 @@ pub fn seal(
             max: MAX_PORTS,
         });
     }
+    if request.ports.iter().any(|spec| spec.port == 0) {
+        return Err(SealError::PortZero);
+    }
     let padding = usize::from(randomness.padding) % (MAX_PADDING + 1);
     let hint = KeyHint::at(keys, timestamp_ms);
 
