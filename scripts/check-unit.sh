@@ -24,12 +24,12 @@ chmod 755 "$scratch/knock-server"
 sed "s#/usr/bin/knock-server#$scratch/knock-server#g" "$unit" >"$scratch/knock-server.service"
 
 # Documentation=man:... is checked when the generated pages are at hand
-# (scripts/build-deb.sh writes them to target/dist/man).
-man_dir="${KNOCK_DIST_DIR:-target/dist}/man"
+# (scripts/build-deb.sh writes them to target/release/dist/man).
+man_dir="${KNOCK_DIST_DIR:-${CARGO_TARGET_DIR:-target}/release/dist}/man"
 man_opt=--man=no
 if [[ -d $man_dir ]]; then
     mkdir -p "$scratch/man/man1"
-    cp "$man_dir"/*.1 "$scratch/man/man1/"
+    cp "$man_dir"/*.1* "$scratch/man/man1/"
     export MANPATH="$scratch/man"
     man_opt=--man=yes
 fi

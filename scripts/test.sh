@@ -27,7 +27,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "build the binaries the integration tests drive"
 cargo build --workspace --bins
 
-step "cargo test (unit, property, CLI, namespace, ssh end-to-end)"
+step "build the Debian package (tests/tests/package.rs installs it in a container)"
+KNOCK_DEB=$(scripts/build-deb.sh | tail -n 1)
+export KNOCK_DEB
+
+step "cargo test (unit, property, CLI, namespace, ssh end-to-end, package)"
 cargo test --workspace --no-fail-fast -- --test-threads="${KNOCK_TEST_THREADS:-4}"
 
 if [[ -x scripts/fuzz.sh && "${KNOCK_SKIP_FUZZ:-0}" != 1 ]]; then

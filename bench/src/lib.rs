@@ -63,7 +63,11 @@ impl FastRng {
 /// (200 addresses from the first) or a single address.
 pub fn parse_ipv4_range(text: &str) -> Result<Vec<IpAddr>, String> {
     let bad = |why: &str| format!("invalid address range {text:?}: {why}; use A-B, A+COUNT or A");
-    let parse = |s: &str| s.trim().parse::<Ipv4Addr>().map_err(|_| bad("not an IPv4 address"));
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<Ipv4Addr>()
+            .map_err(|_| bad("not an IPv4 address"))
+    };
     let (first, last) = if let Some((a, b)) = text.split_once('-') {
         (u32::from(parse(a)?), u32::from(parse(b)?))
     } else if let Some((a, n)) = text.split_once('+') {
@@ -72,7 +76,12 @@ pub fn parse_ipv4_range(text: &str) -> Result<Vec<IpAddr>, String> {
         if count == 0 {
             return Err(bad("COUNT is 0"));
         }
-        (first, first.checked_add(count - 1).ok_or_else(|| bad("too many"))?)
+        (
+            first,
+            first
+                .checked_add(count - 1)
+                .ok_or_else(|| bad("too many"))?,
+        )
     } else {
         let one = u32::from(parse(text)?);
         (one, one)
@@ -83,7 +92,9 @@ pub fn parse_ipv4_range(text: &str) -> Result<Vec<IpAddr>, String> {
     if last - first >= 65_536 {
         return Err(bad("more than 65536 addresses"));
     }
-    Ok((first..=last).map(|a| IpAddr::V4(Ipv4Addr::from(a))).collect())
+    Ok((first..=last)
+        .map(|a| IpAddr::V4(Ipv4Addr::from(a)))
+        .collect())
 }
 
 /// Latency statistics over the successful trials.
@@ -160,7 +171,12 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_ipv4_range("198.18.16.10-198.18.16.209").unwrap().len(), 200);
+        assert_eq!(
+            parse_ipv4_range("198.18.16.10-198.18.16.209")
+                .unwrap()
+                .len(),
+            200
+        );
         let r = parse_ipv4_range("198.18.16.250+10").unwrap();
         assert_eq!(r.len(), 10);
         assert_eq!(r[9], "198.18.17.3".parse::<IpAddr>().unwrap());

@@ -18,11 +18,17 @@ pub struct Failure {
 
 impl Failure {
     pub fn usage(message: impl Display) -> Self {
-        Self { code: EXIT_USAGE, message: message.to_string() }
+        Self {
+            code: EXIT_USAGE,
+            message: message.to_string(),
+        }
     }
 
     pub fn runtime(message: impl Display) -> Self {
-        Self { code: EXIT_RUNTIME, message: message.to_string() }
+        Self {
+            code: EXIT_RUNTIME,
+            message: message.to_string(),
+        }
     }
 
     /// Prints the message as one line on stderr and returns the exit status.

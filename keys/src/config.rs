@@ -110,7 +110,12 @@ impl ServerConfig {
             || interface.len() > 15
             || !interface.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
         {
-            return Err(field("interface", format!("{interface:?} is not an interface name; use a name like \"eth0\" or \"any\"")));
+            return Err(field(
+                "interface",
+                format!(
+                    "{interface:?} is not an interface name; use a name like \"eth0\" or \"any\""
+                ),
+            ));
         }
         let knock_port = match raw.knock_port {
             None => DEFAULT_KNOCK_PORT,
@@ -123,18 +128,35 @@ impl ServerConfig {
             None | Some("nftables") => Backend::Nftables,
             Some("iptables") => Backend::Iptables,
             Some(other) => {
-                return Err(field("firewall", format!("unknown backend {other:?}; use \"nftables\" or \"iptables\"")))
+                return Err(field(
+                    "firewall",
+                    format!("unknown backend {other:?}; use \"nftables\" or \"iptables\""),
+                ))
             }
         };
         let protected = match raw.protected {
-            None => return Err(field("protected", "missing: list the ports to protect, e.g. protected = [\"tcp/22\"]".into())),
+            None => {
+                return Err(field(
+                    "protected",
+                    "missing: list the ports to protect, e.g. protected = [\"tcp/22\"]".into(),
+                ))
+            }
             Some(items) => crate::parse_ports(path, "protected", &items)?,
         };
         if protected.is_empty() {
-            return Err(field("protected", "empty: list at least one port, e.g. [\"tcp/22\"]".into()));
+            return Err(field(
+                "protected",
+                "empty: list at least one port, e.g. [\"tcp/22\"]".into(),
+            ));
         }
-        if protected.contains(&PortSpec { transport: knock_proto::Transport::Udp, port: knock_port }) {
-            return Err(field("protected", format!("udp/{knock_port} is the knock port itself")));
+        if protected.contains(&PortSpec {
+            transport: knock_proto::Transport::Udp,
+            port: knock_port,
+        }) {
+            return Err(field(
+                "protected",
+                format!("udp/{knock_port} is the knock port itself"),
+            ));
         }
         let duration = |name: &'static str, value: Option<String>, default: u64| match value {
             None => Ok(Duration::from_secs(default)),
@@ -143,10 +165,16 @@ impl ServerConfig {
         let open_for = duration("open_for", raw.open_for, 30)?;
         let max_clock_skew = duration("max_clock_skew", raw.max_clock_skew, 30)?;
         if max_clock_skew > Duration::from_secs(600) {
-            return Err(field("max_clock_skew", "at most 10m; a wide window only helps an attacker".into()));
+            return Err(field(
+                "max_clock_skew",
+                "at most 10m; a wide window only helps an attacker".into(),
+            ));
         }
         let verify_every = duration("verify_every", raw.verify_every, 2)?;
-        let resolve = |name: &'static str, value: Option<String>, default: &str| -> Result<PathBuf, FileError> {
+        let resolve = |name: &'static str,
+                       value: Option<String>,
+                       default: &str|
+         -> Result<PathBuf, FileError> {
             let text = value.unwrap_or_else(|| default.to_owned());
             if text.is_empty() {
                 return Err(field(name, "empty path".into()));
@@ -160,14 +188,22 @@ impl ServerConfig {
             None | Some("stay-closed") => OnExit::StayClosed,
             Some("remove-rules") => OnExit::RemoveRules,
             Some(other) => {
-                return Err(field("on_exit", format!("unknown value {other:?}; use \"stay-closed\" or \"remove-rules\"")))
+                return Err(field(
+                    "on_exit",
+                    format!("unknown value {other:?}; use \"stay-closed\" or \"remove-rules\""),
+                ))
             }
         };
         let nft_table = raw.nft_table.unwrap_or_else(|| "knock".to_owned());
         if !(1..=32).contains(&nft_table.len())
-            || !nft_table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || !nft_table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
-            return Err(field("nft_table", format!("{nft_table:?}: use 1-32 letters, digits or _")));
+            return Err(field(
+                "nft_table",
+                format!("{nft_table:?}: use 1-32 letters, digits or _"),
+            ));
         }
         let nft_priority = match raw.nft_priority {
             None => -10,

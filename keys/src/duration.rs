@@ -11,7 +11,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let bad = || format!("invalid duration {text:?}: use a whole number with s, m, h or ms, e.g. \"30s\"");
+    let bad = || {
+        format!("invalid duration {text:?}: use a whole number with s, m, h or ms, e.g. \"30s\"")
+    };
     let value: u64 = number.parse().map_err(|_| bad())?;
     let duration = match unit {
         "" | "s" => Duration::from_secs(value),
@@ -61,7 +63,17 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        for bad in ["", "-5s", "0s", "1.5s", "5d", "s", "99999999999999999999s", "25h", "5 s"] {
+        for bad in [
+            "",
+            "-5s",
+            "0s",
+            "1.5s",
+            "5d",
+            "s",
+            "99999999999999999999s",
+            "25h",
+            "5 s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -40,23 +40,39 @@ impl ClientEntry {
             .and_then(|s| s.to_str())
             .filter(|s| valid_client_name(s))
             .ok_or_else(|| {
-                FileError::field(path, "name", "file name must be NAME.toml, NAME of letters, digits, '-', '_' or '.'")
+                FileError::field(
+                    path,
+                    "name",
+                    "file name must be NAME.toml, NAME of letters, digits, '-', '_' or '.'",
+                )
             })?
             .to_owned();
         let text = read_secret(path)?;
-        let raw: RawEntry = toml::from_str(&text).map_err(|e| FileError::syntax(path, &text, &e))?;
+        let raw: RawEntry =
+            toml::from_str(&text).map_err(|e| FileError::syntax(path, &text, &e))?;
         let secret = decode_base64(&raw.key)
             .and_then(|bytes| ClientSecret::from_slice(&bytes))
             .ok_or_else(|| FileError::field(path, "key", "must be 32 bytes of base64"))?;
         let ports = parse_ports(path, "ports", &raw.ports)?;
         if ports.is_empty() {
-            return Err(FileError::field(path, "ports", "empty: this client could open nothing"));
+            return Err(FileError::field(
+                path,
+                "ports",
+                "empty: this client could open nothing",
+            ));
         }
         let max_open_for = raw
             .max_open_for
-            .map(|text| parse_duration(&text).map_err(|m| FileError::field(path, "max_open_for", m)))
+            .map(|text| {
+                parse_duration(&text).map_err(|m| FileError::field(path, "max_open_for", m))
+            })
             .transpose()?;
-        Ok(Self { name, secret, ports, max_open_for })
+        Ok(Self {
+            name,
+            secret,
+            ports,
+            max_open_for,
+        })
     }
 
     /// The file's text.

@@ -24,7 +24,11 @@ pub fn load(path: &Path) -> Result<ServerId, FileError> {
     decode_base64(&raw.server_id)
         .and_then(|bytes| ServerId::from_slice(&bytes))
         .ok_or_else(|| {
-            FileError::field(path, "server_id", format!("must be {SERVER_ID_LEN} bytes of base64"))
+            FileError::field(
+                path,
+                "server_id",
+                format!("must be {SERVER_ID_LEN} bytes of base64"),
+            )
         })
 }
 
@@ -35,10 +39,12 @@ pub fn load_or_create(path: &Path) -> Result<(ServerId, bool), FileError> {
         return Ok((load(path)?, false));
     }
     let mut bytes = [0u8; SERVER_ID_LEN];
-    SystemRandom::new().fill(&mut bytes).map_err(|_| FileError::Write {
-        path: path.into(),
-        source: std::io::Error::other("the system random generator failed"),
-    })?;
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| FileError::Write {
+            path: path.into(),
+            source: std::io::Error::other("the system random generator failed"),
+        })?;
     let id = ServerId(bytes);
     let text = format!(
         "# knock server identity. Every client profile of this server depends on it:\n\
@@ -48,8 +54,10 @@ pub fn load_or_create(path: &Path) -> Result<(ServerId, bool), FileError> {
     );
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| FileError::Write { path: dir.into(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| FileError::Write {
+                path: dir.into(),
+                source,
+            })?;
         }
     }
     write_private(path, text.as_bytes(), false)?;

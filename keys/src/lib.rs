@@ -26,9 +26,15 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum FileError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: cannot write: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: already exists; pass --force to replace it")]
     Exists { path: PathBuf },
     #[error(
@@ -39,12 +45,24 @@ pub enum FileError {
     #[error("{path}: not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: field `{field}`: {message}")]
-    Field { path: PathBuf, field: &'static str, message: String },
+    Field {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl FileError {
-    pub(crate) fn field(path: &std::path::Path, field: &'static str, message: impl Into<String>) -> Self {
-        Self::Field { path: path.to_path_buf(), field, message: message.into() }
+    pub(crate) fn field(
+        path: &std::path::Path,
+        field: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Field {
+            path: path.to_path_buf(),
+            field,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn syntax(path: &std::path::Path, text: &str, err: &toml::de::Error) -> Self {
@@ -55,17 +73,25 @@ impl FileError {
             .span()
             .map(|span| {
                 let start = span.start.min(text.len());
-                let line_no = text.get(..start).map_or(0, |head| head.matches('\n').count()) + 1;
+                let line_no = text
+                    .get(..start)
+                    .map_or(0, |head| head.matches('\n').count())
+                    + 1;
                 let line = text.lines().nth(line_no - 1).unwrap_or("");
                 match line.split_once('=') {
-                    Some((key, _)) if !key.trim().is_empty() && !key.trim_start().starts_with('#') => {
+                    Some((key, _))
+                        if !key.trim().is_empty() && !key.trim_start().starts_with('#') =>
+                    {
                         format!("line {line_no}, field `{}`: ", key.trim())
                     }
                     _ => format!("line {line_no}: "),
                 }
             })
             .unwrap_or_default();
-        Self::Syntax { path: path.to_path_buf(), message: format!("{location}{message}") }
+        Self::Syntax {
+            path: path.to_path_buf(),
+            message: format!("{location}{message}"),
+        }
     }
 }
 
@@ -91,8 +117,9 @@ pub(crate) fn parse_ports(
 ) -> Result<Vec<knock_proto::PortSpec>, FileError> {
     let mut ports = Vec::with_capacity(items.len());
     for item in items {
-        let spec: knock_proto::PortSpec =
-            item.parse().map_err(|message: String| FileError::field(path, field, message))?;
+        let spec: knock_proto::PortSpec = item
+            .parse()
+            .map_err(|message: String| FileError::field(path, field, message))?;
         if !ports.contains(&spec) {
             ports.push(spec);
         }

@@ -48,15 +48,28 @@ impl ClientProfile {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, FileError> {
-        let raw: RawProfile = toml::from_str(text).map_err(|e| FileError::syntax(path, text, &e))?;
+        let raw: RawProfile =
+            toml::from_str(text).map_err(|e| FileError::syntax(path, text, &e))?;
         if !valid_client_name(&raw.name) {
-            return Err(FileError::field(path, "name", "use letters, digits, '-', '_' or '.'"));
+            return Err(FileError::field(
+                path,
+                "name",
+                "use letters, digits, '-', '_' or '.'",
+            ));
         }
         if !plausible_host(&raw.host) {
-            return Err(FileError::field(path, "host", "must be a host name or address"));
+            return Err(FileError::field(
+                path,
+                "host",
+                "must be a host name or address",
+            ));
         }
         if !raw.aliases.iter().all(|a| plausible_host(a)) {
-            return Err(FileError::field(path, "aliases", "each must be a host name or address"));
+            return Err(FileError::field(
+                path,
+                "aliases",
+                "each must be a host name or address",
+            ));
         }
         let knock_port = u16::try_from(raw.knock_port)
             .ok()
@@ -65,7 +78,11 @@ impl ClientProfile {
         let server_id = decode_base64(&raw.server_id)
             .and_then(|bytes| ServerId::from_slice(&bytes))
             .ok_or_else(|| {
-                FileError::field(path, "server_id", format!("must be {SERVER_ID_LEN} bytes of base64"))
+                FileError::field(
+                    path,
+                    "server_id",
+                    format!("must be {SERVER_ID_LEN} bytes of base64"),
+                )
             })?;
         let secret = decode_base64(&raw.key)
             .and_then(|bytes| ClientSecret::from_slice(&bytes))
@@ -93,7 +110,10 @@ impl ClientProfile {
     /// The file's text.
     pub fn to_toml(&self) -> Zeroizing<String> {
         let quote = |items: &mut dyn Iterator<Item = String>| {
-            items.map(|s| toml_string(&s)).collect::<Vec<_>>().join(", ")
+            items
+                .map(|s| toml_string(&s))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         Zeroizing::new(format!(
             "# knock client profile: client \"{name}\".\n\
@@ -123,5 +143,9 @@ fn toml_string(text: &str) -> String {
 /// Host names and addresses as a profile may hold them: no blanks, no control
 /// characters, nothing that could break the file it is written back to.
 fn plausible_host(host: &str) -> bool {
-    !host.is_empty() && host.len() <= 253 && host.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
 }

@@ -21,19 +21,34 @@ const MAX_FILE_LEN: u64 = 64 * 1024;
 /// Reads a file that holds a secret, refusing it if group or others may read
 /// or write it.
 pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, FileError> {
-    let file = File::open(path).map_err(|source| FileError::Read { path: path.into(), source })?;
-    let meta = file.metadata().map_err(|source| FileError::Read { path: path.into(), source })?;
+    let file = File::open(path).map_err(|source| FileError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let meta = file.metadata().map_err(|source| FileError::Read {
+        path: path.into(),
+        source,
+    })?;
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(FileError::TooOpen { path: path.into(), mode });
+        return Err(FileError::TooOpen {
+            path: path.into(),
+            mode,
+        });
     }
     read_limited(path, file, meta.len())
 }
 
 /// Reads a configuration file that holds no secret.
 pub fn read_config(path: &Path) -> Result<Zeroizing<String>, FileError> {
-    let file = File::open(path).map_err(|source| FileError::Read { path: path.into(), source })?;
-    let meta = file.metadata().map_err(|source| FileError::Read { path: path.into(), source })?;
+    let file = File::open(path).map_err(|source| FileError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let meta = file.metadata().map_err(|source| FileError::Read {
+        path: path.into(),
+        source,
+    })?;
     read_limited(path, file, meta.len())
 }
 
@@ -47,17 +62,26 @@ fn read_limited(path: &Path, file: File, len: u64) -> Result<Zeroizing<String>, 
     let mut bytes = Zeroizing::new(Vec::with_capacity(len as usize));
     file.take(MAX_FILE_LEN + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| FileError::Read { path: path.into(), source })?;
+        .map_err(|source| FileError::Read {
+            path: path.into(),
+            source,
+        })?;
     match std::str::from_utf8(&bytes) {
         Ok(text) => Ok(Zeroizing::new(text.to_owned())),
-        Err(_) => Err(FileError::Syntax { path: path.into(), message: "not UTF-8 text".into() }),
+        Err(_) => Err(FileError::Syntax {
+            path: path.into(),
+            message: "not UTF-8 text".into(),
+        }),
     }
 }
 
 /// Writes `contents` to `path` with mode 0600, atomically. Unless `replace`,
 /// an existing file is an error.
 pub fn write_private(path: &Path, contents: &[u8], replace: bool) -> Result<(), FileError> {
-    let write_err = |source| FileError::Write { path: path.into(), source };
+    let write_err = |source| FileError::Write {
+        path: path.into(),
+        source,
+    };
     if !replace && path.exists() {
         return Err(FileError::Exists { path: path.into() });
     }
@@ -65,7 +89,10 @@ pub fn write_private(path: &Path, contents: &[u8], replace: bool) -> Result<(), 
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -98,7 +125,10 @@ pub fn ensure_private_dir(path: &Path) -> Result<(), FileError> {
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|source| FileError::Write { path: path.into(), source })
+        .map_err(|source| FileError::Write {
+            path: path.into(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -118,7 +148,10 @@ mod tests {
         let path = dir.join("secret.toml");
         write_private(&path, b"a = 1\n", false).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        assert!(matches!(write_private(&path, b"b", false), Err(FileError::Exists { .. })));
+        assert!(matches!(
+            write_private(&path, b"b", false),
+            Err(FileError::Exists { .. })
+        ));
         write_private(&path, b"c = 2\n", true).unwrap();
         assert_eq!(read_secret(&path).unwrap().as_str(), "c = 2\n");
         fs::remove_dir_all(dir).unwrap();

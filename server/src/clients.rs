@@ -9,7 +9,10 @@ use knock_keys::FileError;
 /// (editors and `knock-keygen` write temporary files there). Any bad file is
 /// an error: a half-loaded client list is worse than keeping the old one.
 pub fn load_clients(dir: &Path) -> Result<Vec<ClientEntry>, FileError> {
-    let read_err = |source| FileError::Read { path: dir.to_path_buf(), source };
+    let read_err = |source| FileError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut paths = Vec::new();
     for item in std::fs::read_dir(dir).map_err(read_err)? {
         let path = item.map_err(read_err)?.path();
@@ -27,7 +30,10 @@ pub fn load_clients(dir: &Path) -> Result<Vec<ClientEntry>, FileError> {
             return Err(FileError::Field {
                 path,
                 field: "key",
-                message: format!("same key as client {:?}; every client needs its own (knock-keygen --force)", twin.name),
+                message: format!(
+                    "same key as client {:?}; every client needs its own (knock-keygen --force)",
+                    twin.name
+                ),
             });
         }
         clients.push(entry);

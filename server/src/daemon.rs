@@ -80,7 +80,11 @@ pub struct RejectionLog {
 
 impl Default for RejectionLog {
     fn default() -> Self {
-        Self { counts: BTreeMap::new(), detailed: 0, since: Instant::now() }
+        Self {
+            counts: BTreeMap::new(),
+            detailed: 0,
+            since: Instant::now(),
+        }
     }
 }
 
@@ -104,7 +108,11 @@ impl RejectionLog {
         }
         if !self.counts.is_empty() {
             let total: u64 = self.counts.values().sum();
-            let detail: Vec<String> = self.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let detail: Vec<String> = self
+                .counts
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             info!(
                 "refused {total} datagrams in the last {}s: {}",
                 now.duration_since(self.since).as_secs(),
@@ -149,7 +157,9 @@ pub struct Daemon {
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("config", &self.config.path).finish_non_exhaustive()
+        f.debug_struct("Daemon")
+            .field("config", &self.config.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -180,7 +190,20 @@ impl Daemon {
                 self.reload();
             }
 
-            match self.capture.wait_next() {
+            let next = self.capture.wait_next();
+            if next.is_ok() {
+                // Only a capture that delivers (or times out waiting) is live:
+                // a socket reopened on an interface that is still down fails
+                // again at once, and must not log "live again" every 200 ms.
+                if let Some(since) = capture_down_since.take() {
+                    info!(
+                        "capture on {} is live again after {}s",
+                        self.config.interface,
+                        since.elapsed().as_secs()
+                    );
+                }
+            }
+            match next {
                 Ok(Next::Datagram(datagram)) => {
                     let now_ms = unix_ms();
                     let outcome = honour(
@@ -204,12 +227,9 @@ impl Daemon {
                         capture_down_since = Some(Instant::now());
                     }
                     std::thread::sleep(POLL_EVERY);
-                    match Capture::open(&self.config.interface, self.config.knock_port, POLL_EVERY) {
-                        Ok(capture) => {
-                            self.capture = capture;
-                            info!("capture on {} is live again", self.config.interface);
-                            capture_down_since = None;
-                        }
+                    match Capture::open(&self.config.interface, self.config.knock_port, POLL_EVERY)
+                    {
+                        Ok(capture) => self.capture = capture,
                         Err(err) => {
                             tracing::debug!("capture still down: {err}");
                         }
@@ -270,23 +290,69 @@ impl Daemon {
     fn try_reload(&mut self) -> Result<String, String> {
         let config = ServerConfig::load(&self.config.path).map_err(|e| e.to_string())?;
         for (what, old, new) in [
-            ("firewall", self.config.firewall.name(), config.firewall.name()),
-            ("state_dir", &*self.config.state_dir.to_string_lossy(), &*config.state_dir.to_string_lossy()),
-            ("identity_file", &*self.config.identity_file.to_string_lossy(), &*config.identity_file.to_string_lossy()),
+            (
+                "firewall",
+                self.config.firewall.name(),
+                config.firewall.name(),
+            ),
+            (
+                "state_dir",
+                &*self.config.state_dir.to_string_lossy(),
+                &*config.state_dir.to_string_lossy(),
+            ),
+            (
+                "identity_file",
+                &*self.config.identity_file.to_string_lossy(),
+                &*config.identity_file.to_string_lossy(),
+            ),
         ] {
             if old != new {
                 return Err(format!("changing {what} needs a restart"));
             }
         }
+        // Installing under a new table name (or with other commands) would
+        // leave our old table or chain in place, still dropping the protected
+        // ports for everyone: every grant would then be in vain.
+        for (what, old, new) in [
+            ("nft_table", &self.config.nft_table, &config.nft_table),
+            (
+                "iptables_cmd",
+                &self.config.iptables_cmd,
+                &config.iptables_cmd,
+            ),
+            (
+                "ip6tables_cmd",
+                &self.config.ip6tables_cmd,
+                &config.ip6tables_cmd,
+            ),
+        ] {
+            if old != new {
+                return Err(format!(
+                    "changing {what} needs `knock-server remove-rules` with the old configuration, then a restart"
+                ));
+            }
+        }
         let clients = load_clients(&config.clients_dir).map_err(|e| e.to_string())?;
+        // Open the new capture before the firewall changes: a reload that
+        // fails there (an interface that does not exist) must leave the
+        // firewall as the old configuration had it.
+        let capture = if config.interface != self.config.interface
+            || config.knock_port != self.config.knock_port
+        {
+            Some(
+                Capture::open(&config.interface, config.knock_port, POLL_EVERY)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
         let rules = RuleSet::from_config(&config);
         if rules != self.rules {
             self.firewall.install(&rules).map_err(|e| e.to_string())?;
             self.rules = rules;
         }
-        if config.interface != self.config.interface || config.knock_port != self.config.knock_port {
-            self.capture = Capture::open(&config.interface, config.knock_port, POLL_EVERY)
-                .map_err(|e| e.to_string())?;
+        if let Some(capture) = capture {
+            self.capture = capture;
         }
         self.verifier.reconfigure(
             &clients,
@@ -295,7 +361,11 @@ impl Daemon {
             window_ms(&config),
             unix_ms(),
         );
-        let summary = format!("{} clients, protecting {}", clients.len(), port_list(&config.protected));
+        let summary = format!(
+            "{} clients, protecting {}",
+            clients.len(),
+            port_list(&config.protected)
+        );
         self.config = config;
         Ok(summary)
     }
@@ -314,12 +384,18 @@ fn report(outcome: Outcome, log: &mut RejectionLog) {
         Outcome::StateNotDurable(err) => {
             error!("knock verified but NOT granted: cannot make the replay state durable: {err}")
         }
-        Outcome::FirewallFailed(err) => error!("knock verified but the firewall refused the grant: {err}"),
+        Outcome::FirewallFailed(err) => {
+            error!("knock verified but the firewall refused the grant: {err}")
+        }
     }
 }
 
 pub fn port_list(ports: &[PortSpec]) -> String {
-    ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn window_ms(config: &ServerConfig) -> u64 {
@@ -381,14 +457,30 @@ mod tests {
         )
     }
 
-    fn knock(secret: u8, ports: &[u16], bound: Option<IpAddr>, at: u64, server: ServerId) -> Vec<u8> {
+    fn knock(
+        secret: u8,
+        ports: &[u16],
+        bound: Option<IpAddr>,
+        at: u64,
+        server: ServerId,
+    ) -> Vec<u8> {
         let request = Request {
             ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
             duration_s: 0,
             bound_addr: bound,
         };
-        let randomness = SealRandomness { nonce: [at as u8; 24], padding: at as u8 };
-        seal(&ClientSecret::from_bytes([secret; 32]).derive(), &server, &request, at, &randomness).unwrap()
+        let randomness = SealRandomness {
+            nonce: [at as u8; 24],
+            padding: at as u8,
+        };
+        seal(
+            &ClientSecret::from_bytes([secret; 32]).derive(),
+            &server,
+            &request,
+            at,
+            &randomness,
+        )
+        .unwrap()
     }
 
     fn addr(text: &str) -> IpAddr {
@@ -408,7 +500,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(fw.granted, vec![(a, vec![PortSpec::tcp(4992)], Duration::from_secs(30))]);
+        assert_eq!(
+            fw.granted,
+            vec![(a, vec![PortSpec::tcp(4992)], Duration::from_secs(30))]
+        );
         assert_eq!(store.writes.len(), 1, "state made durable before the grant");
         // The same bytes again, from anywhere, are a replay.
         for from in [a, addr("198.18.0.66"), addr("fd00:18::66")] {
@@ -431,7 +526,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(fw.granted.is_empty() && store.writes.is_empty());
-        assert!(matches!(honour(&mut v, &mut store, &mut fw, &k, owner, NOW), Outcome::Granted(_)));
+        assert!(matches!(
+            honour(&mut v, &mut store, &mut fw, &k, owner, NOW),
+            Outcome::Granted(_)
+        ));
     }
 
     #[test]
@@ -441,11 +539,20 @@ mod tests {
         let a = addr("198.18.0.2");
         let cases = [
             (knock(1, &[22], None, NOW, SERVER), "port-not-permitted"),
-            (knock(1, &[4992, 80], None, NOW + 1, SERVER), "port-not-permitted"),
-            (knock(1, &[4992], None, NOW + 2, ServerId([8; 16])), "wrong-server"),
+            (
+                knock(1, &[4992, 80], None, NOW + 1, SERVER),
+                "port-not-permitted",
+            ),
+            (
+                knock(1, &[4992], None, NOW + 2, ServerId([8; 16])),
+                "wrong-server",
+            ),
             (knock(2, &[4992], None, NOW + 3, SERVER), "unknown-client"),
             (knock(1, &[4992], None, NOW - 120_000, SERVER), "too-old"),
-            (knock(1, &[4992], None, NOW - 3_600_000, SERVER), "unknown-client"),
+            (
+                knock(1, &[4992], None, NOW - 3_600_000, SERVER),
+                "unknown-client",
+            ),
             (knock(1, &[4992], None, NOW - 31_000, SERVER), "too-old"),
             (knock(1, &[4992], None, NOW + 31_000, SERVER), "from-future"),
             (vec![0u8; 10], "bad-length"),
@@ -459,7 +566,14 @@ mod tests {
         assert!(fw.granted.is_empty());
         // None of the refusals consumed anything: a good knock still works.
         assert!(matches!(
-            honour(&mut v, &mut store, &mut fw, &knock(1, &[4992], None, NOW, SERVER), a, NOW),
+            honour(
+                &mut v,
+                &mut store,
+                &mut fw,
+                &knock(1, &[4992], None, NOW, SERVER),
+                a,
+                NOW
+            ),
             Outcome::Granted(_)
         ));
     }
@@ -467,7 +581,10 @@ mod tests {
     #[test]
     fn a_full_disk_means_no_grant() {
         let mut v = verifier(&[client("alice", 1, &[4992])]);
-        let mut store = MemoryStore { full: true, ..Default::default() };
+        let mut store = MemoryStore {
+            full: true,
+            ..Default::default()
+        };
         let mut fw = MemoryFirewall::default();
         let k = knock(1, &[4992], None, NOW, SERVER);
         assert!(matches!(
@@ -485,9 +602,25 @@ mod tests {
         let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
         let a = addr("198.18.0.2");
         let used = knock(1, &[4992], None, NOW, SERVER);
-        assert!(matches!(honour(&mut v, &mut store, &mut fw, &used, a, NOW), Outcome::Granted(_)));
-        v.reconfigure(&[alice], vec![PortSpec::tcp(22), PortSpec::tcp(4992)], Duration::from_secs(30), 30_000, NOW);
-        match honour(&mut v, &mut store, &mut fw, &knock(2, &[22], None, NOW + 1, SERVER), a, NOW) {
+        assert!(matches!(
+            honour(&mut v, &mut store, &mut fw, &used, a, NOW),
+            Outcome::Granted(_)
+        ));
+        v.reconfigure(
+            &[alice],
+            vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
+            Duration::from_secs(30),
+            30_000,
+            NOW,
+        );
+        match honour(
+            &mut v,
+            &mut store,
+            &mut fw,
+            &knock(2, &[22], None, NOW + 1, SERVER),
+            a,
+            NOW,
+        ) {
             Outcome::Rejected(r) => assert_eq!(r.reason(), "unknown-client"),
             other => panic!("{other:?}"),
         }
@@ -503,9 +636,23 @@ mod tests {
         capped.max_open_for = Some(Duration::from_secs(10));
         let mut v = verifier(&[capped]);
         let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
-        let request = Request { ports: vec![PortSpec::tcp(4992)], duration_s: 3600, bound_addr: None };
-        let randomness = SealRandomness { nonce: [1; 24], padding: 0 };
-        let k = seal(&ClientSecret::from_bytes([1; 32]).derive(), &SERVER, &request, NOW, &randomness).unwrap();
+        let request = Request {
+            ports: vec![PortSpec::tcp(4992)],
+            duration_s: 3600,
+            bound_addr: None,
+        };
+        let randomness = SealRandomness {
+            nonce: [1; 24],
+            padding: 0,
+        };
+        let k = seal(
+            &ClientSecret::from_bytes([1; 32]).derive(),
+            &SERVER,
+            &request,
+            NOW,
+            &randomness,
+        )
+        .unwrap();
         match honour(&mut v, &mut store, &mut fw, &k, addr("198.18.0.2"), NOW) {
             Outcome::Granted(g) => assert_eq!(g.duration, Duration::from_secs(10)),
             other => panic!("{other:?}"),

@@ -6,10 +6,10 @@
 //! [`state`] (durable replay state) → [`firewall`] (timed set elements).
 #![deny(unsafe_code)]
 
-pub mod firewall;
 pub mod capture;
 pub mod clients;
 pub mod daemon;
+pub mod firewall;
 pub mod privileges;
 pub mod state;
 pub mod verify;

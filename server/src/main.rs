@@ -14,9 +14,9 @@ use knock_server::capture::{filter, Capture};
 use knock_server::clients::load_clients;
 use knock_server::daemon::{port_list, unix_ms, window_ms, Daemon, Exit, Signals};
 use knock_server::firewall::{self, RuleSet};
+use knock_server::privileges;
 use knock_server::state::{ReplayStore, Restored, StateFile};
 use knock_server::verify::Verifier;
-use knock_server::privileges;
 use tracing::{info, warn};
 
 const PROGRAM: &str = "knock-server";
@@ -68,12 +68,14 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     }
     let clients = load_clients(&config.clients_dir)?;
     if clients.is_empty() {
-        warn!("no clients in {}: nobody can knock yet (see knock-keygen)", config.clients_dir.display());
+        warn!(
+            "no clients in {}: nobody can knock yet (see knock-keygen)",
+            config.clients_dir.display()
+        );
     }
 
-    let mut store = StateFile::open(&config.state_dir).map_err(|e| {
-        Failure::runtime(format!("state_dir {}: {e}", config.state_dir.display()))
-    })?;
+    let mut store = StateFile::open(&config.state_dir)
+        .map_err(|e| Failure::runtime(format!("state_dir {}: {e}", config.state_dir.display())))?;
     let window = window_ms(&config);
     let (guard, restored) = store
         .load_guard(window, started_at_ms)
@@ -90,18 +92,26 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         ),
     }
     // Proves the state directory is writable before we promise anything.
-    store
-        .persist(&guard.encode())
-        .map_err(|e| Failure::runtime(format!("cannot write replay state {}: {e}", store.path().display())))?;
+    store.persist(&guard.encode()).map_err(|e| {
+        Failure::runtime(format!(
+            "cannot write replay state {}: {e}",
+            store.path().display()
+        ))
+    })?;
 
-    let capture = Capture::open(&config.interface, config.knock_port, std::time::Duration::from_millis(200))
-        .map_err(Failure::runtime)?;
+    let capture = Capture::open(
+        &config.interface,
+        config.knock_port,
+        std::time::Duration::from_millis(200),
+    )
+    .map_err(Failure::runtime)?;
     let rules = RuleSet::from_config(&config);
     let mut firewall = firewall::for_backend(config.firewall);
     firewall
         .install(&rules)
         .map_err(|e| Failure::runtime(format!("installing {} rules: {e}", firewall.name())))?;
-    let signals = Signals::install().map_err(|e| Failure::runtime(format!("signal handlers: {e}")))?;
+    let signals =
+        Signals::install().map_err(|e| Failure::runtime(format!("signal handlers: {e}")))?;
     let verifier = Verifier::new(
         server_id,
         &clients,
@@ -126,7 +136,15 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    let daemon = Daemon { config, rules, verifier, store, firewall, capture, signals };
+    let daemon = Daemon {
+        config,
+        rules,
+        verifier,
+        store,
+        firewall,
+        capture,
+        signals,
+    };
     match daemon.run() {
         Exit::Terminated => Ok(()),
         Exit::Fatal(message) => Err(Failure::runtime(message)),
@@ -139,7 +157,7 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
         identity::load(&config.identity_file)?;
         "present".to_owned()
     } else {
-        "missing (created by knock-keygen or at the first start)".to_owned()
+        "missing (knock-keygen creates it; the packaged unit cannot write /etc/knock)".to_owned()
     };
     let clients = load_clients(&config.clients_dir)?;
     let rules = RuleSet::from_config(&config);
@@ -148,7 +166,11 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     let program = filter::knock_filter(config.knock_port);
     if json {
         let names: Vec<String> = clients.iter().map(|c| json_string(&c.name)).collect();
-        let protected: Vec<String> = config.protected.iter().map(|p| json_string(&p.to_string())).collect();
+        let protected: Vec<String> = config
+            .protected
+            .iter()
+            .map(|p| json_string(&p.to_string()))
+            .collect();
         println!(
             "{{\"config\":{},\"interface\":{},\"knock_port\":{},\"firewall\":{},\"protected\":[{}],\"open_for_s\":{},\"clients\":[{}],\"identity\":{},\"rules\":{}}}",
             json_string(&config.path.display().to_string()),
@@ -165,13 +187,23 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     }
     println!("configuration  {}: OK", config.path.display());
     println!("interface      {}", config.interface);
-    println!("knock port     udp/{} (no socket is bound; the firewall drops it)", config.knock_port);
+    println!(
+        "knock port     udp/{} (no socket is bound; the firewall drops it)",
+        config.knock_port
+    );
     println!("protected      {}", port_list(&config.protected));
     println!("open_for       {}s", config.open_for.as_secs());
     println!("clock skew     ±{}s", config.max_clock_skew.as_secs());
     println!("state_dir      {}", config.state_dir.display());
-    println!("identity       {} ({identity})", config.identity_file.display());
-    println!("clients        {} in {}", clients.len(), config.clients_dir.display());
+    println!(
+        "identity       {} ({identity})",
+        config.identity_file.display()
+    );
+    println!(
+        "clients        {} in {}",
+        clients.len(),
+        config.clients_dir.display()
+    );
     for client in &clients {
         println!("  {:<20} {}", client.name, port_list(&client.ports));
     }
@@ -179,7 +211,10 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     println!("# {} rules that `run` installs:", firewall.name());
     print!("{plan}");
     println!();
-    println!("# kernel packet filter on the capture socket ({} instructions):", program.len());
+    println!(
+        "# kernel packet filter on the capture socket ({} instructions):",
+        program.len()
+    );
     print!("{}", filter::describe(&program));
     Ok(())
 }
@@ -188,9 +223,12 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
     let config = ServerConfig::load(config_path)?;
     let rules = RuleSet::from_config(&config);
     let mut firewall = firewall::for_backend(config.firewall);
-    firewall
-        .verify(&rules)
-        .map_err(|e| Failure::runtime(format!("{} rules are not installed ({e}); is knock-server running?", firewall.name())))?;
+    firewall.verify(&rules).map_err(|e| {
+        Failure::runtime(format!(
+            "{} rules are not installed ({e}); is knock-server running?",
+            firewall.name()
+        ))
+    })?;
     let mut grants = firewall
         .grants(&rules)
         .map_err(|e| Failure::runtime(format!("reading grants: {e}")))?;
@@ -207,7 +245,11 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
                 )
             })
             .collect();
-        println!("{{\"firewall\":{},\"grants\":[{}]}}", json_string(firewall.name()), items.join(","));
+        println!(
+            "{{\"firewall\":{},\"grants\":[{}]}}",
+            json_string(firewall.name()),
+            items.join(",")
+        );
         return Ok(());
     }
     if grants.is_empty() {
@@ -216,7 +258,12 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
     }
     println!("{:<40} {:<10} {:>12}", "SOURCE", "PORT", "SECONDS LEFT");
     for grant in &grants {
-        println!("{:<40} {:<10} {:>12}", grant.addr, grant.port, grant.expires_in.as_secs());
+        println!(
+            "{:<40} {:<10} {:>12}",
+            grant.addr,
+            grant.port,
+            grant.expires_in.as_secs()
+        );
     }
     Ok(())
 }
@@ -228,7 +275,10 @@ fn remove_rules(config_path: &Path) -> Result<(), Failure> {
     firewall
         .remove(&rules)
         .map_err(|e| Failure::runtime(format!("removing {} rules: {e}", firewall.name())))?;
-    eprintln!("{PROGRAM}: removed the {} rules; protected ports are no longer closed", firewall.name());
+    eprintln!(
+        "{PROGRAM}: removed the {} rules; protected ports are no longer closed",
+        firewall.name()
+    );
     Ok(())
 }
 

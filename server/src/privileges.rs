@@ -6,10 +6,16 @@ use caps::{CapSet, Capability, CapsHashSet};
 
 /// Drops every capability but CAP_NET_RAW and CAP_NET_ADMIN.
 pub fn drop_to_network_caps() -> Result<(), caps::errors::CapsError> {
-    let keep: CapsHashSet = [Capability::CAP_NET_RAW, Capability::CAP_NET_ADMIN].into_iter().collect();
+    let keep: CapsHashSet = [Capability::CAP_NET_RAW, Capability::CAP_NET_ADMIN]
+        .into_iter()
+        .collect();
     // Already confined (systemd's CapabilityBoundingSet, whose seccomp filter
     // also denies capset(2)): nothing to drop.
-    let within = |set| caps::read(None, set).map(|have| have.is_subset(&keep)).unwrap_or(false);
+    let within = |set| {
+        caps::read(None, set)
+            .map(|have| have.is_subset(&keep))
+            .unwrap_or(false)
+    };
     if within(CapSet::Bounding) && within(CapSet::Permitted) {
         return Ok(());
     }

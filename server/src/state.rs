@@ -38,7 +38,10 @@ impl StateFile {
     /// Uses `state_dir`, creating it (0700) if needed.
     pub fn open(state_dir: &Path) -> io::Result<Self> {
         if !state_dir.is_dir() {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)?;
         }
         Ok(Self {
             path: state_dir.join("replay.state"),
@@ -54,11 +57,18 @@ impl StateFile {
     /// The replay guard for a process that started at `started_at_ms`:
     /// restored from disk where possible. Without state, the start-time rule
     /// of the guard still refuses every knock an earlier process honoured.
-    pub fn load_guard(&self, window_ms: u64, started_at_ms: u64) -> io::Result<(ReplayGuard, Restored)> {
+    pub fn load_guard(
+        &self,
+        window_ms: u64,
+        started_at_ms: u64,
+    ) -> io::Result<(ReplayGuard, Restored)> {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return Ok((ReplayGuard::new(window_ms, started_at_ms), Restored::Missing))
+                return Ok((
+                    ReplayGuard::new(window_ms, started_at_ms),
+                    Restored::Missing,
+                ))
             }
             Err(err) => return Err(err),
         };
@@ -69,7 +79,10 @@ impl StateFile {
             }
             Err(err) => {
                 let _ = fs::rename(&self.path, self.path.with_extension("corrupt"));
-                Ok((ReplayGuard::new(window_ms, started_at_ms), Restored::Corrupt(err)))
+                Ok((
+                    ReplayGuard::new(window_ms, started_at_ms),
+                    Restored::Corrupt(err),
+                ))
             }
         }
     }

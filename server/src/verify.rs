@@ -31,7 +31,11 @@ pub enum Rejection {
     #[error("client {client}: {reason}")]
     Replay { client: String, reason: ReplayError },
     #[error("client {client}: bound to {bound} but sent from {sender}; not consumed")]
-    SourceMismatch { client: String, bound: IpAddr, sender: IpAddr },
+    SourceMismatch {
+        client: String,
+        bound: IpAddr,
+        sender: IpAddr,
+    },
     #[error("client {client}: {port} is not permitted for this client")]
     PortNotPermitted { client: String, port: PortSpec },
 }
@@ -42,12 +46,27 @@ impl Rejection {
         match self {
             Rejection::Length(_) => "bad-length",
             Rejection::UnknownClient => "unknown-client",
-            Rejection::Open { reason: OpenError::BadMac, .. } => "bad-mac",
-            Rejection::Open { reason: OpenError::WrongServer, .. } => "wrong-server",
+            Rejection::Open {
+                reason: OpenError::BadMac,
+                ..
+            } => "bad-mac",
+            Rejection::Open {
+                reason: OpenError::WrongServer,
+                ..
+            } => "wrong-server",
             Rejection::Open { .. } => "malformed",
-            Rejection::Replay { reason: ReplayError::TooOld { .. }, .. } => "too-old",
-            Rejection::Replay { reason: ReplayError::FromFuture { .. }, .. } => "from-future",
-            Rejection::Replay { reason: ReplayError::BeforeStart, .. } => "before-start",
+            Rejection::Replay {
+                reason: ReplayError::TooOld { .. },
+                ..
+            } => "too-old",
+            Rejection::Replay {
+                reason: ReplayError::FromFuture { .. },
+                ..
+            } => "from-future",
+            Rejection::Replay {
+                reason: ReplayError::BeforeStart,
+                ..
+            } => "before-start",
             Rejection::Replay { .. } => "replay",
             Rejection::SourceMismatch { .. } => "source-mismatch",
             Rejection::PortNotPermitted { .. } => "port-not-permitted",
@@ -57,7 +76,15 @@ impl Rejection {
     /// Rejections that only a holder of a client key can cause: worth a log
     /// line each (rate-limited by the caller), unlike junk.
     pub fn is_authentic(&self) -> bool {
-        !matches!(self, Rejection::Length(_) | Rejection::UnknownClient | Rejection::Open { reason: OpenError::BadMac, .. })
+        !matches!(
+            self,
+            Rejection::Length(_)
+                | Rejection::UnknownClient
+                | Rejection::Open {
+                    reason: OpenError::BadMac,
+                    ..
+                }
+        )
     }
 }
 
@@ -100,7 +127,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("clients", &self.clients.len()).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,7 +144,14 @@ impl Verifier {
     ) -> Self {
         let clients = to_clients(entries);
         let index = build_index(&clients, now_ms, guard.window_ms());
-        Self { server_id, clients, index, guard, protected, open_for }
+        Self {
+            server_id,
+            clients,
+            index,
+            guard,
+            protected,
+            open_for,
+        }
     }
 
     /// Replaces clients and policy (SIGHUP), keeping the replay memory.
@@ -138,7 +174,10 @@ impl Verifier {
     /// second. Cheap when nothing changed.
     pub fn tick(&mut self, now_ms: u64) {
         let window = self.guard.window_ms();
-        if !self.index.is_current(now_ms, window.saturating_add(SKEW_DIAGNOSIS_MS)) {
+        if !self
+            .index
+            .is_current(now_ms, window.saturating_add(SKEW_DIAGNOSIS_MS))
+        {
             self.index = build_index(&self.clients, now_ms, window);
         }
     }
@@ -149,35 +188,65 @@ impl Verifier {
 
     /// Runs every check on one datagram from `source` at `now_ms`. Changes
     /// nothing.
-    pub fn verify(&self, payload: &[u8], source: IpAddr, now_ms: u64) -> Result<PendingGrant, Rejection> {
+    pub fn verify(
+        &self,
+        payload: &[u8],
+        source: IpAddr,
+        now_ms: u64,
+    ) -> Result<PendingGrant, Rejection> {
         let knock = KnockBytes::parse(payload).map_err(Rejection::Length)?;
-        let &index = self.index.lookup(knock.hint()).ok_or(Rejection::UnknownClient)?;
+        let &index = self
+            .index
+            .lookup(knock.hint())
+            .ok_or(Rejection::UnknownClient)?;
         let client = self.clients.get(index).ok_or(Rejection::UnknownClient)?;
         let name = || client.name.clone();
-        let opened = open(&client.keys, &self.server_id, &knock)
-            .map_err(|reason| Rejection::Open { client: name(), reason })?;
+        let opened =
+            open(&client.keys, &self.server_id, &knock).map_err(|reason| Rejection::Open {
+                client: name(),
+                reason,
+            })?;
         let fresh = self
             .guard
             .check(&client.name, opened.timestamp_ms, now_ms)
-            .map_err(|reason| Rejection::Replay { client: name(), reason })?;
+            .map_err(|reason| Rejection::Replay {
+                client: name(),
+                reason,
+            })?;
         let request = opened.request;
         let addr = match request.bound_addr {
             Some(bound) if canonical(bound) != canonical(source) => {
-                return Err(Rejection::SourceMismatch { client: name(), bound, sender: source })
+                return Err(Rejection::SourceMismatch {
+                    client: name(),
+                    bound,
+                    sender: source,
+                })
             }
             _ => canonical(source),
         };
         for port in &request.ports {
             if !client.ports.contains(port) || !self.protected.contains(port) {
-                return Err(Rejection::PortNotPermitted { client: name(), port: *port });
+                return Err(Rejection::PortNotPermitted {
+                    client: name(),
+                    port: *port,
+                });
             }
         }
-        let cap = client.max_open_for.unwrap_or(self.open_for).min(self.open_for);
+        let cap = client
+            .max_open_for
+            .unwrap_or(self.open_for)
+            .min(self.open_for);
         let duration = match request.duration_s {
             0 => cap,
             secs => Duration::from_secs(u64::from(secs)).min(cap),
         };
-        Ok(PendingGrant { fresh, client: name(), addr, ports: request.ports, duration })
+        Ok(PendingGrant {
+            fresh,
+            client: name(),
+            addr,
+            ports: request.ports,
+            duration,
+        })
     }
 
     /// Consumes a verified knock. Returns the grant and the replay state that

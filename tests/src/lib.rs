@@ -21,7 +21,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// Panics (fails the test) unless we can create namespaces: these tests are
 /// never skipped.
 pub fn require_root() {
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     assert_eq!(
         uid.as_deref().unwrap_or("?"),
         "0",
@@ -36,12 +39,19 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/<profile>/deps/<test> → target/<profile>
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -80,7 +90,11 @@ impl Ns {
 
     /// Runs a shell line, returning (success, stdout+stderr).
     pub fn try_sh(&self, line: &str) -> (bool, String) {
-        let out = self.cmd("sh").args(["-c", line]).output().expect("ip netns exec");
+        let out = self
+            .cmd("sh")
+            .args(["-c", line])
+            .output()
+            .expect("ip netns exec");
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
@@ -112,7 +126,9 @@ pub struct Lab {
 
 impl std::fmt::Debug for Lab {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lab").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("Lab")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,12 +140,19 @@ impl Lab {
         let dir = std::env::temp_dir().join(&prefix);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("lab dir");
-        Self { prefix, dir, namespaces: Vec::new(), children: Arc::new(Mutex::new(Vec::new())) }
+        Self {
+            prefix,
+            dir,
+            namespaces: Vec::new(),
+            children: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     /// A new namespace with loopback up.
     pub fn netns(&mut self, role: &str) -> Ns {
-        let ns = Ns { name: format!("{}{role}", self.prefix) };
+        let ns = Ns {
+            name: format!("{}{role}", self.prefix),
+        };
         sh(Command::new("ip").args(["netns", "add", &ns.name]));
         self.namespaces.push(ns.clone());
         ns.sh("ip link set lo up");
@@ -140,11 +163,21 @@ impl Lab {
     /// (v4 /24 and v6 /64, without duplicate address detection).
     pub fn link(&self, a: &Ns, a_addrs: &[&str], b: &Ns, b_addrs: &[&str]) {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let (va, vb) = (format!("kv{n}a{}", std::process::id() % 10000), format!("kv{n}b{}", std::process::id() % 10000));
-        sh(Command::new("ip").args(["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name]));
+        let (va, vb) = (
+            format!("kv{n}a{}", std::process::id() % 10000),
+            format!("kv{n}b{}", std::process::id() % 10000),
+        );
+        sh(Command::new("ip").args([
+            "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+            &b.name,
+        ]));
         for (ns, dev, addrs) in [(a, &va, a_addrs), (b, &vb, b_addrs)] {
             for addr in addrs {
-                let prefix = if addr.contains(':') { "/64 nodad" } else { "/24" };
+                let prefix = if addr.contains(':') {
+                    "/64 nodad"
+                } else {
+                    "/24"
+                };
                 ns.sh(&format!("ip addr add {addr}{prefix} dev {dev}"));
             }
             ns.sh(&format!("ip link set {dev} up"));
@@ -166,11 +199,26 @@ impl Lab {
         let server = self.netns("srv");
         let client = self.netns("cli");
         let attacker = self.netns("att");
-        self.link(&server, &["198.18.0.1", "fd00:18::1"], &client, &["198.18.0.2", "fd00:18::2"]);
-        self.link(&server, &["198.18.1.1", "fd00:18:1::1"], &attacker, &["198.18.1.66", "fd00:18:1::66"]);
+        self.link(
+            &server,
+            &["198.18.0.1", "fd00:18::1"],
+            &client,
+            &["198.18.0.2", "fd00:18::2"],
+        );
+        self.link(
+            &server,
+            &["198.18.1.1", "fd00:18:1::1"],
+            &attacker,
+            &["198.18.1.66", "fd00:18:1::66"],
+        );
         client.sh("ip route add default via 198.18.0.1 && ip -6 route add default via fd00:18::1");
-        attacker.sh("ip route add default via 198.18.1.1 && ip -6 route add default via fd00:18:1::1");
-        Hosts { server, client, attacker }
+        attacker
+            .sh("ip route add default via 198.18.1.1 && ip -6 route add default via fd00:18:1::1");
+        Hosts {
+            server,
+            client,
+            attacker,
+        }
     }
 }
 
@@ -190,11 +238,14 @@ impl Drop for Lab {
         }
         for ns in &self.namespaces {
             // Kill anything still running in the namespace, then remove it.
-            let _ = Command::new("ip").args(["netns", "pids", &ns.name]).output().map(|out| {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
+            let _ = Command::new("ip")
+                .args(["netns", "pids", &ns.name])
+                .output()
+                .map(|out| {
+                    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                });
             let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
         }
         if std::env::var_os("KNOCK_KEEP_LAB").is_none() {
@@ -232,7 +283,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("ns", &self.ns.name).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("ns", &self.ns.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -262,7 +315,12 @@ impl Server {
                 }
             }
         });
-        let server = Self { ns: ns.clone(), config: config.to_path_buf(), child: Some(child), log };
+        let server = Self {
+            ns: ns.clone(),
+            config: config.to_path_buf(),
+            child: Some(child),
+            log,
+        };
         server.wait_for_log("ready", Duration::from_secs(15));
         server
     }
@@ -328,7 +386,9 @@ impl Server {
 
     /// Is the process still running?
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -372,7 +432,10 @@ impl Setup {
     pub fn keygen(&self, name: &str, host: &str, ports: Option<&str>) -> PathBuf {
         let profile = self.dir.join(format!("{name}.knock"));
         let mut cmd = Command::new(bin("knock-keygen"));
-        cmd.args([name, "--host", host, "--config"]).arg(&self.config).arg("--out").arg(&profile);
+        cmd.args([name, "--host", host, "--config"])
+            .arg(&self.config)
+            .arg("--out")
+            .arg(&profile);
         if let Some(ports) = ports {
             cmd.args(["--ports", ports]);
         }
@@ -401,9 +464,12 @@ pub fn client(ns: &Ns, profile: &Path, args: &[&str]) -> (i32, String, String) {
 /// Starts a TCP echo service on `port` (v4 and v6) in `ns`.
 pub fn start_echo(lab: &Lab, ns: &Ns, port: u16) {
     let mut cmd = ns.cmd("socat");
-    cmd.args([&format!("TCP6-LISTEN:{port},ipv6only=0,reuseaddr,fork"), "EXEC:/bin/cat"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        &format!("TCP6-LISTEN:{port},ipv6only=0,reuseaddr,fork"),
+        "EXEC:/bin/cat",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     lab.spawn(cmd);
     // Wait until it listens.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -448,11 +514,18 @@ impl Session {
 
     /// Sends a line and expects it echoed back within a few seconds.
     pub fn echoes(&mut self, line: &str) -> bool {
-        let Some(stdin) = self.child.stdin.as_mut() else { return false };
-        if writeln!(stdin, "{line}").and_then(|()| stdin.flush()).is_err() {
+        let Some(stdin) = self.child.stdin.as_mut() else {
+            return false;
+        };
+        if writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
             return false;
         }
-        let Some(stdout) = self.child.stdout.take() else { return false };
+        let Some(stdout) = self.child.stdout.take() else {
+            return false;
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         let expected = line.to_owned();
         std::thread::spawn(move || {
@@ -494,7 +567,16 @@ impl Tcpdump {
     pub fn start(ns: &Ns, filter: &str, file: PathBuf) -> Self {
         let child = ns
             .cmd("tcpdump")
-            .args(["-i", "any", "-n", "-U", "--immediate-mode", "-c", "10000", "-w"])
+            .args([
+                "-i",
+                "any",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-c",
+                "10000",
+                "-w",
+            ])
             .arg(&file)
             .arg(filter)
             .stdout(Stdio::null())
@@ -518,10 +600,20 @@ impl Tcpdump {
     /// Stops the capture and returns the packets as text lines.
     pub fn stop(mut self, ns: &Ns) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
-        let out = ns.cmd("tcpdump").args(["-n", "-r"]).arg(&self.file).output().expect("tcpdump -r");
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+        let out = ns
+            .cmd("tcpdump")
+            .args(["-n", "-r"])
+            .arg(&self.file)
+            .output()
+            .expect("tcpdump -r");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -554,7 +646,11 @@ pub fn read_pcap_udp(path: &Path) -> Vec<CapturedDatagram> {
     let le = bytes.get(..4) == Some(&[0xd4, 0xc3, 0xb2, 0xa1][..]);
     let word = |at: usize| -> usize {
         let b: [u8; 4] = bytes[at..at + 4].try_into().expect("4 bytes");
-        (if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) }) as usize
+        (if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }) as usize
     };
     let linktype = word(20);
     let link_header = match linktype {
@@ -570,7 +666,9 @@ pub fn read_pcap_udp(path: &Path) -> Vec<CapturedDatagram> {
         let caplen = word(at + 8);
         let frame = &bytes[at + 16..(at + 16 + caplen).min(bytes.len())];
         at += 16 + caplen;
-        let Some(ip) = frame.get(link_header..) else { continue };
+        let Some(ip) = frame.get(link_header..) else {
+            continue;
+        };
         let (source, udp) = match ip.first().map(|b| b >> 4) {
             Some(4) if ip.len() >= 20 && ip[9] == 17 => {
                 let ihl = usize::from(ip[0] & 0x0f) * 4;
@@ -588,7 +686,11 @@ pub fn read_pcap_udp(path: &Path) -> Vec<CapturedDatagram> {
         }
         let dest_port = u16::from_be_bytes([udp[2], udp[3]]);
         let len = usize::from(u16::from_be_bytes([udp[4], udp[5]])).min(udp.len());
-        out.push(CapturedDatagram { source, dest_port, payload: udp[8..len.max(8)].to_vec() });
+        out.push(CapturedDatagram {
+            source,
+            dest_port,
+            payload: udp[8..len.max(8)].to_vec(),
+        });
     }
     out
 }
@@ -612,3 +714,6 @@ pub fn send_udp(ns: &Ns, addr: IpAddr, port: u16, payload: &[u8]) {
     }
     let _ = child.wait();
 }
+
+pub mod adversary;
+pub use adversary::*;

@@ -31,17 +31,30 @@ fn world(firewall: &str, extra: &str) -> World {
     std::fs::set_permissions(&alice6, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     start_echo(&lab, &hosts.server, 4992);
     start_echo(&lab, &hosts.server, 2222);
-    World { lab, hosts, setup, alice, alice6 }
+    World {
+        lab,
+        hosts,
+        setup,
+        alice,
+        alice6,
+    }
 }
 
 fn knock(w: &World, profile: &std::path::Path, host: &str, port: &str) -> (i32, String, String) {
-    client(&w.hosts.client, profile, &["open", host, port, "--timeout", "3s"])
+    client(
+        &w.hosts.client,
+        profile,
+        &["open", host, port, "--timeout", "3s"],
+    )
 }
 
 fn rule_dump(w: &World, firewall: &str) -> String {
     match firewall {
         "nftables" => w.hosts.server.sh("nft list ruleset"),
-        _ => w.hosts.server.sh("iptables -S; ip6tables -S; ipset list -n"),
+        _ => w
+            .hosts
+            .server
+            .sh("iptables -S; ip6tables -S; ipset list -n"),
     }
 }
 
@@ -49,23 +62,44 @@ fn sender_only_and_permitted_ports_only(firewall: &str) {
     let w = world(firewall, "");
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let (srv, att_srv) = (ip(SERVER_V4), ip(SERVER_FOR_ATTACKER_V4));
-    assert!(!w.hosts.client.tcp_connects(srv, 4992), "open before any knock");
-    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "open to attacker before any knock");
+    assert!(
+        !w.hosts.client.tcp_connects(srv, 4992),
+        "open before any knock"
+    );
+    assert!(
+        !w.hosts.attacker.tcp_connects(att_srv, 4992),
+        "open to attacker before any knock"
+    );
 
     let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
     assert_eq!(code, 0, "knock failed: {out}{err}\n{}", server.log());
     assert_eq!(out.lines().count(), 1, "one line on success: {out}");
-    assert!(w.hosts.client.tcp_connects(srv, 4992), "knocked port not open for the sender");
-    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "grant leaked to another address");
-    assert!(!w.hosts.client.tcp_connects(srv, 2222), "a port that was not requested opened");
+    assert!(
+        w.hosts.client.tcp_connects(srv, 4992),
+        "knocked port not open for the sender"
+    );
+    assert!(
+        !w.hosts.attacker.tcp_connects(att_srv, 4992),
+        "grant leaked to another address"
+    );
+    assert!(
+        !w.hosts.client.tcp_connects(srv, 2222),
+        "a port that was not requested opened"
+    );
     server.wait_for_log("granted tcp/4992 to 198.18.0.2", Duration::from_secs(2));
 
     // tcp/2222 is protected but not permitted for alice. Her profile knows
     // that; a profile that does not (an old one, or edited) asks anyway.
     let unrestricted = w.setup.dir.join("alice-any.knock");
-    let text = std::fs::read_to_string(&w.alice).unwrap().replace("ports = [\"tcp/4992\"]", "ports = []");
+    let text = std::fs::read_to_string(&w.alice)
+        .unwrap()
+        .replace("ports = [\"tcp/4992\"]", "ports = []");
     std::fs::write(&unrestricted, text).unwrap();
-    std::fs::set_permissions(&unrestricted, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        &unrestricted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let (code, _, err) = knock(&w, &unrestricted, SERVER_V4, "2222");
     assert_eq!(code, 1, "a port not permitted must not open: {err}");
     assert!(!w.hosts.client.tcp_connects(srv, 2222));
@@ -84,12 +118,21 @@ fn expiry_keeps_established_connections(firewall: &str) {
     // open_for is 5 s: new connections must be refused after it, not before.
     assert!(w.hosts.client.tcp_connects(srv, 4992));
     assert!(
-        eventually(Duration::from_secs(12), || !w.hosts.client.tcp_connects(srv, 4992)),
+        eventually(Duration::from_secs(12), || !w
+            .hosts
+            .client
+            .tcp_connects(srv, 4992)),
         "the grant never expired"
     );
     let lasted = opened.elapsed();
-    assert!(lasted >= Duration::from_secs(4), "grant ended early, after {lasted:?}");
-    assert!(session.echoes("after expiry"), "an established connection was cut at expiry");
+    assert!(
+        lasted >= Duration::from_secs(4),
+        "grant ended early, after {lasted:?}"
+    );
+    assert!(
+        session.echoes("after expiry"),
+        "an established connection was cut at expiry"
+    );
     drop(server);
 }
 
@@ -101,30 +144,55 @@ fn sigkill_expiry_and_restart_without_duplicates(firewall: &str) {
     let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
     assert_eq!(code, 0, "{out}{err}");
     server.kill();
-    assert!(w.hosts.client.tcp_connects(srv, 4992), "grant vanished with the process");
     assert!(
-        eventually(Duration::from_secs(12), || !w.hosts.client.tcp_connects(srv, 4992)),
+        w.hosts.client.tcp_connects(srv, 4992),
+        "grant vanished with the process"
+    );
+    assert!(
+        eventually(Duration::from_secs(12), || !w
+            .hosts
+            .client
+            .tcp_connects(srv, 4992)),
         "grant did not expire after SIGKILL"
     );
-    assert!(!w.hosts.attacker.tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992), "protection lost after SIGKILL");
+    assert!(
+        !w.hosts
+            .attacker
+            .tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992),
+        "protection lost after SIGKILL"
+    );
 
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let after = rule_dump(&w, firewall);
     let strip = |s: &str| -> Vec<String> {
-        s.lines().filter(|l| !l.contains("expires") && !l.contains("elements")).map(str::to_owned).collect()
+        s.lines()
+            .filter(|l| !l.contains("expires") && !l.contains("elements"))
+            .map(str::to_owned)
+            .collect()
     };
-    assert_eq!(strip(&before), strip(&after), "restart changed or duplicated rules");
+    assert_eq!(
+        strip(&before),
+        strip(&after),
+        "restart changed or duplicated rules"
+    );
     let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
     assert_eq!(code, 0, "knock after restart: {out}{err}\n{}", server.log());
     assert_eq!(server.stop(), Some(0), "SIGTERM must exit 0");
     // Fail-closed: after SIGTERM nobody new gets in.
-    assert!(!w.hosts.attacker.tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992));
+    assert!(!w
+        .hosts
+        .attacker
+        .tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992));
 }
 
 fn replays_open_nothing(firewall: &str) {
     let w = world(firewall, "");
     let server = Server::start(&w.hosts.server, &w.setup.config);
-    let dump = Tcpdump::start(&w.hosts.client, "udp port 62201", w.lab.dir.join("knock.pcap"));
+    let dump = Tcpdump::start(
+        &w.hosts.client,
+        "udp port 62201",
+        w.lab.dir.join("knock.pcap"),
+    );
     let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
     assert_eq!(code, 0, "{out}{err}");
     let _ = dump.stop(&w.hosts.client);
@@ -136,24 +204,38 @@ fn replays_open_nothing(firewall: &str) {
     let att_srv = ip(SERVER_FOR_ATTACKER_V4);
     send_udp(&w.hosts.attacker, att_srv, 62201, &captured);
     server.wait_for_log("replay", Duration::from_secs(3));
-    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "replay from another address opened");
+    assert!(
+        !w.hosts.attacker.tcp_connects(att_srv, 4992),
+        "replay from another address opened"
+    );
 
     // After a restart, and after a restart with the state directory lost.
     server.kill();
     let server = Server::start(&w.hosts.server, &w.setup.config);
     send_udp(&w.hosts.attacker, att_srv, 62201, &captured);
     server.wait_for_log("knock refused", Duration::from_secs(3));
-    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "replay after restart opened");
+    assert!(
+        !w.hosts.attacker.tcp_connects(att_srv, 4992),
+        "replay after restart opened"
+    );
     server.kill();
     std::fs::remove_dir_all(w.setup.dir.join("state")).unwrap();
     let server = Server::start(&w.hosts.server, &w.setup.config);
     send_udp(&w.hosts.attacker, att_srv, 62201, &captured);
     server.wait_for_log("knock refused", Duration::from_secs(3));
-    assert!(!w.hosts.attacker.tcp_connects(att_srv, 4992), "replay after state loss opened");
+    assert!(
+        !w.hosts.attacker.tcp_connects(att_srv, 4992),
+        "replay after state loss opened"
+    );
     assert_eq!(server.count_log("granted"), 0, "{}", server.log());
     // Losing state never locks the real client out.
     let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
-    assert_eq!(code, 0, "client locked out after state loss: {out}{err}\n{}", server.log());
+    assert_eq!(
+        code,
+        0,
+        "client locked out after state loss: {out}{err}\n{}",
+        server.log()
+    );
 }
 
 fn ipv6_end_to_end_and_silence(firewall: &str) {
@@ -164,18 +246,30 @@ fn ipv6_end_to_end_and_silence(firewall: &str) {
         "(src host {SERVER_V4} and (udp or icmp)) or (src host {SERVER_V6} and (udp or (icmp6 and ip6[40] < 128)))"
     );
     let dump = Tcpdump::start(&w.hosts.client, &filter, w.lab.dir.join("replies.pcap"));
-    assert!(!w.hosts.client.tcp_connects(srv6, 4992), "open over IPv6 before any knock");
+    assert!(
+        !w.hosts.client.tcp_connects(srv6, 4992),
+        "open over IPv6 before any knock"
+    );
     let (code, out, err) = knock(&w, &w.alice6, SERVER_V6, "4992");
     assert_eq!(code, 0, "IPv6 knock: {out}{err}\n{}", server.log());
-    assert!(w.hosts.client.tcp_connects(srv6, 4992), "IPv6 grant does not work");
-    assert!(!w.hosts.client.tcp_connects(ip(SERVER_V4), 4992), "IPv6 knock opened IPv4");
+    assert!(
+        w.hosts.client.tcp_connects(srv6, 4992),
+        "IPv6 grant does not work"
+    );
+    assert!(
+        !w.hosts.client.tcp_connects(ip(SERVER_V4), 4992),
+        "IPv6 knock opened IPv4"
+    );
     // Junk and a knock to the v4 address too: none of it may be answered.
     send_udp(&w.hosts.client, ip(SERVER_V4), 62201, &[0u8; 120]);
     send_udp(&w.hosts.client, srv6, 62201, &[1u8; 120]);
     let (code, _, _) = knock(&w, &w.alice, SERVER_V4, "4992");
     assert_eq!(code, 0);
     let replies = dump.stop(&w.hosts.client);
-    assert!(replies.is_empty(), "the server answered on the wire: {replies:?}");
+    assert!(
+        replies.is_empty(),
+        "the server answered on the wire: {replies:?}"
+    );
 }
 
 macro_rules! backend_suite {

@@ -9,9 +9,13 @@ use knock_tests::*;
 
 fn sshd_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     let host_key = dir.join("host_ed25519");
-    sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&host_key));
+    sh(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host_key));
     let user_key = dir.join("user_ed25519");
-    sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&user_key));
+    sh(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&user_key));
     std::fs::copy(dir.join("user_ed25519.pub"), dir.join("authorized_keys")).unwrap();
     let config = dir.join("sshd_config");
     std::fs::write(
@@ -31,9 +35,16 @@ fn sshd_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
 }
 
 fn ssh_config(dir: &std::path::Path, port: u16, proxy: bool) -> std::path::PathBuf {
-    let path = dir.join(if proxy { "ssh_config_knock" } else { "ssh_config_direct" });
+    let path = dir.join(if proxy {
+        "ssh_config_knock"
+    } else {
+        "ssh_config_direct"
+    });
     let proxy_line = if proxy {
-        format!("  ProxyCommand {} connect %h %p\n", bin("knock-client").display())
+        format!(
+            "  ProxyCommand {} connect %h %p\n",
+            bin("knock-client").display()
+        )
     } else {
         String::new()
     };
@@ -57,7 +68,10 @@ fn ssh_proxycommand_reaches_sshd_only_after_the_knock() {
     let profile = setup.keygen("alice", SERVER_V4, None);
     let sshd = sshd_config(&lab.dir, 4992);
     let mut cmd = hosts.server.cmd("/usr/sbin/sshd");
-    cmd.args(["-D", "-e", "-f"]).arg(&sshd).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(["-D", "-e", "-f"])
+        .arg(&sshd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     lab.spawn(cmd);
     let server = Server::start(&hosts.server, &setup.config);
 
@@ -71,7 +85,11 @@ fn ssh_proxycommand_reaches_sshd_only_after_the_knock() {
         .env("KNOCK_HOME", &home)
         .output()
         .unwrap();
-    assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let ssh = |config: &std::path::Path| {
         hosts
@@ -102,5 +120,7 @@ fn ssh_proxycommand_reaches_sshd_only_after_the_knock() {
     server.wait_for_log("granted tcp/4992 to 198.18.0.2", Duration::from_secs(2));
 
     // The attacker, on another address, still sees nothing.
-    assert!(!hosts.attacker.tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992));
+    assert!(!hosts
+        .attacker
+        .tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992));
 }

@@ -29,7 +29,8 @@ mod keygen_cli;
 const USAGE: &str = "usage: cargo run -p xtask -- dist OUT_DIR";
 
 /// What every page ends with: exit status, files, see also.
-const EXIT_STATUS: &str = "0 on success, 1 on a runtime failure, 2 on a usage or configuration error. \
+const EXIT_STATUS: &str =
+    "0 on success, 1 on a runtime failure, 2 on a usage or configuration error. \
 Every error is one line on standard error that names the file, field or argument at fault.";
 
 struct Program {
@@ -176,7 +177,14 @@ fn man_pages(
         .collect();
     if !subcommands.is_empty() {
         writeln!(roff, ".PP")?;
-        writeln!(roff, "{}", escape(&format!("Each subcommand has its own page: {}.", subcommands.join(", "))))?;
+        writeln!(
+            roff,
+            "{}",
+            escape(&format!(
+                "Each subcommand has its own page: {}.",
+                subcommands.join(", ")
+            ))
+        )?;
     }
     fs::write(dir.join(man.get_filename()), roff)
 }

@@ -43,7 +43,10 @@ enum Mode {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "knock-flood", about = "Paced UDP flood, bounded in count and time")]
+#[command(
+    name = "knock-flood",
+    about = "Paced UDP flood, bounded in count and time"
+)]
 struct Args {
     /// Where to send: ADDR:PORT (e.g. 198.18.1.1:62201).
     #[arg(long)]
@@ -81,7 +84,11 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(err) => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { EXIT_USAGE as u8 } else { 0 });
+            return ExitCode::from(if err.use_stderr() {
+                EXIT_USAGE as u8
+            } else {
+                0
+            });
         }
     };
     match run(&args) {
@@ -100,7 +107,10 @@ fn run(args: &Args) -> Result<(), (i32, String)> {
         return Err(usage("--rate: must be more than 0".into()));
     }
     if args.duration > MAX_DURATION {
-        return Err(usage(format!("--duration: at most {}s", MAX_DURATION.as_secs())));
+        return Err(usage(format!(
+            "--duration: at most {}s",
+            MAX_DURATION.as_secs()
+        )));
     }
     if args.count == 0 || args.count > MAX_COUNT {
         return Err(usage(format!("--count: use 1..={MAX_COUNT}")));
@@ -162,13 +172,21 @@ fn run(args: &Args) -> Result<(), (i32, String)> {
         target = args.target,
         rate = args.rate,
     );
+    let cpu = own_cpu_seconds().map_or_else(|| "n/a".to_owned(), |s| format!("{s:.3}"));
     println!(
         "RESULT name=flood mode={mode} sent={sent} errors={errors} seconds={elapsed:.3} \
-         pps={achieved:.0} target_pps={rate}",
+         pps={achieved:.0} target_pps={rate} cpu_s={cpu}",
         mode = format!("{:?}", args.mode).to_lowercase(),
         rate = args.rate,
     );
     Ok(())
+}
+
+/// CPU time this process has used so far (all threads), from the scheduler.
+fn own_cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 / 1e9)
 }
 
 fn open_socket(args: &Args) -> Result<UdpSocket, String> {
@@ -209,7 +227,11 @@ fn now_ms() -> Result<u64, String> {
 /// padding), each sealed with its own random key for a random server.
 fn wrong_key_pool(rng: &mut FastRng, port: u16) -> Result<Vec<Vec<u8>>, String> {
     let now = now_ms()?;
-    let request = Request { ports: vec![PortSpec::tcp(port)], duration_s: 0, bound_addr: None };
+    let request = Request {
+        ports: vec![PortSpec::tcp(port)],
+        duration_s: 0,
+        bound_addr: None,
+    };
     (0..POOL)
         .map(|i| {
             let mut secret = [0u8; 32];
@@ -218,10 +240,19 @@ fn wrong_key_pool(rng: &mut FastRng, port: u16) -> Result<Vec<Vec<u8>>, String> 
             rng.fill(&mut server);
             let mut nonce = [0u8; 24];
             rng.fill(&mut nonce);
-            let randomness = SealRandomness { nonce, padding: rng.next_u64() as u8 };
+            let randomness = SealRandomness {
+                nonce,
+                padding: rng.next_u64() as u8,
+            };
             let keys = ClientSecret::from_bytes(secret).derive();
-            seal(&keys, &ServerId(server), &request, now + i as u64, &randomness)
-                .map_err(|e| format!("sealing failed: {e}"))
+            seal(
+                &keys,
+                &ServerId(server),
+                &request,
+                now + i as u64,
+                &randomness,
+            )
+            .map_err(|e| format!("sealing failed: {e}"))
         })
         .collect()
 }

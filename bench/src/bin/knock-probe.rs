@@ -15,11 +15,14 @@
 //!   so before each run (outside the timed part) the route to the server is
 //!   replaced with one whose preferred source (`src`) is the trial's address;
 //!   the knock and the connection both take it.
+//! * `command`: the same for any knock command (fwknop, or
+//!   `knock-client open --no-wait`): runs it from the trial's source, then
+//!   connects as `knock` does; the time runs from the command's start.
 //!
 //! Both print the latency percentiles of the honoured trials and the share
 //! honoured, then a `RESULT` line for `bench/run.sh`.
 
-use std::io::ErrorKind;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -36,7 +39,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 const MAX_RUN: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Parser)]
-#[command(name = "knock-probe", about = "Knock → first TCP connect latency and honour share")]
+#[command(
+    name = "knock-probe",
+    about = "Knock → first TCP connect latency and honour share"
+)]
 struct Args {
     #[command(subcommand)]
     command: Mode,
@@ -44,9 +50,10 @@ struct Args {
 
 #[derive(Debug, clap::Args)]
 struct Common {
-    /// The client profile (its key, server identity and knock port).
+    /// The client profile (its key, server identity and knock port); needed
+    /// by `knock` and `client`.
     #[arg(long)]
-    profile: PathBuf,
+    profile: Option<PathBuf>,
     /// The server address to knock on and connect to.
     #[arg(long)]
     server: IpAddr,
@@ -80,9 +87,9 @@ enum Mode {
     Knock {
         #[command(flatten)]
         common: Common,
-        /// Interval between connection attempts.
-        #[arg(long, default_value = "1ms", value_parser = parse_duration)]
-        retry: Duration,
+        /// Interval between connection attempts, microseconds.
+        #[arg(long = "retry-us", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+        retry_us: u64,
     },
     /// Time `knock-client open SERVER PORT --profile P` end to end.
     Client {
@@ -95,6 +102,22 @@ enum Mode {
         #[arg(long)]
         dev: String,
     },
+    /// Time any knock command (e.g. fwknop) plus the first connect: runs
+    /// COMMAND from the trial's source (route `src`, as in `client`), then
+    /// connects from that source as `knock` does, every `--retry-us`.
+    Command {
+        #[command(flatten)]
+        common: Common,
+        /// The interface the route to the server goes out of.
+        #[arg(long)]
+        dev: String,
+        /// Interval between connection attempts, microseconds.
+        #[arg(long = "retry-us", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+        retry_us: u64,
+        /// The knock command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,12 +125,22 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(err) => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { EXIT_USAGE as u8 } else { 0 });
+            return ExitCode::from(if err.use_stderr() {
+                EXIT_USAGE as u8
+            } else {
+                0
+            });
         }
     };
     let result = match &args.command {
-        Mode::Knock { common, retry } => knock_trials(common, *retry),
+        Mode::Knock { common, retry_us } => knock_trials(common, Duration::from_micros(*retry_us)),
         Mode::Client { common, exec, dev } => client_trials(common, exec, dev),
+        Mode::Command {
+            common,
+            dev,
+            retry_us,
+            command,
+        } => command_trials(common, dev, Duration::from_micros(*retry_us), command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,18 +154,32 @@ fn main() -> ExitCode {
 type Failure = (i32, String);
 
 fn sources(common: &Common) -> Result<Vec<IpAddr>, Failure> {
-    let all = parse_ipv4_range(&common.sources).map_err(|m| (EXIT_USAGE, format!("--sources: {m}")))?;
+    let all =
+        parse_ipv4_range(&common.sources).map_err(|m| (EXIT_USAGE, format!("--sources: {m}")))?;
     let trials = common.trials.unwrap_or(all.len());
     if trials > all.len() {
         return Err((
             EXIT_USAGE,
-            format!("--trials {trials}: only {} source addresses; each trial needs its own", all.len()),
+            format!(
+                "--trials {trials}: only {} source addresses; each trial needs its own",
+                all.len()
+            ),
         ));
     }
     if common.max_run > MAX_RUN {
-        return Err((EXIT_USAGE, format!("--max-run: at most {}s", MAX_RUN.as_secs())));
+        return Err((
+            EXIT_USAGE,
+            format!("--max-run: at most {}s", MAX_RUN.as_secs()),
+        ));
     }
     Ok(all.into_iter().take(trials).collect())
+}
+
+fn profile_path(common: &Common) -> Result<&PathBuf, Failure> {
+    common
+        .profile
+        .as_ref()
+        .ok_or_else(|| (EXIT_USAGE, "--profile FILE is needed".to_owned()))
 }
 
 fn report(common: &Common, trials: usize, samples: &[Duration], started: Instant) {
@@ -156,9 +203,14 @@ fn report(common: &Common, trials: usize, samples: &[Duration], started: Instant
 
 fn knock_trials(common: &Common, retry: Duration) -> Result<(), Failure> {
     let sources = sources(common)?;
-    let profile = ClientProfile::load(&common.profile).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    let profile =
+        ClientProfile::load(profile_path(common)?).map_err(|e| (EXIT_USAGE, e.to_string()))?;
     let keys = profile.secret.derive();
-    let request = Request { ports: vec![PortSpec::tcp(common.port)], duration_s: 0, bound_addr: None };
+    let request = Request {
+        ports: vec![PortSpec::tcp(common.port)],
+        duration_s: 0,
+        bound_addr: None,
+    };
     let rng = SystemRandom::new();
     let knock_to = SocketAddr::new(common.server, profile.knock_port);
     let connect_to = SocketAddr::new(common.server, common.port);
@@ -175,18 +227,35 @@ fn knock_trials(common: &Common, retry: Duration) -> Result<(), Failure> {
         let stamp = now_ms()?.max(last_stamp + 1);
         last_stamp = stamp;
         let mut random = [0u8; NONCE_LEN + 1];
-        rng.fill(&mut random).map_err(|_| (EXIT_RUNTIME, "the system random generator failed".to_owned()))?;
+        rng.fill(&mut random).map_err(|_| {
+            (
+                EXIT_RUNTIME,
+                "the system random generator failed".to_owned(),
+            )
+        })?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(random.get(..NONCE_LEN).unwrap_or(&[0; NONCE_LEN]));
-        let randomness = SealRandomness { nonce, padding: random.get(NONCE_LEN).copied().unwrap_or(0) };
+        let randomness = SealRandomness {
+            nonce,
+            padding: random.get(NONCE_LEN).copied().unwrap_or(0),
+        };
         let bytes = seal(&keys, &profile.server_id, &request, stamp, &randomness)
             .map_err(|e| (EXIT_RUNTIME, format!("sealing failed: {e}")))?;
-        let udp = UdpSocket::bind(SocketAddr::new(source, 0))
-            .map_err(|e| (EXIT_RUNTIME, format!("cannot bind a UDP socket to {source}: {e}; is it configured here?")))?;
+        let udp = UdpSocket::bind(SocketAddr::new(source, 0)).map_err(|e| {
+            (
+                EXIT_RUNTIME,
+                format!("cannot bind a UDP socket to {source}: {e}; is it configured here?"),
+            )
+        })?;
 
         trials += 1;
         let sent_at = Instant::now();
-        udp.send_to(&bytes, knock_to).map_err(|e| (EXIT_RUNTIME, format!("sending the knock from {source}: {e}")))?;
+        udp.send_to(&bytes, knock_to).map_err(|e| {
+            (
+                EXIT_RUNTIME,
+                format!("sending the knock from {source}: {e}"),
+            )
+        })?;
         if let Some(latency) = first_connect(source, connect_to, sent_at, common.timeout, retry)? {
             samples.push(latency);
         }
@@ -196,43 +265,78 @@ fn knock_trials(common: &Common, retry: Duration) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Tries to connect from `source` every `retry` until `timeout` after
-/// `sent_at`; returns the time from `sent_at` to the first success.
+/// At most this many connection attempts are kept in flight; older ones
+/// (whose SYN the firewall dropped, and which the kernel would retransmit only
+/// after a second) are closed.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Starts a non-blocking connect from `source` every `every`, keeping the
+/// earlier ones in flight, until one is established or `timeout` after
+/// `sent_at` has passed; returns the time from `sent_at` to the first one seen
+/// established. The resolution is about `every` plus one sleep.
 fn first_connect(
     source: IpAddr,
     to: SocketAddr,
     sent_at: Instant,
     timeout: Duration,
-    retry: Duration,
+    every: Duration,
 ) -> Result<Option<Duration>, Failure> {
     let deadline = sent_at + timeout;
+    let mut in_flight: VecDeque<Socket> = VecDeque::with_capacity(MAX_IN_FLIGHT);
+    let mut next_attempt = Instant::now();
+    let nap = (every / 2).max(Duration::from_micros(20));
     loop {
         let now = Instant::now();
         if now >= deadline {
             return Ok(None);
         }
-        let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|e| (EXIT_RUNTIME, format!("cannot open a TCP socket: {e}")))?;
-        socket
-            .bind(&SocketAddr::new(source, 0).into())
-            .map_err(|e| (EXIT_RUNTIME, format!("cannot bind a TCP socket to {source}: {e}")))?;
-        let limit = retry.min(deadline - now).max(Duration::from_millis(1));
-        match socket.connect_timeout(&to.into(), limit) {
-            Ok(()) => return Ok(Some(sent_at.elapsed())),
-            Err(err) if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {}
-            // Refused or unreachable: the firewall does not reject, so this
-            // means nothing listens; wait a retry interval and try again.
-            Err(_) => std::thread::sleep(retry),
+        if now >= next_attempt {
+            next_attempt = now + every;
+            let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .map_err(|e| (EXIT_RUNTIME, format!("cannot open a TCP socket: {e}")))?;
+            socket
+                .bind(&SocketAddr::new(source, 0).into())
+                .map_err(|e| {
+                    (
+                        EXIT_RUNTIME,
+                        format!("cannot bind a TCP socket to {source}: {e}"),
+                    )
+                })?;
+            match socket.connect(&to.into()) {
+                Ok(()) => return Ok(Some(sent_at.elapsed())),
+                Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {
+                    if in_flight.len() == MAX_IN_FLIGHT {
+                        in_flight.pop_front();
+                    }
+                    in_flight.push_back(socket);
+                }
+                // Refused or unreachable: the firewall drops rather than
+                // rejects, so nothing listens (yet); try again later.
+                Err(_) => {}
+            }
         }
+        // getpeername succeeds only once the handshake is complete.
+        if in_flight.iter().any(|s| s.peer_addr().is_ok()) {
+            return Ok(Some(sent_at.elapsed()));
+        }
+        std::thread::sleep(nap.min(next_attempt.saturating_duration_since(Instant::now())));
     }
 }
 
 fn client_trials(common: &Common, exec: &PathBuf, dev: &str) -> Result<(), Failure> {
     let sources = sources(common)?;
     if !exec.exists() {
-        return Err((EXIT_USAGE, format!("--exec {}: no such file", exec.display())));
+        return Err((
+            EXIT_USAGE,
+            format!("--exec {}: no such file", exec.display()),
+        ));
     }
-    let home = common.profile.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let profile = profile_path(common)?;
+    let home = profile
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     let timeout = format!("{}ms", common.timeout.as_millis());
     let (server, port) = (common.server.to_string(), common.port.to_string());
     let started = Instant::now();
@@ -248,7 +352,7 @@ fn client_trials(common: &Common, exec: &PathBuf, dev: &str) -> Result<(), Failu
         let begin = Instant::now();
         let out = Command::new(exec)
             .args(["open", &server, &port, "--profile"])
-            .arg(&common.profile)
+            .arg(profile)
             .args(["--timeout", &timeout])
             .env("KNOCK_HOME", &home)
             .stdin(Stdio::null())
@@ -273,11 +377,68 @@ fn client_trials(common: &Common, exec: &PathBuf, dev: &str) -> Result<(), Failu
     Ok(())
 }
 
+fn command_trials(
+    common: &Common,
+    dev: &str,
+    retry: Duration,
+    command: &[String],
+) -> Result<(), Failure> {
+    let sources = sources(common)?;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| (EXIT_USAGE, "no knock command given after --".to_owned()))?;
+    let connect_to = SocketAddr::new(common.server, common.port);
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(sources.len());
+    let mut trials = 0usize;
+    let mut failures = Vec::new();
+    for source in sources {
+        if started.elapsed() >= common.max_run {
+            break;
+        }
+        set_route_source(common.server, dev, source)?;
+        trials += 1;
+        let begin = Instant::now();
+        let out = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| (EXIT_RUNTIME, format!("cannot run {program}: {e}")))?;
+        if !out.status.success() {
+            if failures.len() < 3 {
+                failures.push(format!(
+                    "from {source}: exit {:?}: {}",
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        } else if let Some(latency) =
+            first_connect(source, connect_to, begin, common.timeout, retry)?
+        {
+            samples.push(latency);
+        }
+        std::thread::sleep(common.gap);
+    }
+    for failure in &failures {
+        eprintln!("knock-probe {}: {program} failed {failure}", common.name);
+    }
+    report(common, trials, &samples, started);
+    Ok(())
+}
+
 /// `ip route replace SERVER/32 dev DEV src SOURCE`: the kernel then picks
 /// SOURCE for every socket that does not bind one, knock-client's included.
 fn set_route_source(server: IpAddr, dev: &str, source: IpAddr) -> Result<(), Failure> {
     let out = Command::new("ip")
-        .args(["route", "replace", &format!("{server}/32"), "dev", dev, "src", &source.to_string()])
+        .args([
+            "route",
+            "replace",
+            &format!("{server}/32"),
+            "dev",
+            dev,
+            "src",
+            &source.to_string(),
+        ])
         .output()
         .map_err(|e| (EXIT_RUNTIME, format!("cannot run ip: {e}")))?;
     if !out.status.success() {

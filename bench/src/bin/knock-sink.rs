@@ -16,7 +16,10 @@ use knock_bench::{parse_duration, EXIT_RUNTIME, EXIT_USAGE};
 use socket2::{Domain, Protocol, Socket, Type};
 
 #[derive(Debug, Parser)]
-#[command(name = "knock-sink", about = "Accept-and-close TCP listener, bounded in time")]
+#[command(
+    name = "knock-sink",
+    about = "Accept-and-close TCP listener, bounded in time"
+)]
 struct Args {
     /// TCP port to listen on (IPv4 and IPv6).
     #[arg(long, default_value_t = 4992)]
@@ -31,12 +34,19 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(err) => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { EXIT_USAGE as u8 } else { 0 });
+            return ExitCode::from(if err.use_stderr() {
+                EXIT_USAGE as u8
+            } else {
+                0
+            });
         }
     };
     match run(&args) {
         Ok(accepted) => {
-            println!("knock-sink: accepted {accepted} connections on tcp/{}", args.port);
+            println!(
+                "knock-sink: accepted {accepted} connections on tcp/{}",
+                args.port
+            );
             ExitCode::SUCCESS
         }
         Err(message) => {
@@ -49,13 +59,23 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<u64, String> {
     let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| format!("cannot open a socket: {e}"))?;
-    socket.set_only_v6(false).map_err(|e| format!("cannot accept IPv4 too: {e}"))?;
-    socket.set_reuse_address(true).map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+    socket
+        .set_only_v6(false)
+        .map_err(|e| format!("cannot accept IPv4 too: {e}"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
     let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), args.port);
-    socket.bind(&addr.into()).map_err(|e| format!("cannot bind: {e}"))?;
-    socket.listen(4096).map_err(|e| format!("cannot listen: {e}"))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| format!("cannot bind: {e}"))?;
+    socket
+        .listen(4096)
+        .map_err(|e| format!("cannot listen: {e}"))?;
     let listener: TcpListener = socket.into();
-    listener.set_nonblocking(true).map_err(|e| format!("cannot make it non-blocking: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot make it non-blocking: {e}"))?;
     let deadline = Instant::now() + args.duration;
     let mut accepted = 0u64;
     while Instant::now() < deadline {

@@ -35,9 +35,9 @@ fn main() -> ExitCode {
 fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_' | b'%' | b'[' | b']'))
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_' | b'%' | b'[' | b']')
+        })
 }
 
 fn run(args: Args) -> Result<(), Failure> {
@@ -49,7 +49,9 @@ fn run(args: Args) -> Result<(), Failure> {
     }
     for host in std::iter::once(&args.host).chain(&args.alias) {
         if !valid_host(host) {
-            return Err(Failure::usage(format!("--host/--alias {host:?} is not a host name or address")));
+            return Err(Failure::usage(format!(
+                "--host/--alias {host:?} is not a host name or address"
+            )));
         }
     }
     let config = ServerConfig::load(&args.config)?;
@@ -58,7 +60,9 @@ fn run(args: Args) -> Result<(), Failure> {
         Some(items) => {
             let mut ports: Vec<PortSpec> = Vec::new();
             for item in items {
-                let spec: PortSpec = item.parse().map_err(|m: String| Failure::usage(format!("--ports: {m}")))?;
+                let spec: PortSpec = item
+                    .parse()
+                    .map_err(|m: String| Failure::usage(format!("--ports: {m}")))?;
                 if !config.protected.contains(&spec) {
                     return Err(Failure::usage(format!(
                         "--ports: {spec} is not protected by {}; protected are {}",
@@ -96,7 +100,10 @@ fn run(args: Args) -> Result<(), Failure> {
 
     let (server_id, created) = identity::load_or_create(&config.identity_file)?;
     if created {
-        eprintln!("{PROGRAM}: created server identity {}", config.identity_file.display());
+        eprintln!(
+            "{PROGRAM}: created server identity {}",
+            config.identity_file.display()
+        );
     }
 
     let mut bytes = zeroize::Zeroizing::new([0u8; CLIENT_SECRET_LEN]);
@@ -141,12 +148,20 @@ fn run(args: Args) -> Result<(), Failure> {
         list(&ports),
         args.host,
         entry_path.display(),
-        if to_stdout { "on stdout".to_owned() } else { out.display().to_string() },
+        if to_stdout {
+            "on stdout".to_owned()
+        } else {
+            out.display().to_string()
+        },
     );
     eprintln!("{PROGRAM}: send knock-server SIGHUP (systemctl reload knock-server) to load it");
     Ok(())
 }
 
 fn list(ports: &[PortSpec]) -> String {
-    ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -95,11 +95,27 @@ struct Assembler {
 
 impl Assembler {
     fn op(&mut self, code: u16, k: u32) {
-        self.code.push((Instruction { code, jt: 0, jf: 0, k }, None));
+        self.code.push((
+            Instruction {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            },
+            None,
+        ));
     }
 
     fn jump(&mut self, cond: u16, k: u32, jt: &'static str, jf: &'static str) {
-        self.code.push((Instruction { code: JMP | cond | K, jt: 0, jf: 0, k }, Some((jt, jf))));
+        self.code.push((
+            Instruction {
+                code: JMP | cond | K,
+                jt: 0,
+                jf: 0,
+                k,
+            },
+            Some((jt, jf)),
+        ));
     }
 
     fn label(&mut self, name: &'static str) {
@@ -111,7 +127,10 @@ impl Assembler {
             let to = if name == "next" {
                 at + 1
             } else {
-                self.labels.iter().find(|(n, _)| *n == name).map_or(at + 1, |(_, i)| *i)
+                self.labels
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(at + 1, |(_, i)| *i)
             };
             // Programs here are a few dozen instructions: offsets fit in u8.
             u8::try_from(to - at - 1).unwrap_or(u8::MAX)
@@ -121,7 +140,11 @@ impl Assembler {
             .enumerate()
             .map(|(at, (ins, jumps))| match jumps {
                 None => *ins,
-                Some((jt, jf)) => Instruction { jt: target(jt, at), jf: target(jf, at), ..*ins },
+                Some((jt, jf)) => Instruction {
+                    jt: target(jt, at),
+                    jf: target(jf, at),
+                    ..*ins
+                },
             })
             .collect()
     }
@@ -132,7 +155,12 @@ pub fn describe(program: &[Instruction]) -> String {
     program
         .iter()
         .enumerate()
-        .map(|(i, ins)| format!("({i:03}) code=0x{:02x} jt={} jf={} k=0x{:x}\n", ins.code, ins.jt, ins.jf, ins.k))
+        .map(|(i, ins)| {
+            format!(
+                "({i:03}) code=0x{:02x} jt={} jf={} k=0x{:x}\n",
+                ins.code, ins.jt, ins.jf, ins.k
+            )
+        })
         .collect()
 }
 
@@ -168,7 +196,11 @@ mod tests {
             match class {
                 0x00 => {
                     let size = ins.code & 0x18;
-                    let offset = if ins.code & 0xe0 == IND { x.wrapping_add(ins.k) } else { ins.k };
+                    let offset = if ins.code & 0xe0 == IND {
+                        x.wrapping_add(ins.k)
+                    } else {
+                        ins.k
+                    };
                     match load(offset, size) {
                         Some(v) => a = v,
                         None => return 0,
@@ -214,21 +246,35 @@ mod tests {
         p
     }
 
-    const IN4: Meta = Meta { protocol: ETH_P_IP, pkttype: 0 };
-    const IN6: Meta = Meta { protocol: ETH_P_IPV6, pkttype: 0 };
+    const IN4: Meta = Meta {
+        protocol: ETH_P_IP,
+        pkttype: 0,
+    };
+    const IN6: Meta = Meta {
+        protocol: ETH_P_IPV6,
+        pkttype: 0,
+    };
 
     #[test]
     fn passes_plausible_knocks_only() {
         let prog = knock_filter(62201);
         let ok = MIN_KNOCK_LEN + 10;
-        assert_ne!(run(&prog, &v4(62201, ok, 0x4000), &IN4), 0, "DF set is fine");
+        assert_ne!(
+            run(&prog, &v4(62201, ok, 0x4000), &IN4),
+            0,
+            "DF set is fine"
+        );
         assert_ne!(run(&prog, &v4(62201, MIN_KNOCK_LEN, 0), &IN4), 0);
         assert_ne!(run(&prog, &v4(62201, MAX_KNOCK_LEN, 0), &IN4), 0);
         assert_ne!(run(&prog, &v6(62201, ok, 17), &IN6), 0);
         let mut options = v4(62201, ok, 0);
         options[0] = 0x46;
         options.splice(20..20, [1u8, 1, 1, 1]);
-        assert_ne!(run(&prog, &options, &IN4), 0, "IPv4 options shift the UDP header");
+        assert_ne!(
+            run(&prog, &options, &IN4),
+            0,
+            "IPv4 options shift the UDP header"
+        );
     }
 
     #[test]
@@ -236,18 +282,48 @@ mod tests {
         let prog = knock_filter(62201);
         let ok = MIN_KNOCK_LEN + 10;
         assert_eq!(run(&prog, &v4(62202, ok, 0), &IN4), 0, "other port");
-        assert_eq!(run(&prog, &v4(62201, MIN_KNOCK_LEN - 1, 0), &IN4), 0, "too short");
-        assert_eq!(run(&prog, &v4(62201, MAX_KNOCK_LEN + 1, 0), &IN4), 0, "too long");
-        assert_eq!(run(&prog, &v4(62201, ok, 0x2000), &IN4), 0, "first fragment");
-        assert_eq!(run(&prog, &v4(62201, ok, 0x0010), &IN4), 0, "later fragment");
+        assert_eq!(
+            run(&prog, &v4(62201, MIN_KNOCK_LEN - 1, 0), &IN4),
+            0,
+            "too short"
+        );
+        assert_eq!(
+            run(&prog, &v4(62201, MAX_KNOCK_LEN + 1, 0), &IN4),
+            0,
+            "too long"
+        );
+        assert_eq!(
+            run(&prog, &v4(62201, ok, 0x2000), &IN4),
+            0,
+            "first fragment"
+        );
+        assert_eq!(
+            run(&prog, &v4(62201, ok, 0x0010), &IN4),
+            0,
+            "later fragment"
+        );
         let mut tcp = v4(62201, ok, 0);
         tcp[9] = 6;
         assert_eq!(run(&prog, &tcp, &IN4), 0, "tcp");
-        assert_eq!(run(&prog, &v6(62201, ok, 44), &IN6), 0, "v6 fragment header");
+        assert_eq!(
+            run(&prog, &v6(62201, ok, 44), &IN6),
+            0,
+            "v6 fragment header"
+        );
         assert_eq!(run(&prog, &v6(62202, ok, 17), &IN6), 0, "v6 other port");
-        let outgoing = Meta { protocol: ETH_P_IP, pkttype: PACKET_OUTGOING };
-        assert_eq!(run(&prog, &v4(62201, ok, 0), &outgoing), 0, "our own output");
-        let arp = Meta { protocol: 0x0806, pkttype: 0 };
+        let outgoing = Meta {
+            protocol: ETH_P_IP,
+            pkttype: PACKET_OUTGOING,
+        };
+        assert_eq!(
+            run(&prog, &v4(62201, ok, 0), &outgoing),
+            0,
+            "our own output"
+        );
+        let arp = Meta {
+            protocol: 0x0806,
+            pkttype: 0,
+        };
         assert_eq!(run(&prog, &v4(62201, ok, 0), &arp), 0, "not IP");
         assert_eq!(run(&prog, &[0x45], &IN4), 0, "runt");
     }

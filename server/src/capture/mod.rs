@@ -26,7 +26,10 @@ pub enum CaptureError {
     #[error("cannot open the packet socket: {0} (needs CAP_NET_RAW)")]
     Socket(io::Error),
     #[error("cannot bind the packet socket to {interface}: {source}")]
-    Bind { interface: String, source: io::Error },
+    Bind {
+        interface: String,
+        source: io::Error,
+    },
 }
 
 /// A UDP datagram to the knock port, as seen on the wire.
@@ -44,7 +47,9 @@ pub struct Capture {
 
 impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Capture").field("knock_port", &self.knock_port).finish()
+        f.debug_struct("Capture")
+            .field("knock_port", &self.knock_port)
+            .finish()
     }
 }
 
@@ -63,7 +68,11 @@ impl Capture {
     /// Opens a capture of UDP datagrams to `knock_port` on `interface`
     /// ("any" for all interfaces). `poll_every` bounds how long [`Self::wait_next`]
     /// waits, so the caller can look at signals and timers.
-    pub fn open(interface: &str, knock_port: u16, poll_every: Duration) -> Result<Self, CaptureError> {
+    pub fn open(
+        interface: &str,
+        knock_port: u16,
+        poll_every: Duration,
+    ) -> Result<Self, CaptureError> {
         let nic = find_interface(interface)?;
         let program = filter::knock_filter(knock_port);
         let fd = sys::open_filtered_packet_socket(&program).map_err(CaptureError::Socket)?;
@@ -79,12 +88,18 @@ impl Capture {
         // pnet binds the descriptor to the interface and owns it from here,
         // closing it on drop (also when binding fails).
         match pnet_datalink::channel(&nic, config) {
-            Ok(Channel::Ethernet(_sender, receiver)) => Ok(Self { receiver, knock_port }),
+            Ok(Channel::Ethernet(_sender, receiver)) => Ok(Self {
+                receiver,
+                knock_port,
+            }),
             Ok(_) => Err(CaptureError::Bind {
                 interface: interface.to_owned(),
                 source: io::Error::other("unexpected channel type"),
             }),
-            Err(source) => Err(CaptureError::Bind { interface: interface.to_owned(), source }),
+            Err(source) => Err(CaptureError::Bind {
+                interface: interface.to_owned(),
+                source,
+            }),
         }
     }
 
@@ -96,7 +111,12 @@ impl Capture {
                 Some(datagram) => Next::Datagram(datagram),
                 None => Next::Malformed,
             }),
-            Err(err) if matches!(err.kind(), io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
                 Ok(Next::Idle)
             }
             Err(err) => Err(err),
@@ -134,7 +154,10 @@ pub fn parse_datagram(frame: &[u8], knock_port: u16) -> Option<Datagram<'_>> {
             if header < 20 || total < header || total > frame.len() {
                 return None;
             }
-            if ip.get_next_level_protocol().0 != 17 || ip.get_fragment_offset() != 0 || ip.get_flags() & 0b001 != 0 {
+            if ip.get_next_level_protocol().0 != 17
+                || ip.get_fragment_offset() != 0
+                || ip.get_flags() & 0b001 != 0
+            {
                 return None;
             }
             (IpAddr::V4(ip.get_source()), frame.get(header..total)?)

@@ -28,7 +28,14 @@ pub fn open_filtered_packet_socket(program: &[Instruction]) -> io::Result<RawFd>
         .map(|ins| SockFilter::new(ins.code, ins.jt, ins.jf, ins.k))
         .collect();
     socket.attach_filter(&filter)?;
-    if set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER).is_err() {
+    if set_int_option(
+        &socket,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        RECEIVE_BUFFER,
+    )
+    .is_err()
+    {
         // Without CAP_NET_ADMIN the kernel caps us at net.core.rmem_max.
         socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
     }
@@ -39,7 +46,8 @@ pub fn open_filtered_packet_socket(program: &[Instruction]) -> io::Result<RawFd>
 }
 
 fn set_int_option(socket: &Socket, level: i32, name: i32, value: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(value).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let value =
+        libc::c_int::try_from(value).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: the descriptor is open for the lifetime of `socket`; `value` is a
     // live c_int and the length passed is exactly its size, as setsockopt(2)
     // requires for integer options.

@@ -295,8 +295,8 @@ pub fn parse_save(text: &str, set: &str) -> Vec<LiveGrant> {
             continue;
         };
         let transport = match proto {
-            "tcp" => Transport::Tcp,
-            "udp" => Transport::Udp,
+            "tcp" | "6" => Transport::Tcp,
+            "udp" | "17" => Transport::Udp,
             _ => continue,
         };
         let (Ok(addr), Ok(port)) = (addr.parse::<IpAddr>(), port.parse::<u16>()) else {

@@ -29,7 +29,12 @@ impl Firewall for MemoryFirewall {
         Ok(())
     }
 
-    fn grant(&mut self, addr: IpAddr, ports: &[PortSpec], duration: Duration) -> Result<(), FirewallError> {
+    fn grant(
+        &mut self,
+        addr: IpAddr,
+        ports: &[PortSpec],
+        duration: Duration,
+    ) -> Result<(), FirewallError> {
         if self.fail_grants {
             return Err(FirewallError::Netlink("injected failure".into()));
         }
@@ -49,7 +54,11 @@ impl Firewall for MemoryFirewall {
             .granted
             .iter()
             .flat_map(|(addr, ports, duration)| {
-                ports.iter().map(move |port| LiveGrant { addr: *addr, port: *port, expires_in: *duration })
+                ports.iter().map(move |port| LiveGrant {
+                    addr: *addr,
+                    port: *port,
+                    expires_in: *duration,
+                })
             })
             .collect())
     }

@@ -91,7 +91,12 @@ pub trait Firewall: Send {
     /// Lets `addr` open new connections to `ports` for `duration`; the kernel
     /// expires it. Granting again refreshes the timeout. Must not spawn a
     /// process on the nftables backend.
-    fn grant(&mut self, addr: IpAddr, ports: &[PortSpec], duration: Duration) -> Result<(), FirewallError>;
+    fn grant(
+        &mut self,
+        addr: IpAddr,
+        ports: &[PortSpec],
+        duration: Duration,
+    ) -> Result<(), FirewallError>;
 
     /// Are our rules still in place as installed? Cheap enough to call every
     /// few seconds.

@@ -1,0 +1,495 @@
+//! Faults around the real knock-server in network namespaces: an unwritable
+//! or full state directory, an administrator deleting our firewall rules,
+//! the capture interface going down and up, a broken configuration on
+//! reload. The server fails closed (no grant it cannot make durable), says
+//! why in its log, keeps running, and recovers when the fault goes away.
+//!
+//! SIGKILL during a grant (the grant still expires on time in the kernel) is
+//! `contract.rs`'s `sigkill_expiry_and_restart_without_duplicates`, on both
+//! backends.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use knock_tests::*;
+
+struct World {
+    lab: Lab,
+    hosts: Hosts,
+    setup: Setup,
+    alice: PathBuf,
+}
+
+fn world(firewall: &str) -> World {
+    let mut lab = Lab::new();
+    let hosts = lab.standard();
+    let setup = Setup::new(&lab, "server", firewall, &["tcp/4992"], "");
+    set_config_key(&setup.config, "open_for", "\"3s\"");
+    let alice = setup.keygen("alice", SERVER_V4, Some("tcp/4992"));
+    start_echo(&lab, &hosts.server, 4992);
+    World {
+        lab,
+        hosts,
+        setup,
+        alice,
+    }
+}
+
+impl World {
+    fn knock(&self, timeout: &str) -> (i32, String) {
+        let (code, out, err) = client(
+            &self.hosts.client,
+            &self.alice,
+            &["open", SERVER_V4, "4992", "--timeout", timeout],
+        );
+        (code, format!("{out}{err}"))
+    }
+
+    fn grants(&self) -> String {
+        let out = self
+            .hosts
+            .server
+            .cmd(bin("knock-server"))
+            .args(["status", "--config"])
+            .arg(&self.setup.config)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    fn assert_no_grant(&self, server: &Server, after: &str) {
+        let grants = self.grants();
+        assert!(
+            grants.contains("no live grants"),
+            "after {after}: {grants}\n{}",
+            server.log()
+        );
+        assert!(
+            !self.hosts.client.tcp_connects(ip(SERVER_V4), 4992),
+            "after {after}: the client got in"
+        );
+        assert!(
+            server.alive(),
+            "after {after}: the server died:\n{}",
+            server.log()
+        );
+    }
+
+    fn wait_expiry(&self) {
+        assert!(
+            eventually(Duration::from_secs(15), || self
+                .grants()
+                .contains("no live grants")),
+            "grants never expired: {}",
+            self.grants()
+        );
+    }
+
+    fn state(&self) -> PathBuf {
+        self.setup.dir.join("state")
+    }
+}
+
+/// The state directory cannot be written (even by root: it is immutable).
+/// At start: exit 1 with one clear line, before touching the firewall. While
+/// running: no grant (fail-closed), a clear error, the server keeps running
+/// and grants again once the directory is writable.
+#[test]
+fn unwritable_state_dir_means_no_grant() {
+    let w = world("nftables");
+    std::fs::create_dir_all(w.state()).unwrap();
+    let mut immutable = Immutable::new(&w.state());
+    // Prove the fault is real for root before relying on it.
+    assert!(
+        std::fs::write(w.state().join("probe"), b"x").is_err(),
+        "chattr +i did not stop root"
+    );
+
+    let config = w.setup.config.to_str().unwrap();
+    let (code, _, err) = run_server_to_exit(
+        &w.hosts.server,
+        &["run", "--config", config],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 1, "start with an unwritable state dir: {err}");
+    // Log lines may precede it; the error itself is one line, the last.
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line on stderr: {err}");
+    assert_eq!(err.lines().last(), Some(errors[0]), "{err}");
+    let state_file = w.state().join("replay.state");
+    assert!(
+        errors[0].starts_with("knock-server: error: cannot write replay state")
+            && errors[0].contains(&*state_file.to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(
+        w.hosts.server.sh("nft list ruleset").trim(),
+        "",
+        "the firewall was touched"
+    );
+
+    immutable.clear();
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let (code, out) = w.knock("3s");
+    assert_eq!(code, 0, "{out}");
+    w.wait_expiry();
+    let before = std::fs::read(w.state().join("replay.state")).unwrap();
+
+    immutable.set();
+    let (code, out) = w.knock("2s");
+    assert_eq!(
+        code, 1,
+        "a knock was honoured without durable replay state: {out}"
+    );
+    server.wait_for_log(
+        "NOT granted: cannot make the replay state durable",
+        Duration::from_secs(2),
+    );
+    w.assert_no_grant(&server, "knocks with an unwritable state dir");
+    assert_eq!(
+        std::fs::read(w.state().join("replay.state")).unwrap(),
+        before,
+        "the state changed"
+    );
+
+    immutable.clear();
+    let (code, out) = w.knock("3s");
+    assert_eq!(
+        code,
+        0,
+        "no grant after the state dir became writable again: {out}\n{}",
+        server.log()
+    );
+    assert_ne!(
+        std::fs::read(w.state().join("replay.state")).unwrap(),
+        before,
+        "the state was not updated"
+    );
+}
+
+/// The state directory's file system is full (a 16 KiB tmpfs in a private
+/// mount namespace of the server): no grant, a clear error, the previous
+/// state file intact, and grants again once there is room.
+#[test]
+fn full_disk_means_no_grant_and_no_corruption() {
+    let w = world("nftables");
+    let state = w.state();
+    std::fs::create_dir_all(&state).unwrap();
+    let wrapper = format!(
+        "mount -t tmpfs -o size=16k,mode=0700 knock-test-full {} && exec \"$@\"",
+        state.display()
+    );
+    let server = Server::start_wrapped(&w.hosts.server, &w.setup.config, &wrapper);
+    let pid = server.pid().to_string();
+    // Files in the server's private mount namespace.
+    let in_server_mounts = |line: &str| -> (bool, String) {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-m", "sh", "-c", line])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (mounted, _) = in_server_mounts(&format!(
+        "grep -q ' {} tmpfs ' /proc/self/mounts",
+        state.display()
+    ));
+    assert!(mounted, "the tmpfs is not mounted for the server");
+    assert!(
+        !state.join("replay.state").exists(),
+        "the tmpfs leaked out of the server's mount namespace"
+    );
+
+    let (code, out) = w.knock("3s");
+    assert_eq!(code, 0, "{out}\n{}", server.log());
+    let (_, before) = in_server_mounts(&format!("cat {}/replay.state", state.display()));
+    assert!(before.contains("alice "), "{before}");
+
+    let (filled, _) = in_server_mounts(&format!(
+        "cat /dev/zero > {}/fill 2>/dev/null",
+        state.display()
+    ));
+    assert!(!filled, "filling the tmpfs should end with ENOSPC");
+    w.wait_expiry();
+    let (code, out) = w.knock("2s");
+    assert_eq!(code, 1, "a knock was honoured on a full disk: {out}");
+    server.wait_for_log(
+        "NOT granted: cannot make the replay state durable",
+        Duration::from_secs(2),
+    );
+    assert!(
+        server.log().contains("No space left on device"),
+        "{}",
+        server.log()
+    );
+    w.assert_no_grant(&server, "knocks on a full disk");
+    let (_, after) = in_server_mounts(&format!(
+        "cat {}/replay.state; ls -A {}",
+        state.display(),
+        state.display()
+    ));
+    assert_eq!(
+        after,
+        format!("{before}fill\nreplay.state\n"),
+        "the state file changed or a temporary file was left"
+    );
+
+    in_server_mounts(&format!("rm {}/fill", state.display()));
+    let (code, out) = w.knock("3s");
+    assert_eq!(
+        code,
+        0,
+        "no grant once there was room again: {out}\n{}",
+        server.log()
+    );
+    let (_, now) = in_server_mounts(&format!("cat {}/replay.state", state.display()));
+    assert!(
+        now.contains("alice ") && now != before,
+        "the state was not updated: {now}"
+    );
+}
+
+/// An administrator deletes our rules while we run. Decided behaviour: the
+/// server notices within `verify_every` (2 s), says so loudly and reinstalls
+/// them; protection is back, and knocks work.
+fn rules_deleted_are_reinstalled(firewall: &str, delete: &str, present: &str) {
+    let w = world(firewall);
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let (code, out) = w.knock("3s");
+    assert_eq!(code, 0, "{out}");
+    w.wait_expiry();
+
+    w.hosts.server.sh(delete);
+    let deleted = Instant::now();
+    let (gone, _) = w.hosts.server.try_sh(present);
+    assert!(!gone, "the rules were not deleted by {delete:?}");
+    let back = eventually(Duration::from_secs(6), || w.hosts.server.try_sh(present).0);
+    let took = deleted.elapsed();
+    assert!(back, "the rules were not reinstalled:\n{}", server.log());
+    assert!(
+        took < Duration::from_secs(4),
+        "reinstalling took {took:?} (verify_every is 2 s)"
+    );
+    server.wait_for_log("were changed or removed", Duration::from_secs(1));
+    server.wait_for_log("firewall rules reinstalled", Duration::from_secs(1));
+    assert!(server
+        .log()
+        .lines()
+        .any(|l| l.contains("ERROR") && l.contains("were changed or removed")));
+    // Protected again, for everyone.
+    assert!(
+        !w.hosts
+            .attacker
+            .tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992),
+        "protection not restored"
+    );
+    w.assert_no_grant(&server, "the rules were reinstalled");
+    let (code, out) = w.knock("3s");
+    assert_eq!(
+        code,
+        0,
+        "no grant after the reinstall: {out}\n{}",
+        server.log()
+    );
+    assert!(!w
+        .hosts
+        .attacker
+        .tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992));
+}
+
+#[test]
+fn nftables_table_deleted_is_reinstalled() {
+    rules_deleted_are_reinstalled(
+        "nftables",
+        "nft delete table inet knock",
+        "nft list table inet knock >/dev/null",
+    );
+}
+
+#[test]
+fn iptables_chain_deleted_is_reinstalled() {
+    rules_deleted_are_reinstalled(
+        "iptables",
+        "iptables -D INPUT -j KNOCK-INPUT && iptables -F KNOCK-INPUT && iptables -X KNOCK-INPUT",
+        "iptables -S KNOCK-INPUT >/dev/null 2>&1 && iptables -S INPUT | grep -q -- '-j KNOCK-INPUT'",
+    );
+}
+
+/// The capture interface (named, not "any") goes down and comes back up:
+/// capture recovers without a restart.
+#[test]
+fn capture_recovers_after_interface_down_and_up() {
+    let w = world("nftables");
+    let dev = interface_with(&w.hosts.server, SERVER_V4);
+    set_config_key(&w.setup.config, "interface", &format!("{dev:?}"));
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    server.wait_for_log(&format!("on {dev}"), Duration::from_secs(1));
+    let (code, out) = w.knock("3s");
+    assert_eq!(code, 0, "{out}");
+
+    w.hosts.server.sh(&format!("ip link set {dev} down"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        server.alive(),
+        "the server died when its interface went down:\n{}",
+        server.log()
+    );
+    w.hosts.server.sh(&format!("ip link set {dev} up"));
+    w.wait_expiry();
+    let (code, out) = w.knock("5s");
+    assert_eq!(
+        code,
+        0,
+        "capture did not recover after the interface came back: {out}\n{}",
+        server.log()
+    );
+    assert_eq!(server.count_log("granted"), 2, "{}", server.log());
+    // Said once each, not once per reopening attempt while the link was down.
+    assert_eq!(server.count_log("capture failed"), 1, "{}", server.log());
+    assert_eq!(server.count_log("is live again"), 1, "{}", server.log());
+}
+
+/// SIGHUP with a broken server.toml (or a broken client file, or a change
+/// that cannot be made live): the server keeps running on the old
+/// configuration, logs the error naming the file or key at fault, leaves its
+/// rules as they were, and still honours knocks; a fixed file reloads.
+#[test]
+fn broken_config_on_reload_keeps_the_old_one() {
+    let w = world("nftables");
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let good = std::fs::read_to_string(&w.setup.config).unwrap();
+    let rules = || w.hosts.server.sh("nft list chain inet knock input");
+    let rules_before = rules();
+    let config = w.setup.config.display().to_string();
+    let bad_client = w.setup.dir.join("clients.d/mallory.toml");
+    let with = |key: &str, value: &str| {
+        let path = w.lab.dir.join("edit.toml");
+        std::fs::write(&path, &good).unwrap();
+        set_config_key(&path, key, value);
+        std::fs::read(&path).unwrap()
+    };
+    let bad_interface = String::from_utf8(with("interface", "\"nosuch0\""))
+        .unwrap()
+        .replace("[\"tcp/4992\"]", "[\"tcp/4992\", \"tcp/2222\"]")
+        .into_bytes();
+    // (what, server.toml, a client file's mode if one is added, culprit)
+    let cases: Vec<(&str, Vec<u8>, Option<u32>, String)> = vec![
+        (
+            "a TOML syntax error",
+            b"protected = [\"tcp/4992\"\n".to_vec(),
+            None,
+            config.clone(),
+        ),
+        (
+            "an unknown backend",
+            with("firewall", "\"pf\""),
+            None,
+            config.clone(),
+        ),
+        (
+            "non-UTF-8 bytes",
+            b"protected = [\"tcp/\xff\"]\n".to_vec(),
+            None,
+            config.clone(),
+        ),
+        ("an empty file", Vec::new(), None, config.clone()),
+        (
+            "a negative duration",
+            with("open_for", "\"-5s\""),
+            None,
+            "open_for".into(),
+        ),
+        (
+            "a world-readable client file",
+            good.clone().into_bytes(),
+            Some(0o644),
+            bad_client.display().to_string(),
+        ),
+        // These parse, but cannot be applied: a new interface that does not
+        // exist (with a new port list, which must not reach the firewall),
+        // a new backend, a renamed table.
+        (
+            "an interface that does not exist",
+            bad_interface,
+            None,
+            "nosuch0".into(),
+        ),
+        (
+            "another backend",
+            with("firewall", "\"iptables\""),
+            None,
+            "firewall".into(),
+        ),
+        (
+            "a renamed nftables table",
+            with("nft_table", "\"knock2\""),
+            None,
+            "nft_table".into(),
+        ),
+    ];
+    for (i, (what, text, client_mode, culprit)) in cases.iter().enumerate() {
+        std::fs::write(&w.setup.config, text).unwrap();
+        if let Some(mode) = client_mode {
+            std::fs::copy(w.setup.dir.join("clients.d/alice.toml"), &bad_client).unwrap();
+            std::fs::set_permissions(
+                &bad_client,
+                std::os::unix::fs::PermissionsExt::from_mode(*mode),
+            )
+            .unwrap();
+        }
+        server.signal("HUP");
+        server.wait_for_count(
+            "reload failed, still running on the previous configuration",
+            i + 1,
+            Duration::from_secs(3),
+        );
+        let line = server
+            .log()
+            .lines()
+            .rfind(|l| l.contains("reload failed"))
+            .unwrap()
+            .to_owned();
+        assert!(
+            line.contains(culprit.as_str()),
+            "{what}: the error does not name {culprit}: {line}"
+        );
+        assert!(server.alive(), "{what}: the server died");
+        assert_eq!(
+            rules(),
+            rules_before,
+            "{what}: a failed reload changed our rules"
+        );
+        assert_eq!(
+            w.hosts.server.sh("nft list tables").trim(),
+            "table inet knock",
+            "{what}"
+        );
+        let (code, out) = w.knock("3s");
+        assert_eq!(
+            code,
+            0,
+            "{what}: knocks no longer honoured: {out}\n{}",
+            server.log()
+        );
+        // A new grant, not the previous one still running.
+        server.wait_for_count("granted", i + 1, Duration::from_secs(1));
+        assert!(
+            !w.hosts
+                .attacker
+                .tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992),
+            "{what}: protection lost"
+        );
+        if client_mode.is_some() {
+            std::fs::remove_file(&bad_client).unwrap();
+        }
+    }
+    // Fixed: the reload goes through.
+    std::fs::write(&w.setup.config, &good).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("reloaded: 1 clients", Duration::from_secs(3));
+    assert!(server.alive());
+    assert_eq!(rules(), rules_before);
+}
