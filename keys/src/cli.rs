@@ -33,7 +33,7 @@ impl Failure {
 
     /// Prints the message as one line on stderr and returns the exit status.
     pub fn report(&self, program: &str) -> ExitCode {
-        let one_line = self.message.replace('\n', " ");
+        let one_line = bounded(&self.message.replace('\n', " "));
         eprintln!("{program}: error: {one_line}");
         ExitCode::from(self.code)
     }
@@ -57,28 +57,57 @@ pub fn parse_args<P: clap::Parser>(program: &str) -> Result<P, ExitCode> {
         Err(err) => {
             use clap::error::ErrorKind;
             match err.kind() {
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
                     let _ = err.print();
-                    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                        Err(ExitCode::from(EXIT_USAGE))
-                    } else {
-                        Err(ExitCode::SUCCESS)
-                    }
+                    Err(ExitCode::SUCCESS)
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    eprintln!("{program}: error: a command is required (see {program} --help)");
+                    Err(ExitCode::from(EXIT_USAGE))
                 }
                 _ => {
-                    let rendered = err.render().to_string();
-                    let first = rendered
-                        .lines()
-                        .find(|line| !line.trim().is_empty())
-                        .unwrap_or("invalid arguments")
-                        .trim_start_matches("error: ")
-                        .to_owned();
-                    eprintln!("{program}: error: {first} (see {program} --help)");
+                    eprintln!(
+                        "{program}: error: {} (see {program} --help)",
+                        summarise(&err.render().to_string())
+                    );
                     Err(ExitCode::from(EXIT_USAGE))
                 }
             }
         }
     }
+}
+
+/// clap's report in one line: everything before the usage section, joined,
+/// without the "error:" label, and bounded so that a huge argument cannot
+/// make a huge line.
+fn summarise(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.trim_start_matches("error:").trim());
+        }
+    }
+    let joined = if parts.is_empty() {
+        "invalid arguments".to_owned()
+    } else {
+        parts.join(" ")
+    };
+    bounded(&joined)
+}
+
+/// Cuts a message to a length a terminal and a journal can take.
+pub fn bounded(message: &str) -> String {
+    const MAX: usize = 400;
+    if message.len() <= MAX {
+        return message.to_owned();
+    }
+    let mut end = MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
 }

@@ -556,9 +556,25 @@ mod tests {
             (knock(1, &[4992], None, NOW - 31_000, SERVER), "too-old"),
             (knock(1, &[4992], None, NOW + 31_000, SERVER), "from-future"),
             (vec![0u8; 10], "bad-length"),
+            (
+                knock(1, &[4992], None, NOW + 4, SERVER),
+                "implausible-source@127.0.0.1",
+            ),
+            (
+                knock(1, &[4992], None, NOW + 5, SERVER),
+                "implausible-source@0.0.0.0",
+            ),
+            (
+                knock(1, &[4992], None, NOW + 6, SERVER),
+                "implausible-source@ff02::1",
+            ),
         ];
         for (k, reason) in cases {
-            match honour(&mut v, &mut store, &mut fw, &k, a, NOW) {
+            let (reason, from) = match reason.split_once('@') {
+                Some((reason, from)) => (reason, addr(from)),
+                None => (reason, a),
+            };
+            match honour(&mut v, &mut store, &mut fw, &k, from, NOW) {
                 Outcome::Rejected(r) => assert_eq!(r.reason(), reason),
                 other => panic!("{reason}: {other:?}"),
             }

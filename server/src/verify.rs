@@ -36,6 +36,8 @@ pub enum Rejection {
         bound: IpAddr,
         sender: IpAddr,
     },
+    #[error("client {client}: sent from {sender}, which no host can have; not consumed")]
+    ImplausibleSource { client: String, sender: IpAddr },
     #[error("client {client}: {port} is not permitted for this client")]
     PortNotPermitted { client: String, port: PortSpec },
 }
@@ -69,6 +71,7 @@ impl Rejection {
             } => "before-start",
             Rejection::Replay { .. } => "replay",
             Rejection::SourceMismatch { .. } => "source-mismatch",
+            Rejection::ImplausibleSource { .. } => "implausible-source",
             Rejection::PortNotPermitted { .. } => "port-not-permitted",
         }
     }
@@ -224,6 +227,14 @@ impl Verifier {
             }
             _ => canonical(source),
         };
+        if !plausible_source(addr) {
+            // A packet socket sees frames before the kernel drops martians, so
+            // a raced copy could claim these; a grant for them means nothing.
+            return Err(Rejection::ImplausibleSource {
+                client: name(),
+                sender: addr,
+            });
+        }
         for port in &request.ports {
             if !client.ports.contains(port) || !self.protected.contains(port) {
                 return Err(Rejection::PortNotPermitted {
@@ -289,6 +300,16 @@ fn build_index(clients: &[Client], now_ms: u64, window_ms: u64) -> HintIndex<usi
         now_ms,
         window_ms.saturating_add(SKEW_DIAGNOSIS_MS),
     )
+}
+
+/// Can a remote host really send from `addr`?
+fn plausible_source(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
+        }
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast()),
+    }
 }
 
 /// An IPv4-mapped IPv6 address is the IPv4 address it maps.

@@ -179,7 +179,7 @@ fn nftables() -> Backend {
         make: || Box::new(Nftables::new()),
         rules: rules("iptables", "ip6tables"),
         counts: nft_counts,
-        expected: vec![5],
+        expected: vec![6],
         tamper: |_| {
             let listing = sh("nft -a list chain inet knock input");
             let handle = listing
@@ -242,8 +242,8 @@ fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
         make: || Box::new(Iptables::new()),
         rules: rules(iptables, ip6tables),
         counts: ipt_counts,
-        // knock port, established, set match, one DROP per protected port; one jump
-        expected: vec![5, 1, 5, 1],
+        // knock port, established, loopback, set match, one DROP per protected port; one jump
+        expected: vec![6, 1, 6, 1],
         tamper: |rules| {
             sh(&format!(
                 "{} -w -R KNOCK-INPUT 1 -p udp -m udp --dport 62202 -j DROP",

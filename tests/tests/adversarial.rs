@@ -319,7 +319,10 @@ fn replay_set(firewall: &str) {
 
     // From another address, while the grant is live.
     let replays = server.count_log("replay: not newer");
-    send_raw(&w.hosts.attacker, &[from_attacker(&knock), from_attacker_v6(&knock)]);
+    send_raw(
+        &w.hosts.attacker,
+        &[from_attacker(&knock), from_attacker_v6(&knock)],
+    );
     server.wait_for_count("replay: not newer", replays + 2, Duration::from_secs(3));
     assert!(
         !w.hosts

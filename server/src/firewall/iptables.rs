@@ -8,6 +8,7 @@
 //! -A INPUT -j KNOCK-INPUT                                   (first rule, once)
 //! -A KNOCK-INPUT -p udp -m udp --dport 62201 -j DROP
 //! -A KNOCK-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+//! -A KNOCK-INPUT -i lo -j RETURN
 //! -A KNOCK-INPUT -m set --match-set knock4 src,dst -j RETURN
 //! -A KNOCK-INPUT -p tcp -m tcp --dport 4992 -j DROP         (one per protected port)
 //! ```
@@ -146,6 +147,8 @@ pub fn chain_rules(rules: &RuleSet, family: Family) -> Vec<String> {
             rules.knock_port
         ),
         format!("-A {CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"),
+        // Local processes are not the scanners we hide from.
+        format!("-A {CHAIN} -i lo -j RETURN"),
     ];
     let ports: BTreeSet<PortSpec> = rules.protected.iter().copied().collect();
     if !ports.is_empty() {
@@ -748,6 +751,7 @@ mod tests {
             "*filter\n:KNOCK-INPUT - [0:0]\n\
              -A KNOCK-INPUT -p udp -m udp --dport 62201 -j DROP\n\
              -A KNOCK-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
+             -A KNOCK-INPUT -i lo -j RETURN\n\
              -A KNOCK-INPUT -m set --match-set knock4 src,dst -j RETURN\n\
              -A KNOCK-INPUT -p tcp -m tcp --dport 4992 -j DROP\n\
              -A KNOCK-INPUT -p udp -m udp --dport 53 -j DROP\n\

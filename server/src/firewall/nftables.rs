@@ -10,6 +10,7 @@
 //!         type filter hook input priority -10; policy accept;
 //!         udp dport 62201 drop
 //!         ct state established,related accept
+//!         iif "lo" accept
 //!         meta l4proto . th dport { tcp . 4992 } ip saddr . meta l4proto . th dport @allow4 accept
 //!         meta l4proto . th dport { tcp . 4992 } ip6 saddr . meta l4proto . th dport @allow6 accept
 //!         meta l4proto . th dport { tcp . 4992 } drop
@@ -176,9 +177,9 @@ fn protected(rules: &RuleSet) -> Vec<PortSpec> {
 /// How many rules our chain holds once installed.
 pub fn expected_rule_count(rules: &RuleSet) -> usize {
     if rules.protected.is_empty() {
-        2
+        3
     } else {
-        5
+        6
     }
 }
 
@@ -212,6 +213,9 @@ pub fn install_script(rules: &RuleSet) -> String {
     let _ = writeln!(s, "\tchain {CHAIN} {{");
     let _ = writeln!(s, "\t\tudp dport {} drop", rules.knock_port);
     let _ = writeln!(s, "\t\tct state established,related accept");
+    // The host's own processes are not the scanners we hide from, and local
+    // services (tunnels, health checks) must keep working.
+    let _ = writeln!(s, "\t\tiif \"lo\" accept");
     let ports = protected(rules);
     if !ports.is_empty() {
         let list = ports
