@@ -101,7 +101,7 @@ fn summarise(rendered: &str) -> String {
 
 /// Cuts a message to a length a terminal and a journal can take.
 pub fn bounded(message: &str) -> String {
-    const MAX: usize = 400;
+    const MAX: usize = 1000;
     if message.len() <= MAX {
         return message.to_owned();
     }

@@ -558,7 +558,7 @@ mod tests {
             (vec![0u8; 10], "bad-length"),
             (
                 knock(1, &[4992], None, NOW + 4, SERVER),
-                "implausible-source@127.0.0.1",
+                "implausible-source@255.255.255.255",
             ),
             (
                 knock(1, &[4992], None, NOW + 5, SERVER),

@@ -302,7 +302,8 @@ fn build_index(clients: &[Client], now_ms: u64, window_ms: u64) -> HintIndex<usi
     )
 }
 
-/// Can a remote host really send from `addr`?
+/// Can a host really send from `addr`? (Loopback can: a knock from the
+/// server itself is how a packaged install is smoke-tested.)
 fn plausible_source(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => {
