@@ -3,11 +3,10 @@
 //! started under a wrapper (a private mount namespace), files made immutable
 //! for the length of a test.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::{bin, eventually, sh, Ns, Server};
@@ -257,39 +256,12 @@ impl Server {
     /// through `sh -c WRAPPER`, where the wrapper ends with `exec "$@"` (so
     /// the pid stays the server's); `$@` is the server's command line.
     pub fn start_wrapped(ns: &Ns, config: &Path, wrapper: &str) -> Self {
-        let mut child = ns
-            .cmd("sh")
-            .args(["-c", wrapper, "knock-server-wrapper"])
+        let mut cmd = ns.cmd("sh");
+        cmd.args(["-c", wrapper, "knock-server-wrapper"])
             .arg(bin("knock-server"))
             .args(["run", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wrapped knock-server");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("KNOCK_TEST_VERBOSE").is_some() {
-                    eprintln!("[server] {line}");
-                }
-                if let Ok(mut log) = sink.lock() {
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-        });
-        let server = Self {
-            ns: ns.clone(),
-            config: config.to_path_buf(),
-            child: Some(child),
-            log,
-        };
-        server.wait_for_log("ready", Duration::from_secs(15));
-        server
+            .arg(config);
+        Self::start_command(ns, config, cmd)
     }
 
     /// Waits until at least `n` lines of the log contain `needle`.

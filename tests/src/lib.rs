@@ -292,10 +292,15 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Starts `knock-server run` and waits for its `ready` line.
     pub fn start(ns: &Ns, config: &Path) -> Self {
-        let mut child = ns
-            .cmd(bin("knock-server"))
-            .args(["run", "--config"])
-            .arg(config)
+        let mut cmd = ns.cmd(bin("knock-server"));
+        cmd.args(["run", "--config"]).arg(config);
+        Self::start_command(ns, config, cmd)
+    }
+
+    /// Starts `cmd` (which runs the server in `ns` with `config`), collects
+    /// its log and waits for its `ready` line.
+    pub fn start_command(ns: &Ns, config: &Path, mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
