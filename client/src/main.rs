@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! profile (lookup) ──► resolve HOST ──► session: seal + send one datagram
-//!     ──► prove: TCP connects until the deadline (a NEW knock once, at 1 s)
+//!     ──► prove: raced TCP connects until the deadline (a NEW knock once, at 1 s)
 //!     ──► open: one line on stdout │ connect: relay stdin/stdout
 //! ```
 #![forbid(unsafe_code)]
@@ -16,6 +16,7 @@ mod knock;
 mod lookup;
 mod open;
 mod progress;
+mod race;
 mod resolve;
 mod session;
 mod store;

@@ -20,20 +20,12 @@ use knock_proto::{PortSpec, Request};
 use crate::knock::{Knocker, SendError, Sent};
 use crate::lookup;
 use crate::progress::Progress;
+use crate::race::Race;
 use crate::resolve::{resolve, Resolver};
 use crate::KnockOptions;
 
 /// When no port has opened this long after the first knock, knock again once.
 const REKNOCK_AFTER: Duration = Duration::from_secs(1);
-/// The first connection attempt's timeout. It doubles, up to
-/// [`MAX_ATTEMPT`], after each attempt that times out, so that slow paths
-/// still get a chance, while on fast paths a SYN dropped before the firewall
-/// opened is followed by a new one soon.
-const FIRST_ATTEMPT: Duration = Duration::from_millis(300);
-const MAX_ATTEMPT: Duration = Duration::from_secs(2);
-/// The pause after a connection attempt that failed at once (refused,
-/// unreachable).
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct Session {
@@ -111,6 +103,7 @@ impl Session {
 
     /// Connects to each TCP port in turn until it accepts, re-knocking once,
     /// until the timeout. Returns the connections, in the order of `ports`.
+    /// Each port gets a [`Race`] of connection attempts, fast at first.
     pub fn prove(&mut self, ports: &[u16]) -> Result<Vec<TcpStream>, Failure> {
         let deadline = self.started + self.options.timeout;
         let reknock_at = self.started + REKNOCK_AFTER;
@@ -118,45 +111,30 @@ impl Session {
         for &port in ports {
             let mut addr = self.server;
             addr.set_port(port);
-            let mut attempt = FIRST_ATTEMPT;
-            let mut last_error = None;
+            let mut race = Race::new(addr);
             self.progress
                 .step(format!("waiting for tcp/{port} on {}", addr.ip()));
             loop {
                 let now = Instant::now();
                 if self.knocks == 1 && now >= reknock_at && now < deadline {
                     self.reknock()?;
+                    race.restart();
                     self.progress.step(format!(
                         "waiting for tcp/{port} on {} (second knock sent)",
                         addr.ip()
                     ));
                 }
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(self.no_answer(port, last_error));
+                if Instant::now() >= deadline {
+                    return Err(self.no_answer(port, race.last_error()));
                 }
-                let mut limit = attempt.min(deadline - now);
-                if self.knocks == 1 && reknock_at > now {
-                    limit = limit.min(reknock_at - now);
-                }
-                // connect_timeout refuses a zero timeout.
-                let limit = limit.max(Duration::from_millis(1));
-                match TcpStream::connect_timeout(&addr, limit) {
-                    Ok(stream) => {
-                        streams.push(stream);
-                        break;
-                    }
-                    Err(err) => {
-                        if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) {
-                            if limit == attempt {
-                                attempt = (attempt * 2).min(MAX_ATTEMPT);
-                            }
-                        } else {
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            std::thread::sleep(RETRY_PAUSE.min(left));
-                        }
-                        last_error = Some(err);
-                    }
+                let until = if self.knocks == 1 {
+                    deadline.min(reknock_at)
+                } else {
+                    deadline
+                };
+                if let Some(stream) = race.step(until) {
+                    streams.push(stream);
+                    break;
                 }
             }
         }
