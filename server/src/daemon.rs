@@ -595,6 +595,19 @@ mod tests {
     }
 
     #[test]
+    fn a_knock_from_the_host_itself_is_honoured() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        for (at, from) in [(NOW, "127.0.0.1"), (NOW + 1, "::1")] {
+            let k = knock(1, &[4992], None, at, SERVER);
+            assert!(matches!(
+                honour(&mut v, &mut store, &mut fw, &k, addr(from), NOW),
+                Outcome::Granted(_)
+            ));
+        }
+    }
+
+    #[test]
     fn a_full_disk_means_no_grant() {
         let mut v = verifier(&[client("alice", 1, &[4992])]);
         let mut store = MemoryStore {

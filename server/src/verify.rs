@@ -306,10 +306,8 @@ fn build_index(clients: &[Client], now_ms: u64, window_ms: u64) -> HintIndex<usi
 /// server itself is how a packaged install is smoke-tested.)
 fn plausible_source(addr: IpAddr) -> bool {
     match addr {
-        IpAddr::V4(a) => {
-            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
-        }
-        IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast()),
+        IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
     }
 }
 
