@@ -32,7 +32,9 @@ KNOCK_DEB=$(scripts/build-deb.sh | tail -n 1)
 export KNOCK_DEB
 
 step "cargo test (unit, property, CLI, namespace, ssh end-to-end, package)"
-cargo test --workspace --no-fail-fast -- --test-threads="${KNOCK_TEST_THREADS:-4}"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+cargo test --workspace --no-fail-fast -- --test-threads="${KNOCK_TEST_THREADS:-4}" 2>&1 | tee "$results"
 
 if [[ -x scripts/fuzz.sh && "${KNOCK_SKIP_FUZZ:-0}" != 1 ]]; then
     step "fuzz smoke run"
@@ -46,3 +48,6 @@ if [[ -x scripts/check-unit.sh ]]; then
 fi
 
 step "all tests passed"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$results"

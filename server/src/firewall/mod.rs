@@ -5,7 +5,8 @@
 //! them in one step at start, and at run time only adds timed elements whose
 //! expiry the kernel enforces, so grants end on time even if the server is
 //! killed. Backends share one trait and one behaviour test suite
-//! (`tests/tests/contract.rs`).
+//! (`server/tests/backends.rs`), and the contract suite runs end to end on
+//! each (`tests/tests/contract.rs`).
 
 pub mod iptables;
 pub mod memory;
