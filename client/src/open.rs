@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use knock_keys::cli::Failure;
-use knock_proto::{PortSpec, Transport};
+use knock_proto::{port_list, PortSpec, Transport};
 
 use crate::session::Session;
 use crate::KnockOptions;
@@ -36,7 +36,7 @@ pub fn run(
             "knock sent to {} udp/{} for {} ({why}); the server opens them {} {}",
             session.server.ip(),
             session.profile.knock_port,
-            list(ports),
+            port_list(ports),
             session.for_whom(),
             session.how_long(),
         )
@@ -46,7 +46,7 @@ pub fn run(
         let opened: Vec<PortSpec> = tcp.iter().map(|&p| PortSpec::tcp(p)).collect();
         let mut line = format!(
             "opened {} on {} {} {}",
-            list(&opened),
+            port_list(&opened),
             session.server.ip(),
             session.for_whom(),
             session.how_long(),
@@ -57,7 +57,7 @@ pub fn run(
         if !udp.is_empty() {
             line.push_str(&format!(
                 "; {} requested too, but UDP ports cannot be checked",
-                list(&udp)
+                port_list(&udp)
             ));
         }
         line
@@ -67,12 +67,4 @@ pub fn run(
     writeln!(stdout, "{line}")
         .and_then(|()| stdout.flush())
         .map_err(|e| Failure::runtime(format!("writing to stdout: {e}")))
-}
-
-fn list(ports: &[PortSpec]) -> String {
-    ports
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }

@@ -260,14 +260,12 @@ fn check_permitted(found: &lookup::Found, ports: &[PortSpec]) -> Result<(), Fail
     }
     match ports.iter().find(|p| !allowed.contains(p)) {
         None => Ok(()),
-        Some(port) => {
-            Err(Failure::usage(format!(
+        Some(port) => Err(Failure::usage(format!(
             "PORT {port}: not among the ports that profile {} may open ({}); if the server now \
              permits it, import an updated profile",
             found.path.display(),
-            allowed.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
-        )))
-        }
+            knock_proto::port_list(allowed)
+        ))),
     }
 }
 

@@ -21,14 +21,7 @@ const MAX_FILE_LEN: u64 = 64 * 1024;
 /// Reads a file that holds a secret, refusing it if group or others may read
 /// or write it.
 pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, FileError> {
-    let file = File::open(path).map_err(|source| FileError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let meta = file.metadata().map_err(|source| FileError::Read {
-        path: path.into(),
-        source,
-    })?;
+    let (file, meta) = open_with_metadata(path)?;
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(FileError::TooOpen {
@@ -41,15 +34,20 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, FileError> {
 
 /// Reads a configuration file that holds no secret.
 pub fn read_config(path: &Path) -> Result<Zeroizing<String>, FileError> {
-    let file = File::open(path).map_err(|source| FileError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let meta = file.metadata().map_err(|source| FileError::Read {
-        path: path.into(),
-        source,
-    })?;
+    let (file, meta) = open_with_metadata(path)?;
     read_limited(path, file, meta.len())
+}
+
+/// Opens `path` and reads its metadata from the open file, so the checks and
+/// the read concern the same file.
+fn open_with_metadata(path: &Path) -> Result<(File, fs::Metadata), FileError> {
+    let read_err = |source| FileError::Read {
+        path: path.into(),
+        source,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    Ok((file, meta))
 }
 
 fn read_limited(path: &Path, file: File, len: u64) -> Result<Zeroizing<String>, FileError> {

@@ -28,7 +28,7 @@ pub use error::{OpenError, ParseError, ReplayError, SealError};
 pub use hint::{HintIndex, KeyHint, SLOT_MS};
 pub use keys::{ClientSecret, KnockKeys, ServerId, CLIENT_SECRET_LEN, SERVER_ID_LEN};
 pub use replay::{FreshKnock, ReplayGuard, StateDecodeError};
-pub use request::{PortSpec, Transport, MAX_PORTS};
+pub use request::{port_list, PortSpec, Transport, MAX_PORTS};
 pub use wire::{
     open, seal, KnockBytes, OpenedKnock, Request, SealRandomness, MAX_KNOCK_LEN, MAX_PADDING,
     MIN_KNOCK_LEN, NONCE_LEN,

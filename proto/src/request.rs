@@ -54,6 +54,15 @@ impl PortSpec {
     }
 }
 
+/// Ports as people write them, comma-separated: `tcp/22,udp/53`.
+pub fn port_list(ports: &[PortSpec]) -> String {
+    ports
+        .iter()
+        .map(PortSpec::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.transport.name(), self.port)

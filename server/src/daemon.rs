@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use knock_keys::config::{OnExit, ServerConfig};
-use knock_proto::PortSpec;
+use knock_proto::port_list;
 use tracing::{error, info, warn};
 
 use crate::capture::{Capture, Next};
@@ -390,14 +390,6 @@ fn report(outcome: Outcome, log: &mut RejectionLog) {
     }
 }
 
-pub fn port_list(ports: &[PortSpec]) -> String {
-    ports
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 pub fn window_ms(config: &ServerConfig) -> u64 {
     u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX)
 }
@@ -416,7 +408,9 @@ mod tests {
     use super::*;
     use crate::firewall::memory::MemoryFirewall;
     use knock_keys::entry::ClientEntry;
-    use knock_proto::{seal, ClientSecret, ReplayGuard, Request, SealRandomness, ServerId};
+    use knock_proto::{
+        seal, ClientSecret, PortSpec, ReplayGuard, Request, SealRandomness, ServerId,
+    };
 
     const NOW: u64 = 1_800_000_000_000;
     const SERVER: ServerId = ServerId([7; 16]);

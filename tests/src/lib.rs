@@ -449,6 +449,31 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// `knock-server status` for this configuration, run in `ns`: what the
+    /// kernel holds (stdout, then stderr if it failed).
+    pub fn status(&self, ns: &Ns) -> String {
+        let out = ns
+            .cmd(bin("knock-server"))
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("knock-server status");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    /// Waits (at most 15 s) until every grant has run out in the kernel.
+    pub fn wait_no_grants(&self, ns: &Ns) {
+        assert!(
+            eventually(Duration::from_secs(15), || self
+                .status(ns)
+                .contains("no live grants")),
+            "grants never expired:\n{}",
+            self.status(ns)
+        );
+    }
+}
+
 /// Runs knock-client in `ns` with `args`, returning (exit code, stdout, stderr).
 pub fn client(ns: &Ns, profile: &Path, args: &[&str]) -> (i32, String, String) {
     let out = ns

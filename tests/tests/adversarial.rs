@@ -56,13 +56,7 @@ impl World {
     /// `knock-server status` in the server's namespace: the grants the kernel
     /// holds.
     fn grants(&self) -> String {
-        let out = sh(self
-            .hosts
-            .server
-            .cmd(bin("knock-server"))
-            .args(["status", "--config"])
-            .arg(&self.setup.config));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.setup.status(&self.hosts.server)
     }
 
     /// Nothing is open for anyone: the kernel holds no grant, and neither the
@@ -117,13 +111,7 @@ impl World {
 
     /// Waits for every grant to run out in the kernel.
     fn wait_expiry(&self) {
-        assert!(
-            eventually(Duration::from_secs(15), || self
-                .grants()
-                .contains("no live grants")),
-            "grants never expired:\n{}",
-            self.grants()
-        );
+        self.setup.wait_no_grants(&self.hosts.server);
     }
 
     fn intercept(&self, extra: &[&str]) -> Vec<u8> {

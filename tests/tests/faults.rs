@@ -47,15 +47,7 @@ impl World {
     }
 
     fn grants(&self) -> String {
-        let out = self
-            .hosts
-            .server
-            .cmd(bin("knock-server"))
-            .args(["status", "--config"])
-            .arg(&self.setup.config)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        self.setup.status(&self.hosts.server)
     }
 
     fn assert_no_grant(&self, server: &Server, after: &str) {
@@ -77,13 +69,7 @@ impl World {
     }
 
     fn wait_expiry(&self) {
-        assert!(
-            eventually(Duration::from_secs(15), || self
-                .grants()
-                .contains("no live grants")),
-            "grants never expired: {}",
-            self.grants()
-        );
+        self.setup.wait_no_grants(&self.hosts.server);
     }
 
     fn state(&self) -> PathBuf {

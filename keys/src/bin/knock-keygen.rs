@@ -16,7 +16,7 @@ use knock_keys::entry::ClientEntry;
 use knock_keys::profile::ClientProfile;
 use knock_keys::secret_file::{ensure_private_dir, write_private};
 use knock_keys::{identity, FileError};
-use knock_proto::{valid_client_name, ClientSecret, PortSpec, CLIENT_SECRET_LEN};
+use knock_proto::{port_list, valid_client_name, ClientSecret, PortSpec, CLIENT_SECRET_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
 const PROGRAM: &str = "knock-keygen";
@@ -67,7 +67,7 @@ fn run(args: Args) -> Result<(), Failure> {
                     return Err(Failure::usage(format!(
                         "--ports: {spec} is not protected by {}; protected are {}",
                         config.path.display(),
-                        list(&config.protected)
+                        port_list(&config.protected)
                     )));
                 }
                 if !ports.contains(&spec) {
@@ -145,7 +145,7 @@ fn run(args: Args) -> Result<(), Failure> {
     eprintln!(
         "{PROGRAM}: client {:?} may open {} on {}; server entry {}, profile {}",
         args.name,
-        list(&ports),
+        port_list(&ports),
         args.host,
         entry_path.display(),
         if to_stdout {
@@ -156,12 +156,4 @@ fn run(args: Args) -> Result<(), Failure> {
     );
     eprintln!("{PROGRAM}: send knock-server SIGHUP (systemctl reload knock-server) to load it");
     Ok(())
-}
-
-fn list(ports: &[PortSpec]) -> String {
-    ports
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }

@@ -633,10 +633,7 @@ impl Firewall for Iptables {
                 Some(&script),
             )?;
         }
-        let found = self.check(rules).map_err(|e| match e {
-            FirewallError::Missing(m) => FirewallError::Missing(format!("after install: {m}")),
-            other => other,
-        })?;
+        let found = self.check(rules).map_err(super::after_install)?;
         self.installed = Some((rules.clone(), found));
         Ok(())
     }

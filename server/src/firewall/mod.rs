@@ -110,6 +110,15 @@ pub trait Firewall: Send {
     fn remove(&mut self, rules: &RuleSet) -> Result<(), FirewallError>;
 }
 
+/// Labels a failed read-back right after `install` as such: the rules we just
+/// applied are not what the kernel holds.
+pub(crate) fn after_install(err: FirewallError) -> FirewallError {
+    match err {
+        FirewallError::Missing(m) => FirewallError::Missing(format!("after install: {m}")),
+        other => other,
+    }
+}
+
 /// The backend the configuration asks for.
 pub fn for_backend(backend: Backend) -> Box<dyn Firewall> {
     match backend {

@@ -918,10 +918,7 @@ impl Firewall for Nftables {
             );
             run_nft(&recreate_script(rules, &keep))?;
         }
-        let fingerprint = self.check(rules).map_err(|e| match e {
-            FirewallError::Missing(m) => FirewallError::Missing(format!("after install: {m}")),
-            other => other,
-        })?;
+        let fingerprint = self.check(rules).map_err(super::after_install)?;
         self.installed = Some((rules.clone(), fingerprint));
         Ok(())
     }
