@@ -601,8 +601,17 @@ fn skewed_client_clocks() {
 /// refused from then on; other clients are unaffected; live grants (its own
 /// included) stay until they run out.
 #[test]
-fn revoked_client_is_refused_and_live_grants_stay() {
-    let w = world("nftables", "5s");
+fn revoked_client_is_refused_and_live_grants_stay_nftables() {
+    revoked_client_is_refused_and_live_grants_stay("nftables");
+}
+
+#[test]
+fn revoked_client_is_refused_and_live_grants_stay_iptables() {
+    revoked_client_is_refused_and_live_grants_stay("iptables");
+}
+
+fn revoked_client_is_refused_and_live_grants_stay(firewall: &str) {
+    let w = world(firewall, "5s");
     // bob knocks from the attacker's namespace, so the two grants differ.
     let bob = w
         .setup
