@@ -1,128 +1,57 @@
-//! The running server: one loop that reads datagrams, verifies them, makes
-//! replay state durable, grants, and between packets looks at signals,
-//! timers, the watchdog and the health of our firewall rules.
+//! The running server: one loop that reads datagrams and honours them
+//! ([`pipeline`](crate::pipeline)), and between packets looks at signals,
+//! timers and the watchdog. Our firewall rules are checked beside the loop
+//! ([`health`](crate::health)), never on it.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use knock_keys::config::{OnExit, ServerConfig};
+use knock_keys::FileError;
 use knock_proto::port_list;
+use thiserror::Error;
 use tracing::{error, info, warn};
 
-use crate::capture::{Capture, Next};
+use crate::capture::{Capture, CaptureError, Next};
 use crate::clients::load_clients;
-use crate::firewall::{Firewall, RuleSet};
-use crate::state::{ReplayStore, StateFile};
-use crate::verify::{Grant, Rejection, Verifier};
+use crate::firewall::{
+    iptables, nftables, Firewall, FirewallError, Policy, Settings, SettingsChange,
+};
+use crate::health::RulesKeeper;
+use crate::pipeline::{honour, Outcome};
+use crate::rejections::RejectionLog;
+use crate::state::StateFile;
+use crate::timers::{unix_ms, watchdog_interval, Every};
+use crate::verify::Verifier;
 
 /// How long one wait for a packet may last before we look at signals and
 /// timers.
-const POLL_EVERY: Duration = Duration::from_millis(200);
-/// Rejection summaries are logged at most this often.
-const SUMMARY_EVERY: Duration = Duration::from_secs(10);
-/// At most this many individual lines for authentic rejections per summary
-/// period; the rest are only counted.
-const DETAILED_REJECTIONS: u32 = 20;
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+/// How often the hint index and the replay guard learn the time.
+const TICK_EVERY: Duration = Duration::from_millis(500);
 
-/// The current Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// What became of one datagram.
-#[derive(Debug)]
-pub enum Outcome {
-    Granted(Grant),
-    Rejected(Rejection),
-    /// Verified, but the replay state could not be made durable, so nothing
-    /// was granted (fail-closed).
-    StateNotDurable(String),
-    /// Verified and recorded, but the firewall refused the grant.
-    FirewallFailed(String),
-}
-
-/// The pipeline for one datagram: verify → consume → durable state → grant.
-pub fn honour(
-    verifier: &mut Verifier,
-    store: &mut dyn ReplayStore,
-    firewall: &mut dyn Firewall,
-    payload: &[u8],
-    source: IpAddr,
-    now_ms: u64,
-) -> Outcome {
-    let pending = match verifier.verify(payload, source, now_ms) {
-        Ok(pending) => pending,
-        Err(rejection) => return Outcome::Rejected(rejection),
-    };
-    let (grant, state) = verifier.consume(pending, now_ms);
-    if let Err(err) = store.persist(&state) {
-        return Outcome::StateNotDurable(err.to_string());
-    }
-    match firewall.grant(grant.addr, &grant.ports, grant.duration) {
-        Ok(()) => Outcome::Granted(grant),
-        Err(err) => Outcome::FirewallFailed(err.to_string()),
+/// The firewall backend the configuration asks for, with its own settings.
+pub fn firewall_settings(config: &ServerConfig) -> Settings {
+    match config.firewall {
+        knock_keys::config::Backend::Nftables => Settings::Nftables(nftables::Settings {
+            table: config.nft_table.clone(),
+            priority: config.nft_priority,
+        }),
+        knock_keys::config::Backend::Iptables => Settings::Iptables(iptables::Settings {
+            iptables: config.iptables_cmd.clone(),
+            ip6tables: config.ip6tables_cmd.clone(),
+        }),
     }
 }
 
-/// Counts rejections by reason and logs a summary at most every 10 s, so a
-/// flood can never flood the journal.
-#[derive(Debug)]
-pub struct RejectionLog {
-    counts: BTreeMap<&'static str, u64>,
-    detailed: u32,
-    since: Instant,
+/// What the configuration asks the firewall to enforce.
+pub fn policy(config: &ServerConfig) -> Policy {
+    Policy::new(config.knock_port, &config.protected)
 }
 
-impl Default for RejectionLog {
-    fn default() -> Self {
-        Self {
-            counts: BTreeMap::new(),
-            detailed: 0,
-            since: Instant::now(),
-        }
-    }
-}
-
-impl RejectionLog {
-    pub fn record(&mut self, rejection: &Rejection) {
-        *self.counts.entry(rejection.reason()).or_default() += 1;
-        if rejection.is_authentic() && self.detailed < DETAILED_REJECTIONS {
-            self.detailed += 1;
-            warn!("knock refused ({}): {rejection}", rejection.reason());
-        }
-    }
-
-    pub fn record_other(&mut self, reason: &'static str) {
-        *self.counts.entry(reason).or_default() += 1;
-    }
-
-    /// Logs and resets the counters if the period is over.
-    pub fn maybe_summarise(&mut self, now: Instant) {
-        if now.duration_since(self.since) < SUMMARY_EVERY {
-            return;
-        }
-        if !self.counts.is_empty() {
-            let total: u64 = self.counts.values().sum();
-            let detail: Vec<String> = self
-                .counts
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            info!(
-                "refused {total} datagrams in the last {}s: {}",
-                now.duration_since(self.since).as_secs(),
-                detail.join(" ")
-            );
-        }
-        self.counts.clear();
-        self.detailed = 0;
-        self.since = now;
-    }
+pub fn window_ms(config: &ServerConfig) -> u64 {
+    u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Signals, turned into flags the loop looks at.
@@ -147,10 +76,14 @@ impl Signals {
 /// Everything the loop owns.
 pub struct Daemon {
     pub config: ServerConfig,
-    pub rules: RuleSet,
+    pub settings: Settings,
+    pub policy: Policy,
     pub verifier: Verifier,
     pub store: StateFile,
+    /// The loop's own backend, for grants only (netlink, never a process).
     pub firewall: Box<dyn Firewall>,
+    /// Checks and repairs our rules beside the loop.
+    pub keeper: RulesKeeper,
     pub capture: Capture,
     pub signals: Signals,
 }
@@ -172,22 +105,41 @@ pub enum Exit {
     Fatal(String),
 }
 
+/// Why a reload was refused; the server keeps its previous configuration.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("changing {0} needs a restart")]
+    NeedsRestart(&'static str),
+    #[error(transparent)]
+    Firewall(#[from] SettingsChange),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("installing the new rules: {0}")]
+    Install(#[from] FirewallError),
+}
+
 impl Daemon {
     /// Runs until SIGTERM or a fatal error.
     pub fn run(mut self) -> Exit {
         let mut log = RejectionLog::default();
-        let mut last_tick = Instant::now();
-        let mut last_verify = Instant::now();
-        let watchdog = watchdog_interval();
-        let mut last_watchdog = Instant::now();
+        let start = Instant::now();
+        let mut tick = Every::new(TICK_EVERY, start);
+        let mut watchdog = watchdog_interval().map(|every| Every::new(every, start));
         let mut capture_down_since: Option<Instant> = None;
 
         loop {
             if self.signals.terminate.load(Ordering::Relaxed) {
+                log.summarise(Instant::now());
                 return self.shutdown();
             }
             if self.signals.reload.swap(false, Ordering::Relaxed) {
                 self.reload();
+            }
+            if let Some(reason) = self.keeper.fatal() {
+                log.summarise(Instant::now());
+                return Exit::Fatal(reason);
             }
 
             let next = self.capture.wait_next();
@@ -205,14 +157,13 @@ impl Daemon {
             }
             match next {
                 Ok(Next::Datagram(datagram)) => {
-                    let now_ms = unix_ms();
                     let outcome = honour(
                         &mut self.verifier,
                         &mut self.store,
                         self.firewall.as_mut(),
                         datagram.payload,
                         datagram.source,
-                        now_ms,
+                        unix_ms(),
                     );
                     report(outcome, &mut log);
                 }
@@ -238,40 +189,31 @@ impl Daemon {
             }
 
             let now = Instant::now();
-            if now.duration_since(last_tick) >= Duration::from_millis(500) {
-                last_tick = now;
+            if tick.due(now) {
                 self.verifier.tick(unix_ms());
                 log.maybe_summarise(now);
-                if let Some(every) = watchdog {
-                    if now.duration_since(last_watchdog) >= every {
-                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                        last_watchdog = now;
-                    }
-                }
             }
-            if now.duration_since(last_verify) >= self.config.verify_every {
-                last_verify = now;
-                if let Err(err) = self.firewall.verify(&self.rules) {
-                    error!("our firewall rules were changed or removed ({err}); reinstalling them");
-                    if let Err(err) = self.firewall.install(&self.rules) {
-                        return Exit::Fatal(format!("cannot reinstall the firewall rules: {err}"));
-                    }
-                    warn!("firewall rules reinstalled; grants that were live in the removed rules are gone");
-                }
+            if watchdog.as_mut().is_some_and(|w| w.due(now)) {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
         }
     }
 
-    fn shutdown(mut self) -> Exit {
+    fn shutdown(self) -> Exit {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let settings = self.settings;
+        let firewall = self.keeper.stop();
         match self.config.on_exit {
-            OnExit::StayClosed => info!(
-                "stopping; protected ports stay closed, live grants run out in the kernel"
-            ),
-            OnExit::RemoveRules => match self.firewall.remove(&self.rules) {
-                Ok(()) => warn!("stopping; on_exit = \"remove-rules\": protected ports are OPEN to everyone until knock-server starts again"),
-                Err(err) => error!("stopping; could not remove our rules: {err}"),
-            },
+            OnExit::StayClosed => {
+                info!("stopping; protected ports stay closed, live grants run out in the kernel")
+            }
+            OnExit::RemoveRules => {
+                let mut firewall = firewall.unwrap_or_else(|| settings.build());
+                match firewall.remove() {
+                    Ok(()) => warn!("stopping; on_exit = \"remove-rules\": protected ports are OPEN to everyone until knock-server starts again"),
+                    Err(err) => error!("stopping; could not remove our rules: {err}"),
+                }
+            }
         }
         Exit::Terminated
     }
@@ -287,69 +229,42 @@ impl Daemon {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
 
-    fn try_reload(&mut self) -> Result<String, String> {
-        let config = ServerConfig::load(&self.config.path).map_err(|e| e.to_string())?;
-        for (what, old, new) in [
-            (
-                "firewall",
-                self.config.firewall.name(),
-                config.firewall.name(),
-            ),
-            (
-                "state_dir",
-                &*self.config.state_dir.to_string_lossy(),
-                &*config.state_dir.to_string_lossy(),
-            ),
-            (
-                "identity_file",
-                &*self.config.identity_file.to_string_lossy(),
-                &*config.identity_file.to_string_lossy(),
-            ),
-        ] {
-            if old != new {
-                return Err(format!("changing {what} needs a restart"));
-            }
+    fn try_reload(&mut self) -> Result<String, ReloadError> {
+        let config = ServerConfig::load(&self.config.path)?;
+        if self.config.state_dir != config.state_dir {
+            return Err(ReloadError::NeedsRestart("state_dir"));
+        }
+        if self.config.identity_file != config.identity_file {
+            return Err(ReloadError::NeedsRestart("identity_file"));
         }
         // Installing under a new table name (or with other commands) would
         // leave our old table or chain in place, still dropping the protected
         // ports for everyone: every grant would then be in vain.
-        for (what, old, new) in [
-            ("nft_table", &self.config.nft_table, &config.nft_table),
-            (
-                "iptables_cmd",
-                &self.config.iptables_cmd,
-                &config.iptables_cmd,
-            ),
-            (
-                "ip6tables_cmd",
-                &self.config.ip6tables_cmd,
-                &config.ip6tables_cmd,
-            ),
-        ] {
-            if old != new {
-                return Err(format!(
-                    "changing {what} needs `knock-server remove-rules` with the old configuration, then a restart"
-                ));
-            }
-        }
-        let clients = load_clients(&config.clients_dir).map_err(|e| e.to_string())?;
+        let settings = firewall_settings(&config);
+        self.settings.change_to(&settings)?;
+        let clients = load_clients(&config.clients_dir)?;
         // Open the new capture before the firewall changes: a reload that
         // fails there (an interface that does not exist) must leave the
         // firewall as the old configuration had it.
         let capture = if config.interface != self.config.interface
             || config.knock_port != self.config.knock_port
         {
-            Some(
-                Capture::open(&config.interface, config.knock_port, POLL_EVERY)
-                    .map_err(|e| e.to_string())?,
-            )
+            Some(Capture::open(
+                &config.interface,
+                config.knock_port,
+                POLL_EVERY,
+            )?)
         } else {
             None
         };
-        let rules = RuleSet::from_config(&config);
-        if rules != self.rules {
-            self.firewall.install(&rules).map_err(|e| e.to_string())?;
-            self.rules = rules;
+        let policy = policy(&config);
+        if policy != self.policy || settings != self.settings {
+            self.keeper.install(settings.clone(), policy.clone())?;
+            if settings != self.settings {
+                self.firewall = settings.build();
+            }
+            self.settings = settings;
+            self.policy = policy;
         }
         if let Some(capture) = capture {
             self.capture = capture;
@@ -386,299 +301,6 @@ fn report(outcome: Outcome, log: &mut RejectionLog) {
         }
         Outcome::FirewallFailed(err) => {
             error!("knock verified but the firewall refused the grant: {err}")
-        }
-    }
-}
-
-pub fn window_ms(config: &ServerConfig) -> u64 {
-    u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec / 2))
-    } else {
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::firewall::memory::MemoryFirewall;
-    use knock_keys::entry::ClientEntry;
-    use knock_proto::{
-        seal, ClientSecret, PortSpec, ReplayGuard, Request, SealRandomness, ServerId,
-    };
-
-    const NOW: u64 = 1_800_000_000_000;
-    const SERVER: ServerId = ServerId([7; 16]);
-
-    #[derive(Default)]
-    struct MemoryStore {
-        writes: Vec<Vec<u8>>,
-        full: bool,
-    }
-
-    impl ReplayStore for MemoryStore {
-        fn persist(&mut self, encoded: &[u8]) -> std::io::Result<()> {
-            if self.full {
-                return Err(std::io::Error::other("No space left on device"));
-            }
-            self.writes.push(encoded.to_vec());
-            Ok(())
-        }
-    }
-
-    fn client(name: &str, byte: u8, ports: &[u16]) -> ClientEntry {
-        ClientEntry {
-            name: name.into(),
-            secret: ClientSecret::from_bytes([byte; 32]),
-            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
-            max_open_for: None,
-        }
-    }
-
-    fn verifier(clients: &[ClientEntry]) -> Verifier {
-        Verifier::new(
-            SERVER,
-            clients,
-            vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
-            Duration::from_secs(30),
-            ReplayGuard::new(30_000, NOW - 60_000),
-            NOW,
-        )
-    }
-
-    fn knock(
-        secret: u8,
-        ports: &[u16],
-        bound: Option<IpAddr>,
-        at: u64,
-        server: ServerId,
-    ) -> Vec<u8> {
-        let request = Request {
-            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
-            duration_s: 0,
-            bound_addr: bound,
-        };
-        let randomness = SealRandomness {
-            nonce: [at as u8; 24],
-            padding: at as u8,
-        };
-        seal(
-            &ClientSecret::from_bytes([secret; 32]).derive(),
-            &server,
-            &request,
-            at,
-            &randomness,
-        )
-        .unwrap()
-    }
-
-    fn addr(text: &str) -> IpAddr {
-        text.parse().unwrap()
-    }
-
-    #[test]
-    fn grants_the_sender_once() {
-        let mut v = verifier(&[client("alice", 1, &[4992])]);
-        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
-        let k = knock(1, &[4992], None, NOW, SERVER);
-        let a = addr("198.18.0.2");
-        match honour(&mut v, &mut store, &mut fw, &k, a, NOW + 5) {
-            Outcome::Granted(g) => {
-                assert_eq!(g.addr, a);
-                assert_eq!(g.duration, Duration::from_secs(30));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            fw.granted,
-            vec![(a, vec![PortSpec::tcp(4992)], Duration::from_secs(30))]
-        );
-        assert_eq!(store.writes.len(), 1, "state made durable before the grant");
-        // The same bytes again, from anywhere, are a replay.
-        for from in [a, addr("198.18.0.66"), addr("fd00:18::66")] {
-            match honour(&mut v, &mut store, &mut fw, &k, from, NOW + 10) {
-                Outcome::Rejected(r) => assert_eq!(r.reason(), "replay"),
-                other => panic!("{other:?}"),
-            }
-        }
-        assert_eq!(fw.granted.len(), 1);
-    }
-
-    #[test]
-    fn source_mismatch_does_not_burn_the_knock() {
-        let mut v = verifier(&[client("alice", 1, &[4992])]);
-        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
-        let owner = addr("198.18.0.2");
-        let k = knock(1, &[4992], Some(owner), NOW, SERVER);
-        match honour(&mut v, &mut store, &mut fw, &k, addr("198.18.0.66"), NOW) {
-            Outcome::Rejected(r) => assert_eq!(r.reason(), "source-mismatch"),
-            other => panic!("{other:?}"),
-        }
-        assert!(fw.granted.is_empty() && store.writes.is_empty());
-        assert!(matches!(
-            honour(&mut v, &mut store, &mut fw, &k, owner, NOW),
-            Outcome::Granted(_)
-        ));
-    }
-
-    #[test]
-    fn refuses_ports_not_permitted_and_unknown_servers() {
-        let mut v = verifier(&[client("alice", 1, &[4992])]);
-        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
-        let a = addr("198.18.0.2");
-        let cases = [
-            (knock(1, &[22], None, NOW, SERVER), "port-not-permitted"),
-            (
-                knock(1, &[4992, 80], None, NOW + 1, SERVER),
-                "port-not-permitted",
-            ),
-            (
-                knock(1, &[4992], None, NOW + 2, ServerId([8; 16])),
-                "wrong-server",
-            ),
-            (knock(2, &[4992], None, NOW + 3, SERVER), "unknown-client"),
-            (knock(1, &[4992], None, NOW - 120_000, SERVER), "too-old"),
-            (
-                knock(1, &[4992], None, NOW - 3_600_000, SERVER),
-                "unknown-client",
-            ),
-            (knock(1, &[4992], None, NOW - 31_000, SERVER), "too-old"),
-            (knock(1, &[4992], None, NOW + 31_000, SERVER), "from-future"),
-            (vec![0u8; 10], "bad-length"),
-            (
-                knock(1, &[4992], None, NOW + 4, SERVER),
-                "implausible-source@255.255.255.255",
-            ),
-            (
-                knock(1, &[4992], None, NOW + 5, SERVER),
-                "implausible-source@0.0.0.0",
-            ),
-            (
-                knock(1, &[4992], None, NOW + 6, SERVER),
-                "implausible-source@ff02::1",
-            ),
-        ];
-        for (k, reason) in cases {
-            let (reason, from) = match reason.split_once('@') {
-                Some((reason, from)) => (reason, addr(from)),
-                None => (reason, a),
-            };
-            match honour(&mut v, &mut store, &mut fw, &k, from, NOW) {
-                Outcome::Rejected(r) => assert_eq!(r.reason(), reason),
-                other => panic!("{reason}: {other:?}"),
-            }
-        }
-        assert!(fw.granted.is_empty());
-        // None of the refusals consumed anything: a good knock still works.
-        assert!(matches!(
-            honour(
-                &mut v,
-                &mut store,
-                &mut fw,
-                &knock(1, &[4992], None, NOW, SERVER),
-                a,
-                NOW
-            ),
-            Outcome::Granted(_)
-        ));
-    }
-
-    #[test]
-    fn a_knock_from_the_host_itself_is_honoured() {
-        let mut v = verifier(&[client("alice", 1, &[4992])]);
-        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
-        for (at, from) in [(NOW, "127.0.0.1"), (NOW + 1, "::1")] {
-            let k = knock(1, &[4992], None, at, SERVER);
-            assert!(matches!(
-                honour(&mut v, &mut store, &mut fw, &k, addr(from), NOW),
-                Outcome::Granted(_)
-            ));
-        }
-    }
-
-    #[test]
-    fn a_full_disk_means_no_grant() {
-        let mut v = verifier(&[client("alice", 1, &[4992])]);
-        let mut store = MemoryStore {
-            full: true,
-            ..Default::default()
-        };
-        let mut fw = MemoryFirewall::default();
-        let k = knock(1, &[4992], None, NOW, SERVER);
-        assert!(matches!(
-            honour(&mut v, &mut store, &mut fw, &k, addr("198.18.0.2"), NOW),
-            Outcome::StateNotDurable(_)
-        ));
-        assert!(fw.granted.is_empty());
-    }
-
-    #[test]
-    fn reload_revokes_removed_clients_and_keeps_replay_memory() {
-        let alice = client("alice", 1, &[4992]);
-        let bob = client("bob", 2, &[22]);
-        let mut v = verifier(&[alice.clone(), bob.clone()]);
-        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
-        let a = addr("198.18.0.2");
-        let used = knock(1, &[4992], None, NOW, SERVER);
-        assert!(matches!(
-            honour(&mut v, &mut store, &mut fw, &used, a, NOW),
-            Outcome::Granted(_)
-        ));
-        v.reconfigure(
-            &[alice],
-            vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
-            Duration::from_secs(30),
-            30_000,
-            NOW,
-        );
-        match honour(
-            &mut v,
-            &mut store,
-            &mut fw,
-            &knock(2, &[22], None, NOW + 1, SERVER),
-            a,
-            NOW,
-        ) {
-            Outcome::Rejected(r) => assert_eq!(r.reason(), "unknown-client"),
-            other => panic!("{other:?}"),
-        }
-        match honour(&mut v, &mut store, &mut fw, &used, a, NOW) {
-            Outcome::Rejected(r) => assert_eq!(r.reason(), "replay"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn requested_duration_is_capped() {
-        let mut capped = client("alice", 1, &[4992]);
-        capped.max_open_for = Some(Duration::from_secs(10));
-        let mut v = verifier(&[capped]);
-        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
-        let request = Request {
-            ports: vec![PortSpec::tcp(4992)],
-            duration_s: 3600,
-            bound_addr: None,
-        };
-        let randomness = SealRandomness {
-            nonce: [1; 24],
-            padding: 0,
-        };
-        let k = seal(
-            &ClientSecret::from_bytes([1; 32]).derive(),
-            &SERVER,
-            &request,
-            NOW,
-            &randomness,
-        )
-        .unwrap();
-        match honour(&mut v, &mut store, &mut fw, &k, addr("198.18.0.2"), NOW) {
-            Outcome::Granted(g) => assert_eq!(g.duration, Duration::from_secs(10)),
-            other => panic!("{other:?}"),
         }
     }
 }

@@ -1,15 +1,21 @@
 //! knock-server: sniffs knocks without binding a port, verifies them, and
 //! opens the firewall for the sender alone, with expiry held by the kernel.
 //!
-//! A knock's path: [`capture`] (AF_PACKET + kernel BPF filter) → [`verify`]
-//! (length → key hint → AEAD → replay guard → source binding → policy) →
-//! [`state`] (durable replay state) → [`firewall`] (timed set elements).
+//! A knock's path: [`capture`] (AF_PACKET + kernel BPF filter) → [`pipeline`]:
+//! [`verify`] (length → key hint → AEAD → replay guard → source binding →
+//! policy) → [`state`] (durable replay state) → [`firewall`] (timed set
+//! elements). Refusals go to [`rejections`]. [`daemon`] runs the loop;
+//! [`health`] keeps our firewall rules in place beside it.
 #![deny(unsafe_code)]
 
 pub mod capture;
 pub mod clients;
 pub mod daemon;
 pub mod firewall;
+pub mod health;
+pub mod pipeline;
 pub mod privileges;
+pub mod rejections;
 pub mod state;
+pub mod timers;
 pub mod verify;

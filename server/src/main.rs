@@ -13,10 +13,11 @@ use knock_keys::identity;
 use knock_proto::port_list;
 use knock_server::capture::{filter, Capture};
 use knock_server::clients::load_clients;
-use knock_server::daemon::{unix_ms, window_ms, Daemon, Exit, Signals};
-use knock_server::firewall::{self, RuleSet};
+use knock_server::daemon::{firewall_settings, policy, window_ms, Daemon, Exit, Signals};
+use knock_server::health::RulesKeeper;
 use knock_server::privileges;
 use knock_server::state::{ReplayStore, Restored, StateFile};
+use knock_server::timers::unix_ms;
 use knock_server::verify::Verifier;
 use tracing::{info, warn};
 
@@ -106,11 +107,20 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         std::time::Duration::from_millis(200),
     )
     .map_err(Failure::runtime)?;
-    let rules = RuleSet::from_config(&config);
-    let mut firewall = firewall::for_backend(config.firewall);
-    firewall
-        .install(&rules)
-        .map_err(|e| Failure::runtime(format!("installing {} rules: {e}", firewall.name())))?;
+    let settings = firewall_settings(&config);
+    let policy = policy(&config);
+    let mut installer = settings.build();
+    installer
+        .install(&policy)
+        .map_err(|e| Failure::runtime(format!("installing {} rules: {e}", installer.name())))?;
+    let firewall = settings.build();
+    let keeper = RulesKeeper::start(
+        installer,
+        settings.clone(),
+        policy.clone(),
+        config.verify_every,
+    )
+    .map_err(|e| Failure::runtime(format!("starting the rules keeper: {e}")))?;
     let signals =
         Signals::install().map_err(|e| Failure::runtime(format!("signal handlers: {e}")))?;
     let verifier = Verifier::new(
@@ -139,10 +149,12 @@ fn run(config_path: &Path) -> Result<(), Failure> {
 
     let daemon = Daemon {
         config,
-        rules,
+        settings,
+        policy,
         verifier,
         store,
         firewall,
+        keeper,
         capture,
         signals,
     };
@@ -161,9 +173,8 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
         "missing (knock-keygen creates it; the packaged unit cannot write /etc/knock)".to_owned()
     };
     let clients = load_clients(&config.clients_dir)?;
-    let rules = RuleSet::from_config(&config);
-    let firewall = firewall::for_backend(config.firewall);
-    let plan = firewall.plan(&rules);
+    let firewall = firewall_settings(&config).build();
+    let plan = firewall.plan(&policy(&config));
     let program = filter::knock_filter(config.knock_port);
     if json {
         let names: Vec<String> = clients.iter().map(|c| json_string(&c.name)).collect();
@@ -222,16 +233,15 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
 
 fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
     let config = ServerConfig::load(config_path)?;
-    let rules = RuleSet::from_config(&config);
-    let mut firewall = firewall::for_backend(config.firewall);
-    firewall.verify(&rules).map_err(|e| {
+    let mut firewall = firewall_settings(&config).build();
+    firewall.verify(&policy(&config)).map_err(|e| {
         Failure::runtime(format!(
             "{} rules are not installed ({e}); is knock-server running?",
             firewall.name()
         ))
     })?;
     let mut grants = firewall
-        .grants(&rules)
+        .grants()
         .map_err(|e| Failure::runtime(format!("reading grants: {e}")))?;
     grants.sort_by_key(|g| (g.addr, g.port));
     if json {
@@ -271,10 +281,9 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
 
 fn remove_rules(config_path: &Path) -> Result<(), Failure> {
     let config = ServerConfig::load(config_path)?;
-    let rules = RuleSet::from_config(&config);
-    let mut firewall = firewall::for_backend(config.firewall);
+    let mut firewall = firewall_settings(&config).build();
     firewall
-        .remove(&rules)
+        .remove()
         .map_err(|e| Failure::runtime(format!("removing {} rules: {e}", firewall.name())))?;
     eprintln!(
         "{PROGRAM}: removed the {} rules; protected ports are no longer closed",

@@ -13,9 +13,9 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use knock_proto::{PortSpec, Transport};
-use knock_server::firewall::iptables::Iptables;
-use knock_server::firewall::nftables::Nftables;
-use knock_server::firewall::{Firewall, FirewallError, LiveGrant, RuleSet};
+use knock_server::firewall::{
+    iptables, nftables, Firewall, FirewallError, LiveGrant, Policy, Settings,
+};
 
 /// Set (to the namespace's name) in the child that runs inside it.
 const CHILD: &str = "KNOCK_FW_TEST_NETNS";
@@ -124,49 +124,52 @@ fn sh_retry(command: &str) {
     }
 }
 
-fn rules(iptables: &str, ip6tables: &str) -> RuleSet {
-    RuleSet {
-        knock_port: 62201,
-        protected: vec![
+fn policy() -> Policy {
+    Policy::new(
+        62201,
+        &[
             PortSpec::tcp(4992),
             PortSpec {
                 transport: Transport::Udp,
                 port: 53,
             },
         ],
-        nft_table: "knock".into(),
-        nft_priority: -10,
-        iptables_cmd: iptables.into(),
-        ip6tables_cmd: ip6tables.into(),
-    }
+    )
+}
+
+/// The commands the outside checks run (iptables backends).
+struct Cmds {
+    iptables_cmd: String,
+    ip6tables_cmd: String,
 }
 
 /// What differs between backends: how to build one and how to look at
 /// (and damage) its rules from the outside.
 struct Backend {
-    make: fn() -> Box<dyn Firewall>,
-    rules: RuleSet,
+    settings: Settings,
+    policy: Policy,
+    cmds: Cmds,
     /// Our rules as seen from outside: for each chain, its rule count (and
     /// for iptables, how often INPUT jumps to it).
-    counts: fn(&RuleSet) -> Vec<usize>,
+    counts: fn(&Cmds) -> Vec<usize>,
     expected: Vec<usize>,
     /// Changes one of our rules without changing their number.
-    tamper: fn(&RuleSet),
+    tamper: fn(&Cmds),
     /// Deletes our rules behind the server's back.
-    delete: fn(&RuleSet),
+    delete: fn(&Cmds),
     /// Leaves our rules in a state install cannot update in place, while
     /// 192.0.2.10 tcp/4992 stays granted.
-    make_incompatible: fn(&RuleSet),
+    make_incompatible: fn(&Cmds),
     /// Asserts the incompatible state was replaced.
-    check_replaced: fn(&RuleSet),
+    check_replaced: fn(&Cmds),
     /// Anything of ours left in the kernel, as text ("" when clean).
-    leftovers: fn(&RuleSet) -> String,
+    leftovers: fn(&Cmds) -> String,
     /// Something that changes when our objects are recreated rather than
     /// updated in place ("" when the backend has nothing such).
-    identity: fn(&RuleSet) -> String,
+    identity: fn(&Cmds) -> String,
 }
 
-fn nft_counts(_: &RuleSet) -> Vec<usize> {
+fn nft_counts(_: &Cmds) -> Vec<usize> {
     let listing = sh("nft -a list chain inet knock input");
     vec![listing
         .lines()
@@ -176,8 +179,15 @@ fn nft_counts(_: &RuleSet) -> Vec<usize> {
 
 fn nftables() -> Backend {
     Backend {
-        make: || Box::new(Nftables::new()),
-        rules: rules("iptables", "ip6tables"),
+        settings: Settings::Nftables(nftables::Settings {
+            table: "knock".into(),
+            priority: -10,
+        }),
+        policy: policy(),
+        cmds: Cmds {
+            iptables_cmd: "iptables".into(),
+            ip6tables_cmd: "ip6tables".into(),
+        },
         counts: nft_counts,
         expected: vec![6],
         tamper: |_| {
@@ -216,7 +226,7 @@ fn nftables() -> Backend {
     }
 }
 
-fn ipt_counts(rules: &RuleSet) -> Vec<usize> {
+fn ipt_counts(rules: &Cmds) -> Vec<usize> {
     let mut counts = Vec::new();
     for cmd in [&rules.iptables_cmd, &rules.ip6tables_cmd] {
         let chain = sh(&format!("{cmd} -w -S KNOCK-INPUT"));
@@ -239,8 +249,15 @@ fn ipt_counts(rules: &RuleSet) -> Vec<usize> {
 
 fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
     Backend {
-        make: || Box::new(Iptables::new()),
-        rules: rules(iptables, ip6tables),
+        settings: Settings::Iptables(iptables::Settings {
+            iptables: iptables.into(),
+            ip6tables: ip6tables.into(),
+        }),
+        policy: policy(),
+        cmds: Cmds {
+            iptables_cmd: iptables.into(),
+            ip6tables_cmd: ip6tables.into(),
+        },
         counts: ipt_counts,
         // knock port, established, loopback, set match, one DROP per protected port; one jump
         expected: vec![6, 1, 6, 1],
@@ -307,8 +324,8 @@ fn find(grants: &[LiveGrant], addr: IpAddr, port: PortSpec) -> Option<Duration> 
         .map(|g| g.expires_in)
 }
 
-fn left(fw: &mut dyn Firewall, rules: &RuleSet, addr: IpAddr, port: PortSpec) -> Option<Duration> {
-    find(&fw.grants(rules).expect("grants"), addr, port)
+fn left(fw: &mut dyn Firewall, addr: IpAddr, port: PortSpec) -> Option<Duration> {
+    find(&fw.grants().expect("grants"), addr, port)
 }
 
 fn assert_missing(result: Result<(), FirewallError>, what: &str) {
@@ -319,16 +336,16 @@ fn assert_missing(result: Result<(), FirewallError>, what: &str) {
 }
 
 fn behaviour(backend: &Backend) {
-    let rules = &backend.rules;
+    let (policy, rules) = (&backend.policy, &backend.cmds);
     let tcp = PortSpec::tcp(4992);
     let udp = PortSpec {
         transport: Transport::Udp,
         port: 53,
     };
-    let mut fw = (backend.make)();
+    let mut fw = backend.settings.build();
 
     // plan changes nothing; verify fails before install
-    let plan = fw.plan(rules);
+    let plan = fw.plan(policy);
     assert!(
         plan.contains("62201") && plan.contains("4992"),
         "plan:\n{plan}"
@@ -338,25 +355,27 @@ fn behaviour(backend: &Backend) {
         "",
         "plan must not touch the kernel"
     );
-    assert_missing(fw.verify(rules), "verify before install");
+    assert_missing(fw.verify(policy), "verify before install");
 
     // installing twice, or from a restarted server, leaves one copy
-    fw.install(rules).expect("first install");
-    fw.install(rules).expect("second install");
+    fw.install(policy).expect("first install");
+    fw.install(policy).expect("second install");
     assert_eq!(
         (backend.counts)(rules),
         backend.expected,
         "rules after two installs"
     );
-    (backend.make)()
-        .install(rules)
+    backend
+        .settings
+        .build()
+        .install(policy)
         .expect("install by a restarted server");
     assert_eq!(
         (backend.counts)(rules),
         backend.expected,
         "rules after a restart"
     );
-    fw.verify(rules).expect("verify after install");
+    fw.verify(policy).expect("verify after install");
 
     // grants appear with sensible time left, for their address and ports only
     let a4 = ip("192.0.2.10");
@@ -365,7 +384,7 @@ fn behaviour(backend: &Backend) {
         .expect("grant v4");
     fw.grant(a6, &[tcp], Duration::from_secs(30))
         .expect("grant v6");
-    let grants = fw.grants(rules).expect("grants");
+    let grants = fw.grants().expect("grants");
     assert_eq!(grants.len(), 3, "grants: {grants:?}");
     for (addr, port) in [(a4, tcp), (a4, udp), (a6, tcp)] {
         let left = find(&grants, addr, port).expect("granted element is listed");
@@ -380,21 +399,21 @@ fn behaviour(backend: &Backend) {
     let r = ip("198.51.100.7");
     fw.grant(r, &[tcp], Duration::from_secs(10)).expect("grant");
     sleep(Duration::from_millis(1500));
-    let before = left(fw.as_mut(), rules, r, tcp).expect("listed");
+    let before = left(fw.as_mut(), r, tcp).expect("listed");
     assert!(
         before <= Duration::from_millis(8600),
         "no time passed? {before:?}"
     );
     fw.grant(r, &[tcp], Duration::from_secs(10))
         .expect("re-grant");
-    let after = left(fw.as_mut(), rules, r, tcp).expect("listed");
+    let after = left(fw.as_mut(), r, tcp).expect("listed");
     assert!(
         after >= Duration::from_secs(9),
         "re-grant did not refresh: {before:?} -> {after:?}"
     );
     fw.grant(r, &[tcp], Duration::from_secs(3))
         .expect("shorter re-grant");
-    let shorter = left(fw.as_mut(), rules, r, tcp).expect("listed");
+    let shorter = left(fw.as_mut(), r, tcp).expect("listed");
     assert!(
         shorter <= Duration::from_secs(3),
         "re-grant did not set the new timeout: {shorter:?}"
@@ -406,10 +425,10 @@ fn behaviour(backend: &Backend) {
         .expect("short grant");
     let start = Instant::now();
     assert!(
-        left(fw.as_mut(), rules, e, tcp).is_some(),
+        left(fw.as_mut(), e, tcp).is_some(),
         "short grant not listed"
     );
-    while left(fw.as_mut(), rules, e, tcp).is_some() {
+    while left(fw.as_mut(), e, tcp).is_some() {
         assert!(
             start.elapsed() < Duration::from_secs(6),
             "2 s grant still listed after 6 s"
@@ -424,16 +443,16 @@ fn behaviour(backend: &Backend) {
 
     // install keeps live grants, updating our objects in place
     let identity = (backend.identity)(rules);
-    fw.install(rules).expect("install with live grants");
+    fw.install(policy).expect("install with live grants");
     assert_eq!(
         (backend.identity)(rules),
         identity,
         "install recreated what it should have kept"
     );
-    let kept = left(fw.as_mut(), rules, a4, tcp).expect("grant survives install");
+    let kept = left(fw.as_mut(), a4, tcp).expect("grant survives install");
     assert!(kept > Duration::from_secs(15), "{kept:?}");
     assert!(
-        left(fw.as_mut(), rules, a6, tcp).is_some(),
+        left(fw.as_mut(), a6, tcp).is_some(),
         "v6 grant survives install"
     );
     assert_eq!(
@@ -444,29 +463,30 @@ fn behaviour(backend: &Backend) {
 
     // a layout install cannot update in place is replaced, grants kept
     (backend.make_incompatible)(rules);
-    fw.install(rules)
+    fw.install(policy)
         .expect("install over an incompatible layout");
     (backend.check_replaced)(rules);
-    let kept = left(fw.as_mut(), rules, a4, tcp).expect("grant survives replacing the layout");
+    let kept = left(fw.as_mut(), a4, tcp).expect("grant survives replacing the layout");
     assert!(kept > Duration::from_secs(10), "{kept:?}");
     assert_eq!(
         (backend.counts)(rules),
         backend.expected,
         "rules after replacing the layout"
     );
-    fw.verify(rules).expect("verify after replacing the layout");
+    fw.verify(policy)
+        .expect("verify after replacing the layout");
 
     // a changed rule is noticed, and install repairs it
     (backend.tamper)(rules);
-    assert_missing(fw.verify(rules), "verify after a rule was changed");
-    fw.install(rules).expect("install repairs a changed rule");
-    fw.verify(rules).expect("verify after repair");
+    assert_missing(fw.verify(policy), "verify after a rule was changed");
+    fw.install(policy).expect("install repairs a changed rule");
+    fw.verify(policy).expect("verify after repair");
 
     // deleted rules are noticed, and install restores them
     (backend.delete)(rules);
-    assert_missing(fw.verify(rules), "verify after our rules were deleted");
-    fw.install(rules).expect("install after deletion");
-    fw.verify(rules).expect("verify after reinstall");
+    assert_missing(fw.verify(policy), "verify after our rules were deleted");
+    fw.install(policy).expect("install after deletion");
+    fw.verify(policy).expect("verify after reinstall");
     assert_eq!(
         (backend.counts)(rules),
         backend.expected,
@@ -474,10 +494,10 @@ fn behaviour(backend: &Backend) {
     );
 
     // remove leaves nothing, and may be repeated
-    fw.remove(rules).expect("remove");
+    fw.remove().expect("remove");
     assert_eq!((backend.leftovers)(rules).trim(), "", "left after remove");
-    fw.remove(rules).expect("second remove");
-    assert_missing(fw.verify(rules), "verify after remove");
+    fw.remove().expect("second remove");
+    assert_missing(fw.verify(policy), "verify after remove");
 
     // a grant with nothing installed fails promptly, and says why
     let start = Instant::now();

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use knock_proto::PortSpec;
 
-use super::{Firewall, FirewallError, LiveGrant, RuleSet};
+use super::{Firewall, FirewallError, LiveGrant, Policy};
 
 /// Records grants; `fail_grants` makes every grant fail.
 #[derive(Debug, Default)]
 pub struct MemoryFirewall {
-    pub installed: Option<RuleSet>,
+    pub installed: Option<Policy>,
     pub granted: Vec<(IpAddr, Vec<PortSpec>, Duration)>,
     pub fail_grants: bool,
 }
@@ -20,12 +20,12 @@ impl Firewall for MemoryFirewall {
         "memory"
     }
 
-    fn plan(&self, rules: &RuleSet) -> String {
-        format!("{rules:?}\n")
+    fn plan(&self, policy: &Policy) -> String {
+        format!("{policy:?}\n")
     }
 
-    fn install(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
-        self.installed = Some(rules.clone());
+    fn install(&mut self, policy: &Policy) -> Result<(), FirewallError> {
+        self.installed = Some(policy.clone());
         Ok(())
     }
 
@@ -36,20 +36,20 @@ impl Firewall for MemoryFirewall {
         duration: Duration,
     ) -> Result<(), FirewallError> {
         if self.fail_grants {
-            return Err(FirewallError::Netlink("injected failure".into()));
+            return Err(FirewallError::Missing("injected failure".into()));
         }
         self.granted.push((addr, ports.to_vec(), duration));
         Ok(())
     }
 
-    fn verify(&mut self, _rules: &RuleSet) -> Result<(), FirewallError> {
-        match self.installed {
-            Some(_) => Ok(()),
-            None => Err(FirewallError::Missing("not installed".into())),
+    fn verify(&mut self, policy: &Policy) -> Result<(), FirewallError> {
+        match &self.installed {
+            Some(installed) if installed == policy => Ok(()),
+            _ => Err(FirewallError::Missing("not installed".into())),
         }
     }
 
-    fn grants(&mut self, _rules: &RuleSet) -> Result<Vec<LiveGrant>, FirewallError> {
+    fn grants(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
         Ok(self
             .granted
             .iter()
@@ -63,7 +63,7 @@ impl Firewall for MemoryFirewall {
             .collect())
     }
 
-    fn remove(&mut self, _rules: &RuleSet) -> Result<(), FirewallError> {
+    fn remove(&mut self) -> Result<(), FirewallError> {
         self.installed = None;
         Ok(())
     }

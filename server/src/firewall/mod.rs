@@ -7,44 +7,105 @@
 //! killed. Backends share one trait and one behaviour test suite
 //! (`server/tests/backends.rs`), and the contract suite runs end to end on
 //! each (`tests/tests/contract.rs`).
+//!
+//! The toolkit they share: [`netlink`] (one client, requests and batches),
+//! [`command`] (one runner with a deadline), [`Installed`] (one way to tell
+//! our rules from changed ones) and [`FirewallError`].
 
+pub mod command;
 pub mod iptables;
+#[cfg(test)]
 pub mod memory;
 pub mod netlink;
 pub mod nftables;
 
+use std::collections::BTreeSet;
+use std::fmt::Debug;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use knock_keys::config::{Backend, ServerConfig};
 use knock_proto::PortSpec;
 use thiserror::Error;
 
-/// What the server wants enforced: derived from the configuration.
+pub use command::CommandError;
+pub use netlink::NetlinkError;
+
+/// What the firewall enforces: the knock port, never answered, and the ports
+/// closed to every address without a grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleSet {
-    /// UDP port of knocks: dropped so the kernel never answers a knock.
+pub struct Policy {
     pub knock_port: u16,
-    /// Ports closed to every address without a grant.
-    pub protected: Vec<PortSpec>,
-    /// nftables table name (family inet).
-    pub nft_table: String,
-    /// nftables input chain priority.
-    pub nft_priority: i32,
-    /// iptables and ip6tables commands (iptables backend).
-    pub iptables_cmd: String,
-    pub ip6tables_cmd: String,
+    /// Sorted, without duplicates.
+    protected: Vec<PortSpec>,
 }
 
-impl RuleSet {
-    pub fn from_config(config: &ServerConfig) -> Self {
+impl Policy {
+    pub fn new(knock_port: u16, protected: &[PortSpec]) -> Self {
+        let protected = protected
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         Self {
-            knock_port: config.knock_port,
-            protected: config.protected.clone(),
-            nft_table: config.nft_table.clone(),
-            nft_priority: config.nft_priority,
-            iptables_cmd: config.iptables_cmd.clone(),
-            ip6tables_cmd: config.ip6tables_cmd.clone(),
+            knock_port,
+            protected,
+        }
+    }
+
+    /// The protected ports, sorted and without duplicates.
+    pub fn protected(&self) -> &[PortSpec] {
+        &self.protected
+    }
+}
+
+/// Which backend, with the settings of that backend alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settings {
+    Nftables(nftables::Settings),
+    Iptables(iptables::Settings),
+}
+
+/// A change of settings that installing again cannot apply: the rules of
+/// the old settings would stay behind, still closing the protected ports.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SettingsChange {
+    #[error("changing firewall needs a restart")]
+    Backend,
+    #[error(
+        "changing {0} needs `knock-server remove-rules` with the old configuration, then a restart"
+    )]
+    Location(&'static str),
+}
+
+impl Settings {
+    /// Can a running server move to `new` by installing its rules again?
+    pub fn change_to(&self, new: &Settings) -> Result<(), SettingsChange> {
+        match (self, new) {
+            (Settings::Nftables(old), Settings::Nftables(new)) if old.table != new.table => {
+                Err(SettingsChange::Location("nft_table"))
+            }
+            // A new priority is a new chain in the same table: install
+            // replaces it, carrying the grants over.
+            (Settings::Nftables(_), Settings::Nftables(_)) => Ok(()),
+            (Settings::Iptables(old), Settings::Iptables(new)) if old.iptables != new.iptables => {
+                Err(SettingsChange::Location("iptables_cmd"))
+            }
+            (Settings::Iptables(old), Settings::Iptables(new))
+                if old.ip6tables != new.ip6tables =>
+            {
+                Err(SettingsChange::Location("ip6tables_cmd"))
+            }
+            (Settings::Iptables(_), Settings::Iptables(_)) => Ok(()),
+            _ => Err(SettingsChange::Backend),
+        }
+    }
+
+    /// A backend that has not touched the kernel yet.
+    pub fn build(&self) -> Box<dyn Firewall> {
+        match self {
+            Settings::Nftables(settings) => Box::new(nftables::Nftables::new(settings.clone())),
+            Settings::Iptables(settings) => Box::new(iptables::Iptables::new(settings.clone())),
         }
     }
 }
@@ -62,17 +123,35 @@ pub struct LiveGrant {
 #[non_exhaustive]
 pub enum FirewallError {
     /// A helper command (nft, iptables, ipset) could not be run or failed.
-    #[error("{command}: {message}")]
-    Command { command: String, message: String },
-    /// A netlink request failed.
-    #[error("netlink: {0}")]
-    Netlink(String),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A netlink request failed; the kernel's errno is kept.
+    #[error("{doing}: {source}")]
+    Netlink {
+        doing: String,
+        #[source]
+        source: NetlinkError,
+    },
     /// Our rules are not (or no longer) what we installed.
     #[error("rules missing or changed: {0}")]
     Missing(String),
     /// The kernel's answer could not be understood.
     #[error("unexpected output from {command}: {message}")]
     Parse { command: String, message: String },
+}
+
+impl FirewallError {
+    /// A netlink failure while `doing` something.
+    pub fn netlink(doing: impl Into<String>) -> impl FnOnce(NetlinkError) -> FirewallError {
+        let doing = doing.into();
+        move |source| FirewallError::Netlink { doing, source }
+    }
+
+    /// Does this say our rules are gone or changed (so reinstalling helps),
+    /// rather than that we could not look (a held lock, a busy kernel)?
+    pub fn is_missing(&self) -> bool {
+        matches!(self, FirewallError::Missing(_))
+    }
 }
 
 /// A firewall backend.
@@ -82,16 +161,16 @@ pub trait Firewall: Send {
 
     /// The exact rules `install` would apply, as text, without touching the
     /// kernel (for `knock-server check`).
-    fn plan(&self, rules: &RuleSet) -> String;
+    fn plan(&self, policy: &Policy) -> String;
 
     /// Installs our rules atomically and idempotently: a second call (or a
     /// restart) leaves one copy, and live grants survive it. Verifies the
     /// result before returning.
-    fn install(&mut self, rules: &RuleSet) -> Result<(), FirewallError>;
+    fn install(&mut self, policy: &Policy) -> Result<(), FirewallError>;
 
     /// Lets `addr` open new connections to `ports` for `duration`; the kernel
-    /// expires it. Granting again refreshes the timeout. Must not spawn a
-    /// process on the nftables backend.
+    /// expires it. Granting again refreshes the timeout. Never spawns a
+    /// process.
     fn grant(
         &mut self,
         addr: IpAddr,
@@ -99,15 +178,73 @@ pub trait Firewall: Send {
         duration: Duration,
     ) -> Result<(), FirewallError>;
 
-    /// Are our rules still in place as installed? Cheap enough to call every
-    /// few seconds.
-    fn verify(&mut self, rules: &RuleSet) -> Result<(), FirewallError>;
+    /// Are our rules in place as `policy` renders them (and as install left
+    /// them)? Cheap enough to call every few seconds, but it may wait on
+    /// other tools: call it beside the packet path, never on it.
+    fn verify(&mut self, policy: &Policy) -> Result<(), FirewallError>;
 
     /// The live grants, read from the kernel.
-    fn grants(&mut self, rules: &RuleSet) -> Result<Vec<LiveGrant>, FirewallError>;
+    fn grants(&mut self) -> Result<Vec<LiveGrant>, FirewallError>;
 
     /// Removes everything we installed (fail-open exit, package removal).
-    fn remove(&mut self, rules: &RuleSet) -> Result<(), FirewallError>;
+    fn remove(&mut self) -> Result<(), FirewallError>;
+}
+
+/// What `install` left in the kernel, as the backend reads it back: the
+/// reference that `verify` compares the kernel against, so a rule changed
+/// behind our back is noticed even when the rule count still matches.
+#[derive(Debug)]
+pub(crate) struct Installed<F> {
+    policy: Policy,
+    found: F,
+}
+
+impl<F: PartialEq + Debug> Installed<F> {
+    pub(crate) fn new(policy: &Policy, found: F) -> Self {
+        Self {
+            policy: policy.clone(),
+            found,
+        }
+    }
+
+    /// Compares what the kernel holds now (`found`, for `policy`) with what
+    /// install left; `chain` names the rules in the error.
+    pub(crate) fn compare(
+        installed: Option<&Self>,
+        policy: &Policy,
+        found: &F,
+        chain: &str,
+    ) -> Result<(), FirewallError> {
+        let Some(installed) = installed else {
+            return Ok(());
+        };
+        if installed.policy != *policy {
+            return Err(FirewallError::Missing(
+                "the configured rules differ from those installed".into(),
+            ));
+        }
+        if installed.found != *found {
+            return Err(FirewallError::Missing(format!(
+                "rules of chain {chain} were changed"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `chain` holds as many rules as were rendered for it.
+pub(crate) fn expect_rule_count(
+    chain: &str,
+    found: usize,
+    rendered: usize,
+) -> Result<(), FirewallError> {
+    if found == rendered {
+        Ok(())
+    } else {
+        Err(FirewallError::Missing(format!(
+            "chain {chain} holds {found} rules, expected {rendered}"
+        )))
+    }
 }
 
 /// Labels a failed read-back right after `install` as such: the rules we just
@@ -119,10 +256,19 @@ pub(crate) fn after_install(err: FirewallError) -> FirewallError {
     }
 }
 
-/// The backend the configuration asks for.
-pub fn for_backend(backend: Backend) -> Box<dyn Firewall> {
-    match backend {
-        Backend::Nftables => Box::new(nftables::Nftables::new()),
-        Backend::Iptables => Box::new(iptables::Iptables::new()),
-    }
+/// The policy the unit tests of every backend render.
+#[cfg(test)]
+pub(crate) fn example_policy() -> Policy {
+    use knock_proto::Transport;
+    Policy::new(
+        62201,
+        &[
+            PortSpec::tcp(4992),
+            PortSpec {
+                transport: Transport::Udp,
+                port: 53,
+            },
+            PortSpec::tcp(4992),
+        ],
+    )
 }

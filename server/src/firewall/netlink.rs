@@ -1,6 +1,7 @@
 //! Netlink plumbing shared by the firewall backends: building and parsing
-//! netlink messages and attributes (nfnetlink in particular), and a small
-//! blocking socket that sends a request and collects its acknowledgements.
+//! netlink messages and attributes (nfnetlink in particular), requests and
+//! nfnetlink batches, and one client that owns a lazily opened blocking
+//! socket, numbers requests and collects the kernel's answers.
 //!
 //! No `unsafe`: the socket comes from socket2 (`AF_NETLINK`, unbound: the
 //! kernel autobinds it on the first send, and a send without an address goes
@@ -85,14 +86,28 @@ impl NetlinkError {
     }
 }
 
+/// The kernel's errno as words. ipset answers with codes of its own above
+/// 4096 (`IPSET_ERR_PRIVATE`), which no other netfilter subsystem uses.
 fn describe_errno(errno: i32) -> String {
-    io::Error::from_raw_os_error(errno).to_string()
+    let ipset = match errno {
+        4097 => "ipset protocol mismatch between kernel and knock-server",
+        4102 => "ipset: set type mismatch",
+        4106 => "ipset: address family mismatch",
+        4107 => "ipset: the set has no timeout support",
+        4108 => "ipset: the set is still referenced by a rule",
+        4352 => "ipset: the set is full",
+        4354 => "ipset: invalid protocol",
+        _ => return io::Error::from_raw_os_error(errno).to_string(),
+    };
+    format!("{ipset} (error {errno})")
 }
 
 /// Builds one netlink message: header, optional nfgenmsg, attributes.
 #[derive(Debug)]
 pub struct MessageBuilder {
     buf: Vec<u8>,
+    flags: u16,
+    seq: u32,
     too_large: bool,
 }
 
@@ -107,6 +122,8 @@ impl MessageBuilder {
         buf.extend_from_slice(&0u32.to_ne_bytes());
         Self {
             buf,
+            flags,
+            seq,
             too_large: false,
         }
     }
@@ -354,29 +371,62 @@ impl OwnedMessage {
     }
 }
 
-/// Messages to send in one datagram, and which of them the kernel answers.
-#[derive(Debug, Default)]
+/// Messages to send in one datagram, numbered from the client's sequence.
+/// Made by [`NetlinkClient::request`] or [`NetlinkClient::batch`].
+#[derive(Debug)]
 pub struct Request {
     bytes: Vec<u8>,
     /// Every sequence number in the datagram: answers to others are stale.
     seqs: BTreeSet<u32>,
     /// Those whose answer (ack, error or end of dump) we wait for.
     awaited: BTreeSet<u32>,
+    next_seq: u32,
+    /// The nfnetlink subsystem of a batch, closed by `BATCH_END` on sending.
+    batch: Option<u8>,
 }
 
 impl Request {
-    pub fn new() -> Self {
-        Self::default()
+    fn starting_at(next_seq: u32) -> Self {
+        Self {
+            bytes: Vec::new(),
+            seqs: BTreeSet::new(),
+            awaited: BTreeSet::new(),
+            next_seq,
+            batch: None,
+        }
     }
 
-    /// Appends a finished message; `awaited` if it carries `NLM_F_ACK` or
-    /// `NLM_F_DUMP` (an answer will come), else only errors are expected.
-    pub fn push(&mut self, seq: u32, message: &[u8], awaited: bool) {
-        self.bytes.extend_from_slice(message);
+    /// The sequence number for the next message of this request.
+    pub fn seq(&mut self) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        seq
+    }
+
+    /// Appends a message built with a number from [`Request::seq`]. The
+    /// kernel's answer is awaited when it asks for an ack or a dump; for any
+    /// other message only an error can come back.
+    pub fn push(&mut self, message: MessageBuilder) -> Result<&mut Self, NetlinkError> {
+        let (seq, flags) = (message.seq, message.flags);
+        self.bytes.extend_from_slice(&message.finish()?);
         self.seqs.insert(seq);
-        if awaited {
+        if flags & (NLM_F_ACK | NLM_F_DUMP) != 0 {
             self.awaited.insert(seq);
         }
+        Ok(self)
+    }
+
+    /// Appends one nfnetlink batch delimiter (`BATCH_BEGIN`/`BATCH_END`).
+    fn push_delimiter(&mut self, msg_type: u16, subsys: u8) -> Result<(), NetlinkError> {
+        let seq = self.seq();
+        self.push(MessageBuilder::nfnl(
+            msg_type,
+            NLM_F_REQUEST,
+            seq,
+            AF_UNSPEC,
+            u16::from(subsys),
+        ))
+        .map(|_| ())
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -384,11 +434,13 @@ impl Request {
     }
 }
 
+/// `nfgenmsg.nfgen_family` of messages that name no address family.
+pub const AF_UNSPEC: u8 = 0;
+
 /// A blocking netlink socket.
 #[derive(Debug)]
-pub struct NetlinkSocket {
+struct NetlinkSocket {
     socket: Socket,
-    seq: u32,
     timeout: Duration,
     buf: Vec<u8>,
 }
@@ -396,34 +448,25 @@ pub struct NetlinkSocket {
 impl NetlinkSocket {
     /// Opens a socket of netlink family `protocol`; reads give up after
     /// `timeout`.
-    pub fn open(protocol: i32, timeout: Duration) -> Result<Self, NetlinkError> {
+    fn open(protocol: i32, timeout: Duration) -> Result<Self, NetlinkError> {
         let socket = Socket::new(
             Domain::from(libc::AF_NETLINK),
             Type::RAW,
             Some(Protocol::from(protocol)),
         )?;
         socket.set_read_timeout(Some(timeout))?;
-        // Sequence numbers only need to differ from those of earlier
-        // requests on this socket; start away from zero for readability.
         Ok(Self {
             socket,
-            seq: 1,
             timeout,
             buf: vec![0; RECV_BUFFER],
         })
-    }
-
-    /// A fresh sequence number.
-    pub fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1).max(1);
-        self.seq
     }
 
     /// Sends `request` and reads until every awaited message is answered.
     /// Returns the data messages received (for a dump: all of them); the
     /// first error the kernel reported makes the whole call fail. An error
     /// for a message that was not awaited (a batch header) ends it at once.
-    pub fn transact(&mut self, request: &Request) -> Result<Vec<OwnedMessage>, NetlinkError> {
+    fn transact(&mut self, request: &Request) -> Result<Vec<OwnedMessage>, NetlinkError> {
         let sent = self.socket.send(request.bytes())?;
         if sent != request.bytes().len() {
             return Err(NetlinkError::Malformed("short send"));
@@ -458,8 +501,17 @@ impl NetlinkSocket {
                 }
                 interrupted |= message.flags & NLM_F_DUMP_INTR != 0;
                 match message.msg_type {
-                    NLMSG_ERROR => {
-                        let code = message.error_code().unwrap_or(Ok(0))?;
+                    NLMSG_ERROR | NLMSG_DONE => {
+                        // An ack carries 0; the end of a dump may carry an
+                        // error of its own.
+                        let code = match message.error_code() {
+                            Some(code) => code?,
+                            None => message
+                                .payload
+                                .get(..4)
+                                .and_then(|b| b.try_into().ok())
+                                .map_or(0, |b| i32::from_ne_bytes(b).saturating_neg()),
+                        };
                         if code != 0 {
                             first_error.get_or_insert(NetlinkError::Kernel {
                                 errno: code,
@@ -471,32 +523,13 @@ impl NetlinkSocket {
                         }
                         pending.remove(&message.seq);
                     }
-                    NLMSG_DONE => {
-                        let code = message
-                            .payload
-                            .get(..4)
-                            .and_then(|b| b.try_into().ok())
-                            .map(|b| i32::from_ne_bytes(b).saturating_neg())
-                            .unwrap_or(0);
-                        if code != 0 {
-                            first_error.get_or_insert(NetlinkError::Kernel {
-                                errno: code,
-                                seq: message.seq,
-                            });
-                        }
-                        pending.remove(&message.seq);
-                    }
                     NLMSG_NOOP => {}
-                    _ => {
-                        data.push(OwnedMessage {
-                            msg_type: message.msg_type,
-                            flags: message.flags,
-                            seq: message.seq,
-                            payload: message.payload.to_vec(),
-                        });
-                        // A non-multipart answer to a request without an
-                        // ack would complete it; ours always ask for one.
-                    }
+                    _ => data.push(OwnedMessage {
+                        msg_type: message.msg_type,
+                        flags: message.flags,
+                        seq: message.seq,
+                        payload: message.payload.to_vec(),
+                    }),
                 }
             }
         }
@@ -505,6 +538,74 @@ impl NetlinkSocket {
             None if interrupted => Err(NetlinkError::DumpInterrupted),
             None => Ok(data),
         }
+    }
+}
+
+/// The one netlink client of a backend: a socket opened on first use and
+/// dropped after any failure (so the next request starts clean), and the
+/// sequence numbers of its requests.
+#[derive(Debug)]
+pub struct NetlinkClient {
+    protocol: i32,
+    timeout: Duration,
+    socket: Option<NetlinkSocket>,
+    next_seq: u32,
+}
+
+impl NetlinkClient {
+    /// A client of netlink family `protocol` whose reads give up after
+    /// `timeout`. Opens nothing yet.
+    pub fn new(protocol: i32, timeout: Duration) -> Self {
+        Self {
+            protocol,
+            timeout,
+            socket: None,
+            // Sequence numbers only need to differ from those of earlier
+            // requests on this socket; start away from zero for readability.
+            next_seq: 1,
+        }
+    }
+
+    /// An empty request, numbered after the previous one.
+    pub fn request(&self) -> Request {
+        Request::starting_at(self.next_seq)
+    }
+
+    /// A request that is one nfnetlink transaction of subsystem `subsys`:
+    /// the kernel applies all of its messages or none.
+    pub fn batch(&self, subsys: u8) -> Result<Request, NetlinkError> {
+        let mut request = self.request();
+        request.push_delimiter(NFNL_MSG_BATCH_BEGIN, subsys)?;
+        request.batch = Some(subsys);
+        Ok(request)
+    }
+
+    /// Sends `request` (closing its batch) and collects the answers.
+    pub fn transact(&mut self, mut request: Request) -> Result<Vec<OwnedMessage>, NetlinkError> {
+        if let Some(subsys) = request.batch.take() {
+            request.push_delimiter(NFNL_MSG_BATCH_END, subsys)?;
+        }
+        self.next_seq = request.next_seq;
+        let socket = match &mut self.socket {
+            Some(socket) => socket,
+            none => none.insert(NetlinkSocket::open(self.protocol, self.timeout)?),
+        };
+        let result = socket.transact(&request);
+        if result.is_err() {
+            self.socket = None;
+        }
+        result
+    }
+
+    /// Sends one message built by `build` from its sequence number.
+    pub fn transact_one(
+        &mut self,
+        build: impl FnOnce(u32) -> MessageBuilder,
+    ) -> Result<Vec<OwnedMessage>, NetlinkError> {
+        let mut request = self.request();
+        let seq = request.seq();
+        request.push(build(seq))?;
+        self.transact(request)
     }
 }
 

@@ -1,0 +1,149 @@
+//! The nft script text of our table: what `install` feeds to `nft -f -` and
+//! `check` prints. The chain's rules are rendered once, by [`chain_rules`];
+//! `verify` counts that rendering, so the count is never typed by hand.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::{Settings, CHAIN, SET4, SET6};
+use crate::firewall::{LiveGrant, Policy};
+
+/// Our chain's rules, one line (one kernel rule) each, in order.
+pub fn chain_rules(policy: &Policy) -> Vec<String> {
+    let mut rules = vec![
+        format!("udp dport {} drop", policy.knock_port),
+        "ct state established,related accept".to_owned(),
+        // The host's own processes are not the scanners we hide from, and
+        // local services (tunnels, health checks) must keep working.
+        "iif \"lo\" accept".to_owned(),
+    ];
+    let ports = policy.protected();
+    if !ports.is_empty() {
+        let list = ports
+            .iter()
+            .map(|p| format!("{} . {}", p.transport.name(), p.port))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let guard = format!("meta l4proto . th dport {{ {list} }}");
+        rules.push(format!(
+            "{guard} ip saddr . meta l4proto . th dport @{SET4} accept"
+        ));
+        rules.push(format!(
+            "{guard} ip6 saddr . meta l4proto . th dport @{SET6} accept"
+        ));
+        rules.push(format!("{guard} drop"));
+    }
+    rules
+}
+
+/// The script `install` feeds to `nft -f -` when our table is absent or
+/// compatible: it creates what is missing, keeps the sets' elements, and
+/// replaces our chain's rules.
+pub fn install_script(settings: &Settings, policy: &Policy) -> String {
+    let table = &settings.table;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# knock-server: the table inet {table} is owned and rewritten by knock-server"
+    );
+    let _ = writeln!(s, "table inet {table} {{");
+    for (set, addr_type) in [(SET4, "ipv4_addr"), (SET6, "ipv6_addr")] {
+        let _ = writeln!(s, "\tset {set} {{");
+        let _ = writeln!(s, "\t\ttype {addr_type} . inet_proto . inet_service");
+        let _ = writeln!(s, "\t\tflags timeout");
+        let _ = writeln!(s, "\t}}");
+    }
+    let _ = writeln!(s, "\tchain {CHAIN} {{");
+    let _ = writeln!(
+        s,
+        "\t\ttype filter hook input priority {}; policy accept;",
+        settings.priority
+    );
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "}}");
+    let _ = writeln!(s, "flush chain inet {table} {CHAIN}");
+    let _ = writeln!(s, "table inet {table} {{");
+    let _ = writeln!(s, "\tchain {CHAIN} {{");
+    for rule in chain_rules(policy) {
+        let _ = writeln!(s, "\t\t{rule}");
+    }
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// The script that replaces an incompatible table, carrying `keep` over.
+pub fn recreate_script(settings: &Settings, policy: &Policy, keep: &[LiveGrant]) -> String {
+    let table = &settings.table;
+    let mut s = String::new();
+    // Adding first makes the delete valid whether or not the table exists.
+    let _ = writeln!(s, "table inet {table}");
+    let _ = writeln!(s, "delete table inet {table}");
+    s.push_str(&install_script(settings, policy));
+    for grant in keep {
+        let ms = grant.expires_in.as_millis();
+        if ms == 0 || grant.expires_in == Duration::MAX {
+            continue;
+        }
+        let set = if grant.addr.is_ipv4() { SET4 } else { SET6 };
+        let _ = writeln!(
+            s,
+            "add element inet {table} {set} {{ {} . {} . {} timeout {ms}ms }}",
+            grant.addr,
+            grant.port.transport.name(),
+            grant.port.port
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use knock_proto::PortSpec;
+
+    use super::*;
+    use crate::firewall::example_policy;
+
+    fn settings() -> Settings {
+        Settings {
+            table: "knock".into(),
+            priority: -10,
+        }
+    }
+
+    #[test]
+    fn script_layout() {
+        let script = install_script(&settings(), &example_policy());
+        assert!(script.contains("type filter hook input priority -10; policy accept;"));
+        assert!(script.contains("flush chain inet knock input\n"));
+        assert!(script.contains("\t\tudp dport 62201 drop\n"));
+        assert!(script.contains(
+            "meta l4proto . th dport { tcp . 4992, udp . 53 } ip saddr . meta l4proto . th dport @allow4 accept"
+        ));
+        assert!(script.contains("meta l4proto . th dport { tcp . 4992, udp . 53 } drop"));
+        assert!(!script.contains("delete"));
+        let keep = [LiveGrant {
+            addr: "10.0.0.9".parse().expect("ip"),
+            port: PortSpec::tcp(4992),
+            expires_in: Duration::from_millis(12_345),
+        }];
+        let again = recreate_script(&settings(), &example_policy(), &keep);
+        assert!(again.starts_with("table inet knock\ndelete table inet knock\n"));
+        assert!(again.ends_with(
+            "add element inet knock allow4 { 10.0.0.9 . tcp . 4992 timeout 12345ms }\n"
+        ));
+    }
+
+    #[test]
+    fn every_rendered_rule_is_one_line_of_the_chain() {
+        let policy = example_policy();
+        let script = install_script(&settings(), &policy);
+        let rules = chain_rules(&policy);
+        assert_eq!(rules.len(), 6);
+        for rule in &rules {
+            assert!(script.contains(&format!("\t\t{rule}\n")), "{rule}");
+        }
+        let unprotected = Policy::new(62201, &[]);
+        assert_eq!(chain_rules(&unprotected).len(), 3);
+    }
+}

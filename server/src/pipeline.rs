@@ -1,0 +1,327 @@
+//! The pipeline for one datagram: verify → consume → durable replay state →
+//! grant. The order is the security argument: nothing is granted before the
+//! knock's consumption is on disk, and nothing is consumed before every check
+//! has passed.
+
+use std::io;
+use std::net::IpAddr;
+
+use crate::firewall::{Firewall, FirewallError};
+use crate::state::ReplayStore;
+use crate::verify::{Grant, Rejection, Verifier};
+
+/// What became of one datagram.
+#[derive(Debug)]
+pub enum Outcome {
+    Granted(Grant),
+    Rejected(Rejection),
+    /// Verified, but the replay state could not be made durable, so nothing
+    /// was granted (fail-closed).
+    StateNotDurable(io::Error),
+    /// Verified and recorded, but the firewall refused the grant.
+    FirewallFailed(FirewallError),
+}
+
+/// Honours one datagram from `source` at `now_ms`, if it deserves it.
+pub fn honour(
+    verifier: &mut Verifier,
+    store: &mut dyn ReplayStore,
+    firewall: &mut dyn Firewall,
+    payload: &[u8],
+    source: IpAddr,
+    now_ms: u64,
+) -> Outcome {
+    let pending = match verifier.verify(payload, source, now_ms) {
+        Ok(pending) => pending,
+        Err(rejection) => return Outcome::Rejected(rejection),
+    };
+    let (grant, state) = verifier.consume(pending, now_ms);
+    if let Err(err) = store.persist(&state) {
+        return Outcome::StateNotDurable(err);
+    }
+    match firewall.grant(grant.addr, &grant.ports, grant.duration) {
+        Ok(()) => Outcome::Granted(grant),
+        Err(err) => Outcome::FirewallFailed(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::memory::MemoryFirewall;
+    use knock_keys::entry::ClientEntry;
+    use knock_proto::{
+        seal, ClientSecret, PortSpec, ReplayGuard, Request, SealRandomness, ServerId,
+    };
+    use std::time::Duration;
+
+    const NOW: u64 = 1_800_000_000_000;
+    const SERVER: ServerId = ServerId([7; 16]);
+
+    #[derive(Default)]
+    struct MemoryStore {
+        writes: Vec<Vec<u8>>,
+        full: bool,
+    }
+
+    impl ReplayStore for MemoryStore {
+        fn persist(&mut self, encoded: &[u8]) -> std::io::Result<()> {
+            if self.full {
+                return Err(std::io::Error::other("No space left on device"));
+            }
+            self.writes.push(encoded.to_vec());
+            Ok(())
+        }
+    }
+
+    fn client(name: &str, byte: u8, ports: &[u16]) -> ClientEntry {
+        ClientEntry {
+            name: name.into(),
+            secret: ClientSecret::from_bytes([byte; 32]),
+            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
+            max_open_for: None,
+        }
+    }
+
+    fn verifier(clients: &[ClientEntry]) -> Verifier {
+        Verifier::new(
+            SERVER,
+            clients,
+            vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
+            Duration::from_secs(30),
+            ReplayGuard::new(30_000, NOW - 60_000),
+            NOW,
+        )
+    }
+
+    fn knock(
+        secret: u8,
+        ports: &[u16],
+        bound: Option<IpAddr>,
+        at: u64,
+        server: ServerId,
+    ) -> Vec<u8> {
+        let request = Request {
+            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
+            duration_s: 0,
+            bound_addr: bound,
+        };
+        let randomness = SealRandomness {
+            nonce: [at as u8; 24],
+            padding: at as u8,
+        };
+        seal(
+            &ClientSecret::from_bytes([secret; 32]).derive(),
+            &server,
+            &request,
+            at,
+            &randomness,
+        )
+        .unwrap()
+    }
+
+    fn addr(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn grants_the_sender_once() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        let k = knock(1, &[4992], None, NOW, SERVER);
+        let a = addr("198.18.0.2");
+        match honour(&mut v, &mut store, &mut fw, &k, a, NOW + 5) {
+            Outcome::Granted(g) => {
+                assert_eq!(g.addr, a);
+                assert_eq!(g.duration, Duration::from_secs(30));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            fw.granted,
+            vec![(a, vec![PortSpec::tcp(4992)], Duration::from_secs(30))]
+        );
+        assert_eq!(store.writes.len(), 1, "state made durable before the grant");
+        // The same bytes again, from anywhere, are a replay.
+        for from in [a, addr("198.18.0.66"), addr("fd00:18::66")] {
+            match honour(&mut v, &mut store, &mut fw, &k, from, NOW + 10) {
+                Outcome::Rejected(r) => assert_eq!(r.reason(), "replay"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(fw.granted.len(), 1);
+    }
+
+    #[test]
+    fn source_mismatch_does_not_burn_the_knock() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        let owner = addr("198.18.0.2");
+        let k = knock(1, &[4992], Some(owner), NOW, SERVER);
+        match honour(&mut v, &mut store, &mut fw, &k, addr("198.18.0.66"), NOW) {
+            Outcome::Rejected(r) => assert_eq!(r.reason(), "source-mismatch"),
+            other => panic!("{other:?}"),
+        }
+        assert!(fw.granted.is_empty() && store.writes.is_empty());
+        assert!(matches!(
+            honour(&mut v, &mut store, &mut fw, &k, owner, NOW),
+            Outcome::Granted(_)
+        ));
+    }
+
+    #[test]
+    fn refuses_ports_not_permitted_and_unknown_servers() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        let a = addr("198.18.0.2");
+        let cases = [
+            (knock(1, &[22], None, NOW, SERVER), "port-not-permitted"),
+            (
+                knock(1, &[4992, 80], None, NOW + 1, SERVER),
+                "port-not-permitted",
+            ),
+            (
+                knock(1, &[4992], None, NOW + 2, ServerId([8; 16])),
+                "wrong-server",
+            ),
+            (knock(2, &[4992], None, NOW + 3, SERVER), "unknown-client"),
+            (knock(1, &[4992], None, NOW - 120_000, SERVER), "too-old"),
+            (
+                knock(1, &[4992], None, NOW - 3_600_000, SERVER),
+                "unknown-client",
+            ),
+            (knock(1, &[4992], None, NOW - 31_000, SERVER), "too-old"),
+            (knock(1, &[4992], None, NOW + 31_000, SERVER), "from-future"),
+            (vec![0u8; 10], "bad-length"),
+            (
+                knock(1, &[4992], None, NOW + 4, SERVER),
+                "implausible-source@255.255.255.255",
+            ),
+            (
+                knock(1, &[4992], None, NOW + 5, SERVER),
+                "implausible-source@0.0.0.0",
+            ),
+            (
+                knock(1, &[4992], None, NOW + 6, SERVER),
+                "implausible-source@ff02::1",
+            ),
+        ];
+        for (k, reason) in cases {
+            let (reason, from) = match reason.split_once('@') {
+                Some((reason, from)) => (reason, addr(from)),
+                None => (reason, a),
+            };
+            match honour(&mut v, &mut store, &mut fw, &k, from, NOW) {
+                Outcome::Rejected(r) => assert_eq!(r.reason(), reason),
+                other => panic!("{reason}: {other:?}"),
+            }
+        }
+        assert!(fw.granted.is_empty());
+        // None of the refusals consumed anything: a good knock still works.
+        assert!(matches!(
+            honour(
+                &mut v,
+                &mut store,
+                &mut fw,
+                &knock(1, &[4992], None, NOW, SERVER),
+                a,
+                NOW
+            ),
+            Outcome::Granted(_)
+        ));
+    }
+
+    #[test]
+    fn a_knock_from_the_host_itself_is_honoured() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        for (at, from) in [(NOW, "127.0.0.1"), (NOW + 1, "::1")] {
+            let k = knock(1, &[4992], None, at, SERVER);
+            assert!(matches!(
+                honour(&mut v, &mut store, &mut fw, &k, addr(from), NOW),
+                Outcome::Granted(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_full_disk_means_no_grant() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        let mut store = MemoryStore {
+            full: true,
+            ..Default::default()
+        };
+        let mut fw = MemoryFirewall::default();
+        let k = knock(1, &[4992], None, NOW, SERVER);
+        assert!(matches!(
+            honour(&mut v, &mut store, &mut fw, &k, addr("198.18.0.2"), NOW),
+            Outcome::StateNotDurable(_)
+        ));
+        assert!(fw.granted.is_empty());
+    }
+
+    #[test]
+    fn reload_revokes_removed_clients_and_keeps_replay_memory() {
+        let alice = client("alice", 1, &[4992]);
+        let bob = client("bob", 2, &[22]);
+        let mut v = verifier(&[alice.clone(), bob.clone()]);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        let a = addr("198.18.0.2");
+        let used = knock(1, &[4992], None, NOW, SERVER);
+        assert!(matches!(
+            honour(&mut v, &mut store, &mut fw, &used, a, NOW),
+            Outcome::Granted(_)
+        ));
+        v.reconfigure(
+            &[alice],
+            vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
+            Duration::from_secs(30),
+            30_000,
+            NOW,
+        );
+        match honour(
+            &mut v,
+            &mut store,
+            &mut fw,
+            &knock(2, &[22], None, NOW + 1, SERVER),
+            a,
+            NOW,
+        ) {
+            Outcome::Rejected(r) => assert_eq!(r.reason(), "unknown-client"),
+            other => panic!("{other:?}"),
+        }
+        match honour(&mut v, &mut store, &mut fw, &used, a, NOW) {
+            Outcome::Rejected(r) => assert_eq!(r.reason(), "replay"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requested_duration_is_capped() {
+        let mut capped = client("alice", 1, &[4992]);
+        capped.max_open_for = Some(Duration::from_secs(10));
+        let mut v = verifier(&[capped]);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        let request = Request {
+            ports: vec![PortSpec::tcp(4992)],
+            duration_s: 3600,
+            bound_addr: None,
+        };
+        let randomness = SealRandomness {
+            nonce: [1; 24],
+            padding: 0,
+        };
+        let k = seal(
+            &ClientSecret::from_bytes([1; 32]).derive(),
+            &SERVER,
+            &request,
+            NOW,
+            &randomness,
+        )
+        .unwrap();
+        match honour(&mut v, &mut store, &mut fw, &k, addr("198.18.0.2"), NOW) {
+            Outcome::Granted(g) => assert_eq!(g.duration, Duration::from_secs(10)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
