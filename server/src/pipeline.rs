@@ -47,16 +47,13 @@ pub fn honour(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::firewall::memory::MemoryFirewall;
-    use knock_keys::entry::ClientEntry;
-    use knock_proto::{
-        seal, ClientSecret, PortSpec, ReplayGuard, Request, SealRandomness, ServerId,
-    };
     use std::time::Duration;
 
-    const NOW: u64 = 1_800_000_000_000;
-    const SERVER: ServerId = ServerId([7; 16]);
+    use knock_proto::{seal, ClientSecret, PortSpec, Request, SealRandomness, ServerId};
+
+    use super::*;
+    use crate::firewall::memory::MemoryFirewall;
+    use crate::verify::fixtures::{addr, client, knock, verifier, NOW, SERVER};
 
     #[derive(Default)]
     struct MemoryStore {
@@ -72,56 +69,6 @@ mod tests {
             self.writes.push(encoded.to_vec());
             Ok(())
         }
-    }
-
-    fn client(name: &str, byte: u8, ports: &[u16]) -> ClientEntry {
-        ClientEntry {
-            name: name.into(),
-            secret: ClientSecret::from_bytes([byte; 32]),
-            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
-            max_open_for: None,
-        }
-    }
-
-    fn verifier(clients: &[ClientEntry]) -> Verifier {
-        Verifier::new(
-            SERVER,
-            clients,
-            vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
-            Duration::from_secs(30),
-            ReplayGuard::new(30_000, NOW - 60_000),
-            NOW,
-        )
-    }
-
-    fn knock(
-        secret: u8,
-        ports: &[u16],
-        bound: Option<IpAddr>,
-        at: u64,
-        server: ServerId,
-    ) -> Vec<u8> {
-        let request = Request {
-            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
-            duration_s: 0,
-            bound_addr: bound,
-        };
-        let randomness = SealRandomness {
-            nonce: [at as u8; 24],
-            padding: at as u8,
-        };
-        seal(
-            &ClientSecret::from_bytes([secret; 32]).derive(),
-            &server,
-            &request,
-            at,
-            &randomness,
-        )
-        .unwrap()
-    }
-
-    fn addr(text: &str) -> IpAddr {
-        text.parse().unwrap()
     }
 
     #[test]

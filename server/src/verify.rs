@@ -318,3 +318,148 @@ fn canonical(addr: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+/// Clients, knocks and a verifier for the unit tests of the pipeline.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod fixtures {
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    use knock_keys::entry::ClientEntry;
+    use knock_proto::{
+        seal, ClientSecret, PortSpec, ReplayGuard, Request, SealRandomness, ServerId,
+    };
+
+    use super::Verifier;
+
+    pub const NOW: u64 = 1_800_000_000_000;
+    pub const SERVER: ServerId = ServerId([7; 16]);
+
+    pub fn client(name: &str, byte: u8, ports: &[u16]) -> ClientEntry {
+        ClientEntry {
+            name: name.into(),
+            secret: ClientSecret::from_bytes([byte; 32]),
+            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
+            max_open_for: None,
+        }
+    }
+
+    pub fn verifier(clients: &[ClientEntry]) -> Verifier {
+        Verifier::new(
+            SERVER,
+            clients,
+            vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
+            Duration::from_secs(30),
+            ReplayGuard::new(30_000, NOW - 60_000),
+            NOW,
+        )
+    }
+
+    pub fn knock(
+        secret: u8,
+        ports: &[u16],
+        bound: Option<IpAddr>,
+        at: u64,
+        server: ServerId,
+    ) -> Vec<u8> {
+        let request = Request {
+            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
+            duration_s: 0,
+            bound_addr: bound,
+        };
+        let randomness = SealRandomness {
+            nonce: [at as u8; 24],
+            padding: at as u8,
+        };
+        seal(
+            &ClientSecret::from_bytes([secret; 32]).derive(),
+            &server,
+            &request,
+            at,
+            &randomness,
+        )
+        .unwrap()
+    }
+
+    pub fn addr(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{addr, client, knock, verifier, NOW, SERVER};
+    use super::*;
+
+    fn reason(result: Result<PendingGrant, Rejection>) -> &'static str {
+        match result {
+            Ok(pending) => panic!("verified: {pending:?}"),
+            Err(rejection) => rejection.reason(),
+        }
+    }
+
+    #[test]
+    fn each_step_refuses_with_its_own_reason() {
+        let v = verifier(&[client("alice", 1, &[4992])]);
+        let a = addr("198.18.0.2");
+        assert_eq!(reason(v.verify(&[0; 10], a, NOW)), "bad-length");
+        assert_eq!(
+            reason(v.verify(&knock(2, &[4992], None, NOW, SERVER), a, NOW)),
+            "unknown-client"
+        );
+        let mut forged = knock(1, &[4992], None, NOW, SERVER);
+        if let Some(last) = forged.last_mut() {
+            *last ^= 1;
+        }
+        assert_eq!(reason(v.verify(&forged, a, NOW)), "bad-mac");
+        assert_eq!(
+            reason(v.verify(&knock(1, &[4992], None, NOW, ServerId([8; 16])), a, NOW)),
+            "wrong-server"
+        );
+        assert_eq!(
+            reason(v.verify(&knock(1, &[4992], None, NOW - 31_000, SERVER), a, NOW)),
+            "too-old"
+        );
+        assert_eq!(
+            reason(v.verify(
+                &knock(1, &[4992], Some(addr("198.18.0.9")), NOW, SERVER),
+                a,
+                NOW
+            )),
+            "source-mismatch"
+        );
+        assert_eq!(
+            reason(v.verify(&knock(1, &[4992], None, NOW, SERVER), addr("0.0.0.0"), NOW)),
+            "implausible-source"
+        );
+        assert_eq!(
+            reason(v.verify(&knock(1, &[22], None, NOW, SERVER), a, NOW)),
+            "port-not-permitted"
+        );
+    }
+
+    #[test]
+    fn verifying_changes_nothing_until_consumed() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        let k = knock(1, &[4992], None, NOW, SERVER);
+        let a = addr("198.18.0.2");
+        let first = v.verify(&k, a, NOW).expect("valid");
+        let again = v.verify(&k, a, NOW).expect("still valid: nothing consumed");
+        assert_eq!((first.addr, &first.ports), (again.addr, &again.ports));
+        let (grant, state) = v.consume(first, NOW);
+        assert_eq!(grant.client, "alice");
+        assert!(!state.is_empty(), "the replay state to make durable");
+        assert_eq!(reason(v.verify(&k, a, NOW)), "replay");
+    }
+
+    #[test]
+    fn a_mapped_address_is_the_ipv4_address() {
+        let v = verifier(&[client("alice", 1, &[4992])]);
+        let k = knock(1, &[4992], Some(addr("198.18.0.2")), NOW, SERVER);
+        let pending = v
+            .verify(&k, addr("::ffff:198.18.0.2"), NOW)
+            .expect("bound to the address it maps");
+        assert_eq!(pending.addr, addr("198.18.0.2"));
+    }
+}

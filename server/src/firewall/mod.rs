@@ -200,10 +200,22 @@ pub(crate) struct Installed<F> {
 }
 
 impl<F: PartialEq + Debug> Installed<F> {
-    pub(crate) fn new(policy: &Policy, found: F) -> Self {
-        Self {
-            policy: policy.clone(),
-            found,
+    /// What a backend's read-back right after installing `policy` found;
+    /// a failed read-back is labelled as such: the rules we just applied
+    /// are not what the kernel holds.
+    pub(crate) fn read_back(
+        policy: &Policy,
+        found: Result<F, FirewallError>,
+    ) -> Result<Self, FirewallError> {
+        match found {
+            Ok(found) => Ok(Self {
+                policy: policy.clone(),
+                found,
+            }),
+            Err(FirewallError::Missing(m)) => {
+                Err(FirewallError::Missing(format!("after install: {m}")))
+            }
+            Err(other) => Err(other),
         }
     }
 
@@ -244,15 +256,6 @@ pub(crate) fn expect_rule_count(
         Err(FirewallError::Missing(format!(
             "chain {chain} holds {found} rules, expected {rendered}"
         )))
-    }
-}
-
-/// Labels a failed read-back right after `install` as such: the rules we just
-/// applied are not what the kernel holds.
-pub(crate) fn after_install(err: FirewallError) -> FirewallError {
-    match err {
-        FirewallError::Missing(m) => FirewallError::Missing(format!("after install: {m}")),
-        other => other,
     }
 }
 

@@ -36,9 +36,7 @@ use knock_proto::{PortSpec, Transport};
 
 use self::ipset::{timeout_secs, Ipset};
 use super::command::{self, DEADLINE, XTABLES_WAIT_SECONDS};
-use super::{
-    after_install, expect_rule_count, Firewall, FirewallError, Installed, LiveGrant, Policy,
-};
+use super::{expect_rule_count, Firewall, FirewallError, Installed, LiveGrant, Policy};
 
 /// Our chain, in the filter table of both families.
 pub const CHAIN: &str = "KNOCK-INPUT";
@@ -410,8 +408,8 @@ impl Firewall for Iptables {
             let script = restore_script(policy, family, state.jumps, state.jump_first);
             restore(family.command(&self.settings), &script)?;
         }
-        let found = self.check(policy).map_err(after_install)?;
-        self.installed = Some(Installed::new(policy, found));
+        let found = self.check(policy);
+        self.installed = Some(Installed::read_back(policy, found)?);
         Ok(())
     }
 

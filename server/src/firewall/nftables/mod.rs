@@ -41,9 +41,7 @@ use self::nfnl::{
     NFT_TABLE_F_DORMANT, NF_ACCEPT, NF_INET_LOCAL_IN,
 };
 use super::command::{self, DEADLINE};
-use super::{
-    after_install, expect_rule_count, Firewall, FirewallError, Installed, LiveGrant, Policy,
-};
+use super::{expect_rule_count, Firewall, FirewallError, Installed, LiveGrant, Policy};
 
 /// Our chain and sets inside our table.
 pub const CHAIN: &str = "input";
@@ -256,8 +254,8 @@ impl Firewall for Nftables {
             );
             run_nft(&script::recreate_script(&self.settings, policy, &keep))?;
         }
-        let found = self.check(policy).map_err(after_install)?;
-        self.installed = Some(Installed::new(policy, found));
+        let found = self.check(policy);
+        self.installed = Some(Installed::read_back(policy, found)?);
         Ok(())
     }
 

@@ -367,34 +367,42 @@ impl Nfnl {
 
     /// Every chain of `table`.
     pub(super) fn chains(&mut self, table: &str) -> Result<Vec<ChainInfo>, FirewallError> {
-        let doing = format!("listing the chains of table inet {table}");
-        let messages = self.dump(NFT_MSG_GETCHAIN, &doing, |b| {
-            b.put_strz(NFTA_CHAIN_TABLE, table);
-        })?;
-        let mut chains = Vec::new();
-        for message in &messages {
-            let (owner, chain) = parse_chain(message).map_err(FirewallError::netlink(&doing))?;
-            if owner == table {
-                chains.push(chain);
-            }
-        }
-        Ok(chains)
+        self.dump_of_table(
+            table,
+            NFT_MSG_GETCHAIN,
+            NFTA_CHAIN_TABLE,
+            "chains",
+            parse_chain,
+        )
     }
 
     /// Every set of `table`, anonymous ones included.
     pub(super) fn sets(&mut self, table: &str) -> Result<Vec<SetInfo>, FirewallError> {
-        let doing = format!("listing the sets of table inet {table}");
-        let messages = self.dump(NFT_MSG_GETSET, &doing, |b| {
-            b.put_strz(NFTA_SET_TABLE, table);
+        self.dump_of_table(table, NFT_MSG_GETSET, NFTA_SET_TABLE, "sets", parse_set)
+    }
+
+    /// Dumps the objects (`what`) of `table` with `msg`, keeping only those
+    /// that `parse` says belong to it.
+    fn dump_of_table<T>(
+        &mut self,
+        table: &str,
+        msg: u8,
+        table_attr: u16,
+        what: &str,
+        parse: fn(&OwnedMessage) -> Result<(String, T), NetlinkError>,
+    ) -> Result<Vec<T>, FirewallError> {
+        let doing = format!("listing the {what} of table inet {table}");
+        let messages = self.dump(msg, &doing, |b| {
+            b.put_strz(table_attr, table);
         })?;
-        let mut sets = Vec::new();
+        let mut objects = Vec::new();
         for message in &messages {
-            let (owner, set) = parse_set(message).map_err(FirewallError::netlink(&doing))?;
+            let (owner, object) = parse(message).map_err(FirewallError::netlink(&doing))?;
             if owner == table {
-                sets.push(set);
+                objects.push(object);
             }
         }
-        Ok(sets)
+        Ok(objects)
     }
 
     /// The expressions of each rule of `chain`, in order.
