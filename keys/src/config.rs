@@ -62,7 +62,7 @@ pub struct ServerConfig {
     pub on_exit: OnExit,
     /// nftables: the name of our table (family inet).
     pub nft_table: String,
-    /// nftables: the priority of our input chain; lower runs earlier.
+    /// nftables: the priority of our prerouting chain; lower runs earlier.
     pub nft_priority: i32,
     /// iptables: the commands to drive (`iptables`, `iptables-legacy`, ...).
     pub iptables_cmd: String,
@@ -206,7 +206,9 @@ impl ServerConfig {
             ));
         }
         let nft_priority = match raw.nft_priority {
-            None => -10,
+            // Before destination NAT (-100), so forwarded ports are seen by
+            // the port clients connect to.
+            None => -150,
             Some(p) => i32::try_from(p)
                 .ok()
                 .filter(|p| (-1000..=1000).contains(p))

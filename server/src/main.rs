@@ -61,6 +61,8 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     init_logging();
     let started_at_ms = unix_ms();
     let config = ServerConfig::load(config_path)?;
+    let settings = firewall_settings(&config);
+    settings.resolve().map_err(Failure::usage)?;
     let (server_id, created) = identity::load_or_create(&config.identity_file)?;
     if created {
         warn!(
@@ -107,7 +109,6 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         std::time::Duration::from_millis(200),
     )
     .map_err(Failure::runtime)?;
-    let settings = firewall_settings(&config);
     let policy = policy(&config);
     let mut installer = settings.build();
     installer
@@ -173,8 +174,16 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
         "missing (knock-keygen creates it; the packaged unit cannot write /etc/knock)".to_owned()
     };
     let clients = load_clients(&config.clients_dir)?;
-    let firewall = firewall_settings(&config).build();
+    let settings = firewall_settings(&config);
+    settings.resolve().map_err(Failure::usage)?;
+    let mut firewall = settings.build();
     let plan = firewall.plan(&policy(&config));
+    // Reading others' rules needs privileges `check` may not have; then
+    // there is nothing to warn about that we could see.
+    let warnings = firewall.audit(&policy(&config)).unwrap_or_default();
+    for warning in &warnings {
+        eprintln!("{PROGRAM}: warning: {warning}");
+    }
     let program = filter::knock_filter(config.knock_port);
     if json {
         let names: Vec<String> = clients.iter().map(|c| json_string(&c.name)).collect();

@@ -170,7 +170,7 @@ struct Backend {
 }
 
 fn nft_counts(_: &Cmds) -> Vec<usize> {
-    let listing = sh("nft -a list chain inet knock input");
+    let listing = sh("nft -a list chain inet knock prerouting");
     vec![listing
         .lines()
         .filter(|l| l.contains("# handle") && !l.contains("chain "))
@@ -189,9 +189,9 @@ fn nftables() -> Backend {
             ip6tables_cmd: "ip6tables".into(),
         },
         counts: nft_counts,
-        expected: vec![6],
+        expected: vec![7],
         tamper: |_| {
-            let listing = sh("nft -a list chain inet knock input");
+            let listing = sh("nft -a list chain inet knock prerouting");
             let handle = listing
                 .lines()
                 .find(|l| l.contains("udp dport 62201 drop"))
@@ -199,7 +199,7 @@ fn nftables() -> Backend {
                 .map(|h| h.trim().to_owned())
                 .expect("knock port rule and its handle");
             sh(&format!(
-                "nft replace rule inet knock input handle {handle} udp dport 62202 drop"
+                "nft replace rule inet knock prerouting handle {handle} udp dport 62202 drop"
             ));
         },
         delete: |_| {
@@ -229,18 +229,17 @@ fn nftables() -> Backend {
 fn ipt_counts(rules: &Cmds) -> Vec<usize> {
     let mut counts = Vec::new();
     for cmd in [&rules.iptables_cmd, &rules.ip6tables_cmd] {
-        let chain = sh(&format!("{cmd} -w -S KNOCK-INPUT"));
+        let chain = sh(&format!("{cmd} -w -t mangle -S KNOCK-PREROUTING"));
         counts.push(
             chain
                 .lines()
-                .filter(|l| l.starts_with("-A KNOCK-INPUT "))
+                .filter(|l| l.starts_with("-A KNOCK-PREROUTING "))
                 .count(),
         );
-        let input = sh(&format!("{cmd} -w -S INPUT"));
+        let hook = sh(&format!("{cmd} -w -t mangle -S PREROUTING"));
         counts.push(
-            input
-                .lines()
-                .filter(|l| l.trim() == "-A INPUT -j KNOCK-INPUT")
+            hook.lines()
+                .filter(|l| l.trim() == "-A PREROUTING -j KNOCK-PREROUTING")
                 .count(),
         );
     }
@@ -259,22 +258,26 @@ fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
             ip6tables_cmd: ip6tables.into(),
         },
         counts: ipt_counts,
-        // knock port, established, loopback, set match, one DROP per protected port; one jump
+        // knock port, loopback, set match, a SYN drop for tcp/4992, an
+        // established RETURN and a drop for udp/53; one jump
         expected: vec![6, 1, 6, 1],
         tamper: |rules| {
             sh(&format!(
-                "{} -w -R KNOCK-INPUT 1 -p udp -m udp --dport 62202 -j DROP",
+                "{} -w -t mangle -R KNOCK-PREROUTING 1 -p udp -m udp --dport 62202 -j DROP",
                 rules.ip6tables_cmd
             ));
         },
         delete: |rules| {
             sh(&format!(
-                "{} -w -D INPUT -j KNOCK-INPUT",
+                "{} -w -t mangle -D PREROUTING -j KNOCK-PREROUTING",
                 rules.iptables_cmd
             ));
         },
         make_incompatible: |rules| {
-            sh(&format!("{} -w -F KNOCK-INPUT", rules.iptables_cmd));
+            sh(&format!(
+                "{} -w -t mangle -F KNOCK-PREROUTING",
+                rules.iptables_cmd
+            ));
             sh_retry("ipset destroy knock4");
             sh("ipset create knock4 hash:ip,port family inet timeout 0 counters");
             sh("ipset add knock4 192.0.2.10,tcp:4992 timeout 30");
@@ -289,7 +292,7 @@ fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
             let mut left = String::new();
             for cmd in [&rules.iptables_cmd, &rules.ip6tables_cmd] {
                 left.extend(
-                    sh(&format!("{cmd} -w -S"))
+                    sh(&format!("{cmd} -w -S; {cmd} -w -t mangle -S"))
                         .lines()
                         .filter(|l| l.contains("KNOCK"))
                         .map(|l| format!("{l}\n")),

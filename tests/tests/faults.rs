@@ -299,8 +299,8 @@ fn nftables_table_deleted_is_reinstalled() {
 fn iptables_chain_deleted_is_reinstalled() {
     rules_deleted_are_reinstalled(
         "iptables",
-        "iptables -D INPUT -j KNOCK-INPUT && iptables -F KNOCK-INPUT && iptables -X KNOCK-INPUT",
-        "iptables -S KNOCK-INPUT >/dev/null 2>&1 && iptables -S INPUT | grep -q -- '-j KNOCK-INPUT'",
+        "iptables -t mangle -D PREROUTING -j KNOCK-PREROUTING && iptables -t mangle -F KNOCK-PREROUTING && iptables -t mangle -X KNOCK-PREROUTING",
+        "iptables -t mangle -S KNOCK-PREROUTING >/dev/null 2>&1 && iptables -t mangle -S PREROUTING | grep -q -- '-j KNOCK-PREROUTING'",
     );
 }
 
@@ -347,7 +347,7 @@ fn broken_config_on_reload_keeps_the_old_one() {
     let w = world("nftables");
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let good = std::fs::read_to_string(&w.setup.config).unwrap();
-    let rules = || w.hosts.server.sh("nft list chain inet knock input");
+    let rules = || w.hosts.server.sh("nft list chain inet knock prerouting");
     let rules_before = rules();
     let config = w.setup.config.display().to_string();
     let bad_client = w.setup.dir.join("clients.d/mallory.toml");

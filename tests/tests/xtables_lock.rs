@@ -215,7 +215,12 @@ fn knocks_are_honoured_while_another_process_holds_the_xtables_lock() {
     // Release: the server keeps working afterwards.
     drop(holder);
     eprintln!("lock released after {:?}", locked_at.elapsed());
-    assert!(!lock_is_held(&lockfile), "the lock is still held");
+    // The server's own health check, waiting for the lock, may take it for
+    // a moment once the holder is gone.
+    assert!(
+        eventually(Duration::from_secs(5), || !lock_is_held(&lockfile)),
+        "the lock is still held 5 s after its holder was killed"
+    );
     let (code, out, took) = timed_knock(&hosts, &alice, "4995");
     assert_eq!(
         code,

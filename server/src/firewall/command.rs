@@ -114,6 +114,20 @@ pub fn run(
     String::from_utf8(stdout).map_err(|_| CommandError::NotUtf8 { command })
 }
 
+/// Is `program` (a name looked up in `PATH`, or a path) an executable file?
+pub fn installed(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &std::path::Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(std::path::Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
 fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
     thread::spawn(move || {
         let mut bytes = Vec::new();
@@ -178,6 +192,14 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("knock-no-such-program -x: not found"));
+    }
+
+    #[test]
+    fn installed_programs_are_found_in_path() {
+        assert!(installed("sh"));
+        assert!(installed("/bin/sh"));
+        assert!(!installed("knock-no-such-program"));
+        assert!(!installed("/etc/passwd"), "not executable");
     }
 
     #[test]

@@ -101,6 +101,28 @@ impl Settings {
         }
     }
 
+    /// Checks that every command the backend runs is installed, before
+    /// anything is changed: a mistyped `ip6tables_cmd` must not leave a
+    /// host with IPv4 closed and nobody granting.
+    pub fn resolve(&self) -> Result<(), MissingCommand> {
+        let needed: Vec<(&'static str, String)> = match self {
+            Settings::Nftables(_) => vec![("firewall = \"nftables\"", "nft".to_owned())],
+            Settings::Iptables(s) => vec![
+                ("iptables_cmd", s.iptables.clone()),
+                ("iptables_cmd", format!("{}-restore", s.iptables)),
+                ("ip6tables_cmd", s.ip6tables.clone()),
+                ("ip6tables_cmd", format!("{}-restore", s.ip6tables)),
+                ("firewall = \"iptables\"", "ipset".to_owned()),
+            ],
+        };
+        for (setting, program) in needed {
+            if !command::installed(&program) {
+                return Err(MissingCommand { setting, program });
+            }
+        }
+        Ok(())
+    }
+
     /// A backend that has not touched the kernel yet.
     pub fn build(&self) -> Box<dyn Firewall> {
         match self {
@@ -108,6 +130,14 @@ impl Settings {
             Settings::Iptables(settings) => Box::new(iptables::Iptables::new(settings.clone())),
         }
     }
+}
+
+/// A command the configured backend needs is not installed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{setting}: the command {program:?} is not installed (not found in PATH); install it, or change {setting} in server.toml")]
+pub struct MissingCommand {
+    pub setting: &'static str,
+    pub program: String,
 }
 
 /// One live grant as the kernel holds it.
@@ -188,6 +218,12 @@ pub trait Firewall: Send {
 
     /// Removes everything we installed (fail-open exit, package removal).
     fn remove(&mut self) -> Result<(), FirewallError>;
+
+    /// Rules of others that keep ours from seeing a protected port, as
+    /// warnings for the operator (for `knock-server check`).
+    fn audit(&mut self, _policy: &Policy) -> Result<Vec<String>, FirewallError> {
+        Ok(Vec::new())
+    }
 }
 
 /// What `install` left in the kernel, as the backend reads it back: the

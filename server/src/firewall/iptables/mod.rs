@@ -1,29 +1,32 @@
 //! The iptables + ipset backend, for hosts without nftables.
 //!
 //! For each of IPv4 (`iptables_cmd`, set `knock4`) and IPv6
-//! (`ip6tables_cmd`, set `knock6`), in the filter table:
+//! (`ip6tables_cmd`, set `knock6`), in the mangle table, whose PREROUTING
+//! runs before destination NAT, so that a port the host forwards (a
+//! published container port) is closed by the number clients connect to:
 //!
 //! ```text
 //! ipset -exist create knock4 hash:ip,port family inet timeout 0
-//! -A INPUT -j KNOCK-INPUT                                   (first rule, once)
-//! -A KNOCK-INPUT -p udp -m udp --dport 62201 -j DROP
-//! -A KNOCK-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
-//! -A KNOCK-INPUT -i lo -j RETURN
-//! -A KNOCK-INPUT -m set --match-set knock4 src,dst -j RETURN
-//! -A KNOCK-INPUT -p tcp -m tcp --dport 4992 -j DROP         (one per protected port)
+//! -A PREROUTING -j KNOCK-PREROUTING                           (first rule, once)
+//! -A KNOCK-PREROUTING -p udp -m addrtype --dst-type LOCAL -m udp --dport 62201 -j DROP
+//! -A KNOCK-PREROUTING -i lo -j RETURN
+//! -A KNOCK-PREROUTING -m set --match-set knock4 src,dst -j RETURN
+//! -A KNOCK-PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 4992 --tcp-flags SYN,ACK SYN -j DROP
 //! ```
 //!
-//! Allowed traffic RETURNs to INPUT rather than ACCEPTing, so the host's own
-//! INPUT rules still apply after ours (as with nftables, where an accept in
-//! our chain does not bypass other base chains). A grant's set element
-//! matches only its own protocol and port, and unprotected ports are never
-//! dropped here, so the set rule needs no port guard.
+//! As with nftables ([`chain_rules`] says why), TCP is closed by dropping
+//! connection-opening segments, which needs no connection tracking; only
+//! protected UDP ports use conntrack. Allowed traffic RETURNs rather than
+//! ACCEPTs, so the host's own rules still apply after ours. A grant's set
+//! element matches only its own protocol and port, and unprotected ports are
+//! never dropped here, so the set rule needs no port guard.
 //!
-//! The chain's contents and the jump are replaced in one
-//! `iptables-restore --noflush` transaction; the ipsets are created with
-//! `-exist` and never destroyed on restart, so live grants survive. Grants
-//! go to the kernel over ipset netlink (no process per grant); `grants`
-//! reads `ipset save`.
+//! Both families are checked with `iptables-restore --test` before either is
+//! changed; each is then replaced in one `iptables-restore --noflush`
+//! transaction, and a failure of the second rolls the first back. The ipsets
+//! are created with `-exist` and never destroyed on restart, so live grants
+//! survive. Grants go to the kernel over ipset netlink (no process per
+//! grant); `grants` reads `ipset save`.
 
 mod ipset;
 
@@ -38,9 +41,22 @@ use self::ipset::{timeout_secs, Ipset};
 use super::command::{self, DEADLINE, XTABLES_WAIT_SECONDS};
 use super::{expect_rule_count, Firewall, FirewallError, Installed, LiveGrant, Policy};
 
-/// Our chain, in the filter table of both families.
-pub const CHAIN: &str = "KNOCK-INPUT";
-const JUMP: &str = "-A INPUT -j KNOCK-INPUT";
+/// Our chain, in the mangle table of both families.
+pub const CHAIN: &str = "KNOCK-PREROUTING";
+/// Where our chain hangs.
+const OURS: Hooked = Hooked {
+    table: "mangle",
+    hook: "PREROUTING",
+    chain: CHAIN,
+};
+/// Where versions before the prerouting layout hung theirs; removed on
+/// install so that an upgrade leaves no chain that drops established
+/// sessions behind.
+const OLD: Hooked = Hooked {
+    table: "filter",
+    hook: "INPUT",
+    chain: "KNOCK-INPUT",
+};
 const IPSET: &str = "ipset";
 const SET_TYPE: &str = "hash:ip,port";
 
@@ -127,48 +143,113 @@ impl Iptables {
     }
 }
 
-/// Our chain's rules, as written to iptables-restore.
+/// A chain of ours and the built-in chain that jumps to it.
+#[derive(Debug, Clone, Copy)]
+struct Hooked {
+    table: &'static str,
+    hook: &'static str,
+    chain: &'static str,
+}
+
+impl Hooked {
+    fn jump(&self) -> String {
+        format!("-A {} -j {}", self.hook, self.chain)
+    }
+}
+
+/// Our chain's rules, as written to iptables-restore and as `-S` lists them.
 pub fn chain_rules(policy: &Policy, family: Family) -> Vec<String> {
+    const LOCAL: &str = "-m addrtype --dst-type LOCAL";
     let mut lines = vec![
         format!(
-            "-A {CHAIN} -p udp -m udp --dport {} -j DROP",
+            "-A {CHAIN} -p udp {LOCAL} -m udp --dport {} -j DROP",
             policy.knock_port
         ),
-        format!("-A {CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"),
         // Local processes are not the scanners we hide from.
         format!("-A {CHAIN} -i lo -j RETURN"),
     ];
     let ports = policy.protected();
-    if !ports.is_empty() {
-        lines.push(format!(
-            "-A {CHAIN} -m set --match-set {} src,dst -j RETURN",
-            family.set
-        ));
-        for port in ports {
-            let t = port.transport.name();
-            lines.push(format!(
-                "-A {CHAIN} -p {t} -m {t} --dport {} -j DROP",
-                port.port
-            ));
+    if ports.is_empty() {
+        return lines;
+    }
+    lines.push(format!(
+        "-A {CHAIN} -m set --match-set {} src,dst -j RETURN",
+        family.set
+    ));
+    for port in ports {
+        let p = port.port;
+        match port.transport {
+            Transport::Tcp => lines.push(format!(
+                "-A {CHAIN} -p tcp {LOCAL} -m tcp --dport {p} --tcp-flags SYN,ACK SYN -j DROP"
+            )),
+            Transport::Udp => {
+                lines.push(format!(
+                    "-A {CHAIN} -p udp {LOCAL} -m udp --dport {p} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+                ));
+                lines.push(format!(
+                    "-A {CHAIN} -p udp {LOCAL} -m udp --dport {p} -j DROP"
+                ));
+            }
         }
     }
     lines
 }
 
 /// The iptables-restore input that replaces our chain and leaves exactly
-/// one jump to it, first in INPUT. `jumps` is how many exist now.
-pub fn restore_script(policy: &Policy, family: Family, jumps: usize, jump_first: bool) -> String {
-    let mut s = String::from("*filter\n");
+/// one jump to it, first in PREROUTING, given what the table holds now; and
+/// that removes the chain of the old layout, if any.
+pub fn restore_script(
+    policy: &Policy,
+    family: Family,
+    now: &TableState,
+    old: &TableState,
+) -> String {
+    let mut s = format!("*{}\n", OURS.table);
     // Declaring an existing chain with --noflush empties it.
     let _ = writeln!(s, ":{CHAIN} - [0:0]");
     for line in chain_rules(policy, family) {
         let _ = writeln!(s, "{line}");
     }
-    if !(jumps == 1 && jump_first) {
-        for _ in 0..jumps {
-            let _ = writeln!(s, "-D INPUT -j {CHAIN}");
+    if !(now.jumps == 1 && now.jump_first) {
+        for _ in 0..now.jumps {
+            let _ = writeln!(s, "-D {} -j {CHAIN}", OURS.hook);
         }
-        let _ = writeln!(s, "-I INPUT 1 -j {CHAIN}");
+        let _ = writeln!(s, "-I {} 1 -j {CHAIN}", OURS.hook);
+    }
+    s.push_str("COMMIT\n");
+    s.push_str(&removal_script(OLD, old));
+    s
+}
+
+/// The iptables-restore input that removes the chain `at` and its jumps
+/// ("" when there is nothing to remove).
+fn removal_script(at: Hooked, state: &TableState) -> String {
+    if state.jumps == 0 && !state.chain_exists {
+        return String::new();
+    }
+    let mut s = format!("*{}\n", at.table);
+    for _ in 0..state.jumps {
+        let _ = writeln!(s, "-D {} -j {}", at.hook, at.chain);
+    }
+    if state.chain_exists {
+        let _ = writeln!(s, "-F {}\n-X {}", at.chain, at.chain);
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// The iptables-restore input that puts our chain back as `before` had it,
+/// after a restore that succeeded for this family failed for the other.
+fn rollback_script(before: &TableState) -> String {
+    let mut s = format!("*{}\n:{CHAIN} - [0:0]\n", OURS.table);
+    for line in &before.chain_rules {
+        let _ = writeln!(s, "{line}");
+    }
+    if before.jumps == 0 {
+        let _ = writeln!(s, "-D {} -j {CHAIN}", OURS.hook);
+    }
+    if !before.chain_exists {
+        let _ = writeln!(s, "-X {CHAIN}");
     }
     s.push_str("COMMIT\n");
     s
@@ -183,52 +264,97 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Fire
     Ok(command::run(program, args, stdin, DEADLINE)?)
 }
 
-/// Runs `<command>-restore --noflush` on `script`, waiting a bounded time
-/// for the xtables lock.
-fn restore(command: &str, script: &str) -> Result<(), FirewallError> {
-    run(
-        &restore_command(command),
-        &["-w", XTABLES_WAIT_SECONDS, "--noflush"],
-        Some(script),
-    )
-    .map(|_| ())
+/// Runs `<command>-restore --noflush` on `script` (with `--test`, only
+/// checks it), waiting a bounded time for the xtables lock.
+fn restore(command: &str, script: &str, test: bool) -> Result<(), FirewallError> {
+    let mut args = vec!["-w", XTABLES_WAIT_SECONDS, "--noflush"];
+    if test {
+        args.push("--test");
+    }
+    run(&restore_command(command), &args, Some(script)).map(|_| ())
 }
 
-/// The filter table of one family, as `iptables -S` shows it.
+/// One table of one family, as `iptables -S` shows it, seen from one chain
+/// of ours.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct FilterState {
+pub struct TableState {
     pub chain_exists: bool,
     pub jumps: usize,
     pub jump_first: bool,
     pub chain_rules: Vec<String>,
+    /// The rules of the built-in chain above our first jump.
+    pub above_jump: Vec<String>,
 }
 
-pub fn parse_filter(listing: &str) -> FilterState {
-    let mut state = FilterState::default();
-    let mut first_input = None;
-    let chain_prefix = format!("-A {CHAIN} ");
+fn parse_table(listing: &str, at: Hooked) -> TableState {
+    let mut state = TableState::default();
+    let jump = at.jump();
+    let hook_prefix = format!("-A {} ", at.hook);
+    let chain_prefix = format!("-A {} ", at.chain);
+    let declared = format!("-N {}", at.chain);
+    let mut seen_hook_rule = false;
     for line in listing.lines().map(str::trim_end) {
-        if line == format!("-N {CHAIN}") {
+        if line == declared {
             state.chain_exists = true;
-        } else if line.starts_with("-A INPUT ") {
-            first_input.get_or_insert(line);
-            if line == JUMP {
+        } else if line.starts_with(&hook_prefix) {
+            if line == jump {
+                state.jump_first |= !seen_hook_rule;
                 state.jumps += 1;
+            } else if state.jumps == 0 {
+                state.above_jump.push(line.to_owned());
             }
+            seen_hook_rule = true;
         } else if line.starts_with(&chain_prefix) {
             state.chain_rules.push(line.to_owned());
         }
     }
-    state.jump_first = first_input == Some(JUMP);
     state
 }
 
-fn read_filter(settings: &Settings, family: Family) -> Result<FilterState, FirewallError> {
-    Ok(parse_filter(&run(
-        family.command(settings),
-        &["-w", XTABLES_WAIT_SECONDS, "-t", "filter", "-S"],
-        None,
-    )?))
+fn read_table(
+    settings: &Settings,
+    family: Family,
+    at: Hooked,
+) -> Result<TableState, FirewallError> {
+    Ok(parse_table(
+        &run(
+            family.command(settings),
+            &["-w", XTABLES_WAIT_SECONDS, "-t", at.table, "-S"],
+            None,
+        )?,
+        at,
+    ))
+}
+
+/// Does `rule` (of the built-in chain, above our jump) accept `port` for
+/// some sources, so that our chain never sees it?
+fn accepts(rule: &str, port: PortSpec) -> bool {
+    if !rule.ends_with("-j ACCEPT") {
+        return false;
+    }
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    let value = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1).copied())
+    };
+    if let Some(proto) = value("-p") {
+        if proto != port.transport.name() {
+            return false;
+        }
+    }
+    let Some(ports) = value("--dport").or_else(|| value("--dports")) else {
+        return true;
+    };
+    ports.split(',').any(|range| {
+        let (low, high) = range.split_once(':').unwrap_or((range, range));
+        match (low.parse::<u16>(), high.parse::<u16>()) {
+            (Ok(low), Ok(high)) => (low..=high).contains(&port.port),
+            // A named service or a form we do not read: assume it may.
+            _ => true,
+        }
+    })
 }
 
 /// Parses `ipset save SET` output into grants.
@@ -305,14 +431,15 @@ impl Iptables {
             family.set,
             keep.len()
         );
-        // Our chain references the set; it is refilled right after.
-        let state = read_filter(&self.settings, family)?;
-        if state.chain_exists {
-            run(
-                family.command(&self.settings),
-                &["-w", XTABLES_WAIT_SECONDS, "-t", "filter", "-F", CHAIN],
-                None,
-            )?;
+        // Our chains reference the set; ours is refilled right after.
+        for at in [OURS, OLD] {
+            if read_table(&self.settings, family, at)?.chain_exists {
+                run(
+                    family.command(&self.settings),
+                    &["-w", XTABLES_WAIT_SECONDS, "-t", at.table, "-F", at.chain],
+                    None,
+                )?;
+            }
         }
         self.ipset.destroy(family.set)?;
         run(IPSET, &family.create_args(), None)?;
@@ -338,7 +465,7 @@ impl Iptables {
         let mut found: [Vec<String>; 2] = Default::default();
         for (slot, family) in found.iter_mut().zip(FAMILIES) {
             let command = family.command(&self.settings).to_owned();
-            let state = read_filter(&self.settings, family)?;
+            let state = read_table(&self.settings, family, OURS)?;
             if !state.chain_exists {
                 return Err(FirewallError::Missing(format!(
                     "{command}: chain {CHAIN} does not exist"
@@ -346,7 +473,7 @@ impl Iptables {
             }
             if state.jumps != 1 {
                 return Err(FirewallError::Missing(format!(
-                    "{command}: INPUT jumps to {CHAIN} {} times",
+                    "{command}: PREROUTING jumps to {CHAIN} {} times",
                     state.jumps
                 )));
             }
@@ -393,7 +520,12 @@ impl Firewall for Iptables {
                 "# {} -w {XTABLES_WAIT_SECONDS} --noflush",
                 restore_command(family.command(&self.settings))
             );
-            s.push_str(&restore_script(policy, family, 0, false));
+            s.push_str(&restore_script(
+                policy,
+                family,
+                &TableState::default(),
+                &TableState::default(),
+            ));
         }
         s
     }
@@ -403,10 +535,34 @@ impl Firewall for Iptables {
         for family in FAMILIES {
             self.ensure_set(family)?;
         }
+        // Both families, or neither: check both scripts before changing
+        // either, and roll the first back if the second fails after all.
+        let mut plans = Vec::with_capacity(FAMILIES.len());
         for family in FAMILIES {
-            let state = read_filter(&self.settings, family)?;
-            let script = restore_script(policy, family, state.jumps, state.jump_first);
-            restore(family.command(&self.settings), &script)?;
+            let now = read_table(&self.settings, family, OURS)?;
+            let old = read_table(&self.settings, family, OLD)?;
+            let script = restore_script(policy, family, &now, &old);
+            restore(family.command(&self.settings), &script, true)?;
+            plans.push((family, now, script));
+        }
+        let mut done: Vec<(Family, TableState)> = Vec::new();
+        for (family, before, script) in plans {
+            if let Err(err) = restore(family.command(&self.settings), &script, false) {
+                for (family, before) in done {
+                    if let Err(undo) = restore(
+                        family.command(&self.settings),
+                        &rollback_script(&before),
+                        false,
+                    ) {
+                        tracing::error!(
+                            "iptables: could not roll back {}: {undo}",
+                            family.command(&self.settings)
+                        );
+                    }
+                }
+                return Err(err);
+            }
+            done.push((family, before));
         }
         let found = self.check(policy);
         self.installed = Some(Installed::read_back(policy, found)?);
@@ -458,24 +614,37 @@ impl Firewall for Iptables {
     fn remove(&mut self) -> Result<(), FirewallError> {
         self.installed = None;
         for family in FAMILIES {
-            let state = read_filter(&self.settings, family)?;
-            if state.jumps == 0 && !state.chain_exists {
-                continue;
+            for at in [OURS, OLD] {
+                let state = read_table(&self.settings, family, at)?;
+                let script = removal_script(at, &state);
+                if !script.is_empty() {
+                    restore(family.command(&self.settings), &script, false)?;
+                }
             }
-            let mut script = String::from("*filter\n");
-            for _ in 0..state.jumps {
-                let _ = writeln!(script, "-D INPUT -j {CHAIN}");
-            }
-            if state.chain_exists {
-                let _ = writeln!(script, "-F {CHAIN}\n-X {CHAIN}");
-            }
-            script.push_str("COMMIT\n");
-            restore(family.command(&self.settings), &script)?;
         }
         for family in FAMILIES {
             self.ipset.destroy(family.set)?;
         }
         Ok(())
+    }
+
+    fn audit(&mut self, policy: &Policy) -> Result<Vec<String>, FirewallError> {
+        let mut warnings = Vec::new();
+        for family in FAMILIES {
+            let command = family.command(&self.settings);
+            let state = read_table(&self.settings, family, OURS)?;
+            for rule in &state.above_jump {
+                for port in policy.protected() {
+                    if accepts(rule, *port) {
+                        warnings.push(format!(
+                            "{command} -t {}: `{rule}` comes before the jump to {CHAIN} and accepts {port}: knock never sees those packets",
+                            OURS.table
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(warnings)
     }
 }
 
@@ -488,41 +657,120 @@ mod tests {
         example_policy()
     }
 
-    #[test]
-    fn restore_script_declares_chain_and_jumps_once() {
-        let fresh = restore_script(&rules(), V4, 0, false);
-        assert_eq!(
-            fresh,
-            "*filter\n:KNOCK-INPUT - [0:0]\n\
-             -A KNOCK-INPUT -p udp -m udp --dport 62201 -j DROP\n\
-             -A KNOCK-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
-             -A KNOCK-INPUT -i lo -j RETURN\n\
-             -A KNOCK-INPUT -m set --match-set knock4 src,dst -j RETURN\n\
-             -A KNOCK-INPUT -p tcp -m tcp --dport 4992 -j DROP\n\
-             -A KNOCK-INPUT -p udp -m udp --dport 53 -j DROP\n\
-             -I INPUT 1 -j KNOCK-INPUT\nCOMMIT\n"
-        );
-        let kept = restore_script(&rules(), V6, 1, true);
-        assert!(!kept.contains("INPUT 1") && !kept.contains("-D INPUT"));
-        assert!(kept.contains("--match-set knock6 src,dst"));
-        let fixed = restore_script(&rules(), V4, 2, false);
-        assert_eq!(fixed.matches("-D INPUT -j KNOCK-INPUT\n").count(), 2);
-        assert_eq!(fixed.matches("-I INPUT 1 -j KNOCK-INPUT\n").count(), 1);
+    fn state(jumps: usize, jump_first: bool) -> TableState {
+        TableState {
+            chain_exists: jumps > 0,
+            jumps,
+            jump_first,
+            ..TableState::default()
+        }
     }
 
     #[test]
-    fn filter_listing_parses() {
-        let listing = "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-N KNOCK-INPUT\n-A INPUT -j KNOCK-INPUT\n\
-                       -A INPUT -p tcp -j ACCEPT\n-A INPUT -j KNOCK-INPUT\n-A KNOCK-INPUT -p udp -m udp --dport 1 -j DROP\n";
-        let state = parse_filter(listing);
+    fn restore_script_declares_chain_and_jumps_once() {
+        let none = TableState::default();
+        let fresh = restore_script(&rules(), V4, &none, &none);
+        assert_eq!(
+            fresh,
+            "*mangle\n:KNOCK-PREROUTING - [0:0]\n\
+             -A KNOCK-PREROUTING -p udp -m addrtype --dst-type LOCAL -m udp --dport 62201 -j DROP\n\
+             -A KNOCK-PREROUTING -i lo -j RETURN\n\
+             -A KNOCK-PREROUTING -m set --match-set knock4 src,dst -j RETURN\n\
+             -A KNOCK-PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 4992 --tcp-flags SYN,ACK SYN -j DROP\n\
+             -A KNOCK-PREROUTING -p udp -m addrtype --dst-type LOCAL -m udp --dport 53 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
+             -A KNOCK-PREROUTING -p udp -m addrtype --dst-type LOCAL -m udp --dport 53 -j DROP\n\
+             -I PREROUTING 1 -j KNOCK-PREROUTING\nCOMMIT\n"
+        );
+        let kept = restore_script(&rules(), V6, &state(1, true), &none);
+        assert!(!kept.contains("PREROUTING 1") && !kept.contains("-D PREROUTING"));
+        assert!(kept.contains("--match-set knock6 src,dst"));
+        let fixed = restore_script(&rules(), V4, &state(2, false), &none);
+        assert_eq!(
+            fixed.matches("-D PREROUTING -j KNOCK-PREROUTING\n").count(),
+            2
+        );
+        assert_eq!(
+            fixed
+                .matches("-I PREROUTING 1 -j KNOCK-PREROUTING\n")
+                .count(),
+            1
+        );
+        // An upgrade removes the chain of the old layout in the same run.
+        let upgrade = restore_script(&rules(), V4, &none, &state(1, true));
+        assert!(upgrade.ends_with(
+            "*filter\n-D INPUT -j KNOCK-INPUT\n-F KNOCK-INPUT\n-X KNOCK-INPUT\nCOMMIT\n"
+        ));
+    }
+
+    #[test]
+    fn only_protected_udp_ports_need_connection_tracking() {
+        let tcp_only = Policy::new(62201, &[PortSpec::tcp(22), PortSpec::tcp(4992)]);
+        assert!(chain_rules(&tcp_only, V4)
+            .iter()
+            .all(|rule| !rule.contains("conntrack")));
+        assert!(chain_rules(&rules(), V4)
+            .iter()
+            .any(|rule| rule.contains("conntrack")));
+    }
+
+    #[test]
+    fn rollback_puts_the_previous_chain_back() {
+        let previous = TableState {
+            chain_exists: true,
+            jumps: 1,
+            jump_first: true,
+            chain_rules: vec!["-A KNOCK-PREROUTING -i lo -j RETURN".into()],
+            above_jump: Vec::new(),
+        };
+        assert_eq!(
+            rollback_script(&previous),
+            "*mangle\n:KNOCK-PREROUTING - [0:0]\n-A KNOCK-PREROUTING -i lo -j RETURN\nCOMMIT\n"
+        );
+        assert_eq!(
+            rollback_script(&TableState::default()),
+            "*mangle\n:KNOCK-PREROUTING - [0:0]\n-D PREROUTING -j KNOCK-PREROUTING\n-X KNOCK-PREROUTING\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn table_listing_parses() {
+        let listing = "-P PREROUTING ACCEPT\n-N KNOCK-PREROUTING\n-A PREROUTING -p tcp --dport 22 -j ACCEPT\n\
+                       -A PREROUTING -j KNOCK-PREROUTING\n-A PREROUTING -j KNOCK-PREROUTING\n\
+                       -A KNOCK-PREROUTING -p udp -m udp --dport 1 -j DROP\n";
+        let state = parse_table(listing, OURS);
         assert!(state.chain_exists);
         assert_eq!(state.jumps, 2);
-        assert!(state.jump_first);
+        assert!(!state.jump_first);
+        assert_eq!(
+            state.above_jump,
+            ["-A PREROUTING -p tcp --dport 22 -j ACCEPT"]
+        );
         assert_eq!(
             state.chain_rules,
-            ["-A KNOCK-INPUT -p udp -m udp --dport 1 -j DROP"]
+            ["-A KNOCK-PREROUTING -p udp -m udp --dport 1 -j DROP"]
         );
-        assert!(!parse_filter("-A INPUT -p tcp -j ACCEPT\n-A INPUT -j KNOCK-INPUT\n").jump_first);
+        assert!(parse_table("-A PREROUTING -j KNOCK-PREROUTING\n", OURS).jump_first);
+    }
+
+    #[test]
+    fn accept_rules_above_our_jump_are_recognised() {
+        let ssh = PortSpec::tcp(22);
+        for (rule, expected) in [
+            ("-A PREROUTING -p tcp -m tcp --dport 22 -j ACCEPT", true),
+            ("-A PREROUTING -s 10.0.0.0/8 -j ACCEPT", true),
+            (
+                "-A PREROUTING -p tcp -m multiport --dports 20:25,80 -j ACCEPT",
+                true,
+            ),
+            ("-A PREROUTING -p tcp -m tcp --dport 23 -j ACCEPT", false),
+            ("-A PREROUTING -p udp -m udp --dport 22 -j ACCEPT", false),
+            (
+                "-A PREROUTING -p tcp -m tcp --dport 22 -j MARK --set-mark 1",
+                false,
+            ),
+        ] {
+            assert_eq!(accepts(rule, ssh), expected, "{rule}");
+        }
     }
 
     #[test]

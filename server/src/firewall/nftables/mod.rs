@@ -6,17 +6,18 @@
 //! table inet knock {
 //!     set allow4 { type ipv4_addr . inet_proto . inet_service; flags timeout; }
 //!     set allow6 { type ipv6_addr . inet_proto . inet_service; flags timeout; }
-//!     chain input {
-//!         type filter hook input priority -10; policy accept;
-//!         udp dport 62201 drop
-//!         ct state established,related accept
+//!     chain prerouting {
+//!         type filter hook prerouting priority -150; policy accept;
+//!         fib daddr type local udp dport 62201 drop
 //!         iif "lo" accept
-//!         meta l4proto . th dport { tcp . 4992 } ip saddr . meta l4proto . th dport @allow4 accept
-//!         meta l4proto . th dport { tcp . 4992 } ip6 saddr . meta l4proto . th dport @allow6 accept
-//!         meta l4proto . th dport { tcp . 4992 } drop
+//!         fib daddr type local meta l4proto . th dport { tcp . 4992 } ip saddr . meta l4proto . th dport @allow4 accept
+//!         fib daddr type local meta l4proto . th dport { tcp . 4992 } ip6 saddr . meta l4proto . th dport @allow6 accept
+//!         fib daddr type local tcp dport { 4992 } tcp flags & (syn | ack) == syn drop
 //!     }
 //! }
 //! ```
+//!
+//! ([`script::chain_rules`] says why each rule is what it is.)
 //!
 //! `install` feeds one `nft -f -` transaction ([`script`]) that creates the
 //! table and sets if missing (keeping the sets' live elements), and flushes
@@ -38,13 +39,13 @@ pub use self::nfnl::{decode_key, element_key};
 use self::nfnl::{
     ChainInfo, Nfnl, SetInfo, KEY_LEN4, KEY_LEN6, KEY_TYPE4, KEY_TYPE6, NFT_SET_ANONYMOUS,
     NFT_SET_CONSTANT, NFT_SET_INTERVAL, NFT_SET_MAP, NFT_SET_OBJECT, NFT_SET_TIMEOUT,
-    NFT_TABLE_F_DORMANT, NF_ACCEPT, NF_INET_LOCAL_IN,
+    NFT_TABLE_F_DORMANT, NF_ACCEPT, NF_INET_PRE_ROUTING,
 };
 use super::command::{self, DEADLINE};
 use super::{expect_rule_count, Firewall, FirewallError, Installed, LiveGrant, Policy};
 
 /// Our chain and sets inside our table.
-pub const CHAIN: &str = "input";
+pub const CHAIN: &str = "prerouting";
 pub const SET4: &str = "allow4";
 pub const SET6: &str = "allow6";
 
@@ -90,10 +91,10 @@ fn run_nft(script: &str) -> Result<(), FirewallError> {
 /// Is `chain` our input chain as `settings` want it?
 fn check_chain(settings: &Settings, chain: &ChainInfo) -> Result<(), String> {
     let table = &settings.table;
-    let want = (NF_INET_LOCAL_IN, settings.priority);
+    let want = (NF_INET_PRE_ROUTING, settings.priority);
     if chain.hook != Some(want) || chain.chain_type.as_deref() != Some("filter") {
         return Err(format!(
-            "chain inet {table} {CHAIN} is not a filter chain on hook input at priority {} (found {:?} {:?})",
+            "chain inet {table} {CHAIN} is not a filter chain on hook prerouting at priority {} (found {:?} {:?})",
             settings.priority, chain.chain_type, chain.hook
         ));
     }

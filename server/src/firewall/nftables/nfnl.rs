@@ -39,7 +39,7 @@ pub(super) const NFTA_CHAIN_POLICY: u16 = 5;
 pub(super) const NFTA_CHAIN_TYPE: u16 = 7;
 pub(super) const NFTA_HOOK_HOOKNUM: u16 = 1;
 pub(super) const NFTA_HOOK_PRIORITY: u16 = 2;
-pub(super) const NF_INET_LOCAL_IN: u32 = 1;
+pub(super) const NF_INET_PRE_ROUTING: u32 = 0;
 pub(super) const NF_ACCEPT: u32 = 1;
 
 pub(super) const NFTA_RULE_TABLE: u16 = 1;

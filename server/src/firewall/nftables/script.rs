@@ -5,33 +5,66 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use knock_proto::Transport;
+
 use super::{Settings, CHAIN, SET4, SET6};
 use crate::firewall::{LiveGrant, Policy};
 
 /// Our chain's rules, one line (one kernel rule) each, in order.
+///
+/// The chain sits on the prerouting hook before destination NAT, so a port
+/// the host forwards (a published container port) is seen, and closed, by
+/// the number the client connects to, exactly like a local one; `fib daddr
+/// type local` keeps traffic that is only routed through the host out of it.
+/// TCP is closed by dropping connection-opening segments (SYN without ACK):
+/// that needs no connection tracking, and segments of connections that
+/// existed before our rules, or outlived their grant, pass. Only protected
+/// UDP ports, which have no such marker, use conntrack.
 pub fn chain_rules(policy: &Policy) -> Vec<String> {
+    const LOCAL: &str = "fib daddr type local";
     let mut rules = vec![
-        format!("udp dport {} drop", policy.knock_port),
-        "ct state established,related accept".to_owned(),
+        format!("{LOCAL} udp dport {} drop", policy.knock_port),
         // The host's own processes are not the scanners we hide from, and
         // local services (tunnels, health checks) must keep working.
         "iif \"lo\" accept".to_owned(),
     ];
     let ports = policy.protected();
-    if !ports.is_empty() {
-        let list = ports
+    if ports.is_empty() {
+        return rules;
+    }
+    let list = |ports: &mut dyn Iterator<Item = String>| ports.collect::<Vec<_>>().join(", ");
+    let all = list(
+        &mut ports
             .iter()
-            .map(|p| format!("{} . {}", p.transport.name(), p.port))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let guard = format!("meta l4proto . th dport {{ {list} }}");
+            .map(|p| format!("{} . {}", p.transport.name(), p.port)),
+    );
+    let guard = format!("{LOCAL} meta l4proto . th dport {{ {all} }}");
+    rules.push(format!(
+        "{guard} ip saddr . meta l4proto . th dport @{SET4} accept"
+    ));
+    rules.push(format!(
+        "{guard} ip6 saddr . meta l4proto . th dport @{SET6} accept"
+    ));
+    let of = |transport: Transport| {
+        list(
+            &mut ports
+                .iter()
+                .filter(move |p| p.transport == transport)
+                .map(|p| p.port.to_string()),
+        )
+    };
+    let tcp = of(Transport::Tcp);
+    if !tcp.is_empty() {
         rules.push(format!(
-            "{guard} ip saddr . meta l4proto . th dport @{SET4} accept"
+            "{LOCAL} tcp dport {{ {tcp} }} tcp flags & (syn | ack) == syn drop"
         ));
+    }
+    let udp = of(Transport::Udp);
+    if !udp.is_empty() {
         rules.push(format!(
-            "{guard} ip6 saddr . meta l4proto . th dport @{SET6} accept"
+            "{LOCAL} udp dport {{ {udp} }} ct state established,related accept"
         ));
-        rules.push(format!("{guard} drop"));
+        rules.push(format!("{LOCAL} udp dport {{ {udp} }} drop"));
     }
     rules
 }
@@ -56,7 +89,7 @@ pub fn install_script(settings: &Settings, policy: &Policy) -> String {
     let _ = writeln!(s, "\tchain {CHAIN} {{");
     let _ = writeln!(
         s,
-        "\t\ttype filter hook input priority {}; policy accept;",
+        "\t\ttype filter hook prerouting priority {}; policy accept;",
         settings.priority
     );
     let _ = writeln!(s, "\t}}");
@@ -107,20 +140,25 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             table: "knock".into(),
-            priority: -10,
+            priority: -150,
         }
     }
 
     #[test]
     fn script_layout() {
         let script = install_script(&settings(), &example_policy());
-        assert!(script.contains("type filter hook input priority -10; policy accept;"));
-        assert!(script.contains("flush chain inet knock input\n"));
-        assert!(script.contains("\t\tudp dport 62201 drop\n"));
+        assert!(script.contains("type filter hook prerouting priority -150; policy accept;"));
+        assert!(script.contains("flush chain inet knock prerouting\n"));
+        assert!(script.contains("\t\tfib daddr type local udp dport 62201 drop\n"));
         assert!(script.contains(
-            "meta l4proto . th dport { tcp . 4992, udp . 53 } ip saddr . meta l4proto . th dport @allow4 accept"
+            "fib daddr type local meta l4proto . th dport { tcp . 4992, udp . 53 } ip saddr . meta l4proto . th dport @allow4 accept"
         ));
-        assert!(script.contains("meta l4proto . th dport { tcp . 4992, udp . 53 } drop"));
+        assert!(script.contains(
+            "fib daddr type local tcp dport { 4992 } tcp flags & (syn | ack) == syn drop"
+        ));
+        assert!(script
+            .contains("fib daddr type local udp dport { 53 } ct state established,related accept"));
+        assert!(script.contains("fib daddr type local udp dport { 53 } drop"));
         assert!(!script.contains("delete"));
         let keep = [LiveGrant {
             addr: "10.0.0.9".parse().expect("ip"),
@@ -139,11 +177,32 @@ mod tests {
         let policy = example_policy();
         let script = install_script(&settings(), &policy);
         let rules = chain_rules(&policy);
-        assert_eq!(rules.len(), 6);
+        assert_eq!(rules.len(), 7);
         for rule in &rules {
             assert!(script.contains(&format!("\t\t{rule}\n")), "{rule}");
         }
         let unprotected = Policy::new(62201, &[]);
-        assert_eq!(chain_rules(&unprotected).len(), 3);
+        assert_eq!(chain_rules(&unprotected).len(), 2);
+    }
+
+    #[test]
+    fn only_protected_udp_ports_need_connection_tracking() {
+        let tcp_only = chain_rules(&Policy::new(
+            62201,
+            &[PortSpec::tcp(22), PortSpec::tcp(4992)],
+        ));
+        assert!(
+            tcp_only.iter().all(|rule| !rule.contains("ct ")),
+            "{tcp_only:?}"
+        );
+        assert!(tcp_only.contains(
+            &"fib daddr type local tcp dport { 22, 4992 } tcp flags & (syn | ack) == syn drop"
+                .to_owned()
+        ));
+        let with_udp = chain_rules(&example_policy());
+        assert_eq!(
+            with_udp.iter().filter(|rule| rule.contains("ct ")).count(),
+            1
+        );
     }
 }
