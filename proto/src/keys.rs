@@ -73,15 +73,15 @@ impl hkdf::KeyType for Len32 {
 }
 
 fn expand(prk: &hkdf::Prk, info: &[u8], out: &mut [u8; 32]) {
-    // HKDF-Expand fails only when asked for more than 255 hash lengths; 32
-    // bytes is one, so this branch cannot be taken.
+    // HKDF-Expand fails only when asked for more than 255 hash lengths, and
+    // `fill` only when `out` is not the length asked for. A key that could
+    // come out as a fixed value instead would fail open, so neither failure
+    // is turned into a value: they cannot happen here.
     let infos = [info];
-    if let Ok(okm) = prk.expand(&infos, Len32) {
-        if okm.fill(out).is_ok() {
-            return;
-        }
-    }
-    out.zeroize();
+    prk.expand(&infos, Len32)
+        .expect("HKDF-SHA256 expands to 32 bytes: one hash length, far below 255")
+        .fill(out)
+        .expect("the output buffer is exactly the 32 bytes Len32 asks for");
 }
 
 /// The subkeys of one client. The AEAD key is zeroized on drop; ring keeps its
