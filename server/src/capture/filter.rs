@@ -122,6 +122,13 @@ impl Assembler {
         self.labels.push((name, self.code.len()));
     }
 
+    /// Resolves the labels into relative jump offsets.
+    ///
+    /// The program is fixed, so a jump to a label it does not define, a jump
+    /// backwards or one too far for the 8-bit offset is a bug in it. Each
+    /// panics here, at the first `knock_filter` call (the unit tests make
+    /// one), rather than becoming a jump somewhere else: a filter that jumps
+    /// to the wrong place could accept what it must drop.
     fn finish(self) -> Vec<Instruction> {
         let target = |name: &str, at: usize| -> u8 {
             let to = if name == "next" {
@@ -130,10 +137,13 @@ impl Assembler {
                 self.labels
                     .iter()
                     .find(|(n, _)| *n == name)
-                    .map_or(at + 1, |(_, i)| *i)
+                    .map(|(_, i)| *i)
+                    .expect("every jump names a label the program defines")
             };
-            // Programs here are a few dozen instructions: offsets fit in u8.
-            u8::try_from(to - at - 1).unwrap_or(u8::MAX)
+            let offset = to
+                .checked_sub(at + 1)
+                .expect("classic BPF jumps only forward");
+            u8::try_from(offset).expect("a jump skips at most 255 instructions")
         };
         self.code
             .iter()
@@ -254,6 +264,62 @@ mod tests {
         protocol: ETH_P_IPV6,
         pkttype: 0,
     };
+
+    #[test]
+    fn assembler_resolves_labels_to_relative_offsets() {
+        let mut a = Assembler::default();
+        a.jump(JEQ, 1, "next", "end");
+        a.op(LD | B | ABS, 0);
+        a.label("end");
+        a.op(RET | K, 0);
+        let prog = a.finish();
+        assert_eq!((prog[0].jt, prog[0].jf), (0, 1));
+    }
+
+    #[test]
+    #[should_panic(expected = "every jump names a label the program defines")]
+    fn assembler_refuses_an_unknown_label() {
+        let mut a = Assembler::default();
+        a.jump(JEQ, 1, "next", "nowhere");
+        a.op(RET | K, 0);
+        a.finish();
+    }
+
+    #[test]
+    #[should_panic(expected = "classic BPF jumps only forward")]
+    fn assembler_refuses_a_backward_jump() {
+        let mut a = Assembler::default();
+        a.label("top");
+        a.op(LD | B | ABS, 0);
+        a.jump(JEQ, 1, "top", "next");
+        a.op(RET | K, 0);
+        a.finish();
+    }
+
+    #[test]
+    #[should_panic(expected = "a jump skips at most 255 instructions")]
+    fn assembler_refuses_a_jump_too_far() {
+        let mut a = Assembler::default();
+        a.jump(JEQ, 1, "next", "far");
+        for _ in 0..256 {
+            a.op(LD | B | ABS, 0);
+        }
+        a.label("far");
+        a.op(RET | K, 0);
+        a.finish();
+    }
+
+    #[test]
+    fn assembler_reaches_255_instructions_ahead() {
+        let mut a = Assembler::default();
+        a.jump(JEQ, 1, "next", "far");
+        for _ in 0..255 {
+            a.op(LD | B | ABS, 0);
+        }
+        a.label("far");
+        a.op(RET | K, 0);
+        assert_eq!(a.finish()[0].jf, 255);
+    }
 
     #[test]
     fn passes_plausible_knocks_only() {
