@@ -104,7 +104,7 @@ pub(crate) fn parse_port_args(items: &[String]) -> Result<Vec<PortSpec>, Failure
     for item in items {
         let spec: PortSpec = item
             .parse()
-            .map_err(|m: String| Failure::usage(format!("PORT: {m}")))?;
+            .map_err(|err| Failure::usage(format!("PORT: {err}")))?;
         if !ports.contains(&spec) {
             ports.push(spec);
         }
@@ -151,7 +151,7 @@ fn run_connect(args: ConnectArgs) -> Result<ExitCode, Failure> {
     let spec: PortSpec = args
         .port
         .parse()
-        .map_err(|m: String| Failure::usage(format!("PORT: {m}")))?;
+        .map_err(|err| Failure::usage(format!("PORT: {err}")))?;
     if spec.transport != Transport::Tcp {
         return Err(Failure::usage(format!(
             "PORT {spec}: connect relays a TCP connection; use `knock-client open HOST {spec}` \

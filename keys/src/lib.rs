@@ -117,9 +117,10 @@ pub(crate) fn parse_ports(
 ) -> Result<Vec<knock_proto::PortSpec>, FileError> {
     let mut ports = Vec::with_capacity(items.len());
     for item in items {
-        let spec: knock_proto::PortSpec = item
-            .parse()
-            .map_err(|message: String| FileError::field(path, field, message))?;
+        let spec: knock_proto::PortSpec =
+            item.parse().map_err(|err: knock_proto::PortSpecError| {
+                FileError::field(path, field, err.to_string())
+            })?;
         if !ports.contains(&spec) {
             ports.push(spec);
         }

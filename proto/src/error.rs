@@ -60,3 +60,15 @@ pub enum SealError {
     #[error("encryption failed")]
     Encryption,
 }
+
+/// A port as people write it (`4992`, `tcp/4992`, `udp/53`) that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PortSpecError {
+    /// Something other than `tcp` or `udp` before the slash.
+    #[error("unknown transport {transport:?} in {text:?}: use tcp/PORT or udp/PORT")]
+    UnknownTransport { transport: String, text: String },
+    /// The number is missing, not a number, 0 or above 65535.
+    #[error("invalid port {text:?}: expected 1-65535, as 4992, tcp/4992 or udp/53")]
+    InvalidPort { text: String },
+}

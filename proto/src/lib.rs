@@ -24,7 +24,7 @@ mod replay;
 mod request;
 mod wire;
 
-pub use error::{OpenError, ParseError, ReplayError, SealError};
+pub use error::{OpenError, ParseError, PortSpecError, ReplayError, SealError};
 pub use hint::{HintIndex, KeyHint, SLOT_MS};
 pub use keys::{ClientSecret, KnockKeys, ServerId, CLIENT_SECRET_LEN, SERVER_ID_LEN};
 pub use replay::{FreshKnock, ReplayGuard, StateDecodeError};

@@ -62,7 +62,7 @@ fn run(args: Args) -> Result<(), Failure> {
             for item in items {
                 let spec: PortSpec = item
                     .parse()
-                    .map_err(|m: String| Failure::usage(format!("--ports: {m}")))?;
+                    .map_err(|err| Failure::usage(format!("--ports: {err}")))?;
                 if !config.protected.contains(&spec) {
                     return Err(Failure::usage(format!(
                         "--ports: {spec} is not protected by {}; protected are {}",
