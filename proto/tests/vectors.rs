@@ -1,113 +1,18 @@
 //! The test vectors of docs/PROTOCOL.md, read from the document itself so that
 //! the document and the code cannot drift apart.
 //!
-//! Each vector is a paragraph of `key: value` lines in the fenced block
-//! tagged `test-vectors`. The inputs are `client_secret`, `server_id`,
-//! `ports`, `duration_s`, `bound_addr`, `timestamp_ms`, `nonce` and `padding`;
-//! the outputs are `aead_key`, `hint_key`, `hint`, `plaintext` and `knock`.
-//! After a deliberate change of the format, print the block anew from the
-//! inputs with
-//! `cargo test -p knock-proto --test vectors -- --ignored --nocapture`.
+//! The block is parsed and rendered by `common/vectors.rs`. After a
+//! deliberate change of the format, print the block anew from its inputs
+//! with `cargo run -p xtask -- vectors` and paste it into the document.
 // Helpers outside #[test] fns assert with unwrap/panic too (clippy.toml only
 // exempts the #[test] fns themselves).
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-
+use common::vectors::{block, render, vectors, Vector};
 use common::*;
-use knock_proto::{
-    open, seal, ClientSecret, HintIndex, KnockBytes, PortSpec, Request, SealRandomness, ServerId,
-};
-
-const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
-
-#[derive(Debug)]
-struct Vector {
-    fields: BTreeMap<String, String>,
-}
-
-impl Vector {
-    fn get(&self, key: &str) -> &str {
-        self.fields
-            .get(key)
-            .unwrap_or_else(|| panic!("vector {:?} lacks `{key}`", self.fields.get("name")))
-    }
-
-    fn name(&self) -> &str {
-        self.get("name")
-    }
-
-    fn secret(&self) -> [u8; 32] {
-        unhex(self.get("client_secret")).try_into().unwrap()
-    }
-
-    fn server(&self) -> ServerId {
-        ServerId::from_slice(&unhex(self.get("server_id"))).unwrap()
-    }
-
-    fn request(&self) -> Request {
-        let ports: Vec<PortSpec> = self
-            .get("ports")
-            .split(',')
-            .map(|p| p.trim().parse().unwrap())
-            .collect();
-        let bound_addr: Option<IpAddr> = match self.get("bound_addr") {
-            "none" => None,
-            addr => Some(addr.parse().unwrap()),
-        };
-        Request {
-            ports,
-            duration_s: self.get("duration_s").parse().unwrap(),
-            bound_addr,
-        }
-    }
-
-    fn timestamp_ms(&self) -> u64 {
-        self.get("timestamp_ms").parse().unwrap()
-    }
-
-    fn randomness(&self) -> SealRandomness {
-        SealRandomness {
-            nonce: unhex(self.get("nonce")).try_into().unwrap(),
-            padding: self.get("padding").parse().unwrap(),
-        }
-    }
-
-    fn knock(&self) -> Vec<u8> {
-        unhex(self.get("knock"))
-    }
-}
-
-/// The paragraphs of the first ```` ```test-vectors ```` block.
-fn vectors() -> Vec<Vector> {
-    let start = PROTOCOL_MD
-        .find("```test-vectors\n")
-        .expect("no test-vectors block in PROTOCOL.md");
-    let body = &PROTOCOL_MD[start + "```test-vectors\n".len()..];
-    let body = &body[..body.find("```").expect("unterminated test-vectors block")];
-    let mut out = Vec::new();
-    for paragraph in body.split("\n\n") {
-        let mut fields = BTreeMap::new();
-        for line in paragraph.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (key, value) = line
-                .split_once(':')
-                .unwrap_or_else(|| panic!("bad line {line:?}"));
-            let previous = fields.insert(key.trim().to_owned(), value.trim().to_owned());
-            assert!(previous.is_none(), "duplicate `{key}` in {paragraph:?}");
-        }
-        if !fields.is_empty() {
-            out.push(Vector { fields });
-        }
-    }
-    out
-}
+use knock_proto::{open, seal, ClientSecret, HintIndex, KnockBytes};
 
 #[test]
 fn protocol_md_has_at_least_three_vectors() {
@@ -178,46 +83,16 @@ fn vectors_match_an_independent_implementation_of_the_spec() {
     }
 }
 
-/// Prints the block with every output recomputed from the inputs.
+/// The block in the document is exactly what `cargo run -p xtask -- vectors`
+/// prints: every output, intermediate values included, follows from the
+/// inputs, and nothing else is in the block.
 #[test]
-#[ignore = "prints the test-vectors block for docs/PROTOCOL.md"]
-fn print_vectors() {
-    println!("```test-vectors");
-    for (i, v) in vectors().iter().enumerate() {
-        if i > 0 {
-            println!();
-        }
-        let keys = ClientSecret::from_bytes(v.secret()).derive();
-        let sealed = seal(
-            &keys,
-            &v.server(),
-            &v.request(),
-            v.timestamp_ms(),
-            &v.randomness(),
-        )
-        .unwrap();
-        let (aead_key, hint_key) = spec::derive(&v.secret());
-        let padding = usize::from(v.randomness().padding) % 64;
-        let plaintext = spec::plaintext(&v.request(), &v.server().0, v.timestamp_ms(), padding);
-        for key in [
-            "name",
-            "client_secret",
-            "server_id",
-            "ports",
-            "duration_s",
-            "bound_addr",
-            "timestamp_ms",
-            "nonce",
-            "padding",
-        ] {
-            println!("{key}: {}", v.get(key));
-        }
-        println!("aead_key: {}", hex(&aead_key));
-        println!("hint_key: {}", hex(&hint_key));
-        println!("hint: {}", hex(&sealed[..8]));
-        println!("plaintext: {}", hex(&plaintext));
-        println!("length: {}", sealed.len());
-        println!("knock: {}", hex(&sealed));
-    }
-    println!("```");
+fn the_block_is_what_the_generator_prints() {
+    let rendered = render(&vectors());
+    assert_eq!(
+        block(),
+        rendered,
+        "docs/PROTOCOL.md's test-vectors block differs from the generator's output; \
+         run `cargo run -p xtask -- vectors` and compare"
+    );
 }

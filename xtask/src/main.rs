@@ -1,15 +1,21 @@
-//! Build helpers for packaging.
+//! Build helpers for packaging and for the documentation.
 //!
 //! `cargo run -p xtask -- dist OUT_DIR` writes, from the binaries' own clap
 //! definitions (included here by path, so they cannot drift):
 //!
 //! - `OUT_DIR/man/*.1`: one page per program and one per subcommand;
 //! - `OUT_DIR/completions/{bash,zsh,fish}/...`: shell completions.
+//!
+//! `cargo run -p xtask -- vectors` prints the `test-vectors` block of
+//! docs/PROTOCOL.md with every output recomputed from its inputs. The
+//! generator needs the protocol crate and its test helpers (an independent
+//! implementation of the specification), so it is the example
+//! `proto/examples/vectors.rs`, which this runs.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use clap::CommandFactory;
 use clap_complete::Shell;
@@ -26,7 +32,7 @@ mod client_cli;
 #[path = "../../keys/src/bin/knock-keygen/cli.rs"]
 mod keygen_cli;
 
-const USAGE: &str = "usage: cargo run -p xtask -- dist OUT_DIR";
+const USAGE: &str = "usage: cargo run -p xtask -- dist OUT_DIR | vectors";
 
 /// What every page ends with: exit status, files, see also.
 const EXIT_STATUS: &str =
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let out = match args.as_slice() {
         [task, out] if task == "dist" => PathBuf::from(out),
+        [task] if task == "vectors" => return vectors(),
         _ => {
             eprintln!("xtask: {USAGE}");
             return ExitCode::from(2);
@@ -117,6 +124,34 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("xtask: {}: {err}", out.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs the generator of the test vectors; its output goes to our stdout.
+fn vectors() -> ExitCode {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ is a directory of the workspace root");
+    let mut command = Command::new(cargo);
+    command.current_dir(root).args([
+        "run",
+        "--quiet",
+        "-p",
+        "knock-proto",
+        "--example",
+        "vectors",
+    ]);
+    match command.status() {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("xtask: vectors: {command:?} failed ({status})");
+            ExitCode::from(1)
+        }
+        Err(err) => {
+            eprintln!("xtask: vectors: cannot run {command:?}: {err}");
             ExitCode::from(1)
         }
     }

@@ -12,6 +12,8 @@ use knock_proto::{
 };
 use proptest::prelude::*;
 
+pub mod vectors;
+
 pub const SERVER: ServerId = ServerId([0x5e; 16]);
 pub const OTHER_SERVER: ServerId = ServerId([0x0e; 16]);
 /// 2023-11-14T22:13:20Z, in ms.
