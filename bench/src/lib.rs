@@ -200,10 +200,11 @@ mod tests {
 
     #[test]
     fn rng_range_stays_inside() {
+        use knock_proto::{MAX_KNOCK_LEN, MIN_KNOCK_LEN};
         let mut rng = FastRng(12345);
         for _ in 0..10_000 {
-            let v = rng.range(82, 206);
-            assert!((82..=206).contains(&v));
+            let v = rng.range(MIN_KNOCK_LEN, MAX_KNOCK_LEN);
+            assert!((MIN_KNOCK_LEN..=MAX_KNOCK_LEN).contains(&v));
         }
         let mut buf = [0u8; 13];
         rng.fill(&mut buf);

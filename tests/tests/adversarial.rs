@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use knock_proto::{MAX_KNOCK_LEN, MIN_KNOCK_LEN};
 use knock_tests::*;
 
 const KNOCK_PORT: u16 = 62201;
@@ -123,7 +124,7 @@ impl World {
             extra,
         );
         assert!(
-            (82..=206).contains(&knock.len()),
+            (MIN_KNOCK_LEN..=MAX_KNOCK_LEN).contains(&knock.len()),
             "an intercepted knock of {} bytes",
             knock.len()
         );
@@ -214,7 +215,16 @@ fn mutations_truncations_extensions_fragments_and_sizes_open_nothing() {
         packets.push(from_attacker(&knock[..n]));
     }
     // Extensions: up to and past the longest knock, and the knock twice.
-    let extensions: Vec<usize> = vec![1, 2, 7, 16, 206 - len, 207 - len, 300 - len, len];
+    let extensions: Vec<usize> = vec![
+        1,
+        2,
+        7,
+        16,
+        MAX_KNOCK_LEN - len,
+        MAX_KNOCK_LEN + 1 - len,
+        300 - len,
+        len,
+    ];
     for &extra in &extensions {
         let mut e = knock.clone();
         e.extend((0..extra).map(|j| (j * 29 + 3) as u8));
@@ -236,8 +246,8 @@ fn mutations_truncations_extensions_fragments_and_sizes_open_nothing() {
     ] {
         send_udp_len(&w.hosts.attacker, ip(addr), KNOCK_PORT, 0);
         send_udp_len(&w.hosts.attacker, ip(addr), KNOCK_PORT, max);
-        send_udp_len(&w.hosts.attacker, ip(addr), KNOCK_PORT, 207);
-        send_udp_len(&w.hosts.attacker, ip(addr), KNOCK_PORT, 81);
+        send_udp_len(&w.hosts.attacker, ip(addr), KNOCK_PORT, MAX_KNOCK_LEN + 1);
+        send_udp_len(&w.hosts.attacker, ip(addr), KNOCK_PORT, MIN_KNOCK_LEN - 1);
     }
 
     std::thread::sleep(Duration::from_millis(300));
@@ -264,12 +274,14 @@ fn mutations_truncations_extensions_fragments_and_sizes_open_nothing() {
 
     // Every datagram the kernel filter let through was refused for the right
     // reason: a changed hint names nobody; any other change fails the tag.
-    // Everything out of 82..=206 bytes or fragmented never reached us.
-    let in_range = |n: usize| (82..=206).contains(&n);
+    // Everything out of MIN_KNOCK_LEN..=MAX_KNOCK_LEN bytes or fragmented
+    // never reached us.
+    let in_range = |n: usize| (MIN_KNOCK_LEN..=MAX_KNOCK_LEN).contains(&n);
     let expected_bad_mac = (len - 8)
         + (0..len).filter(|&n| in_range(n)).count()
         + extensions.iter().filter(|&&e| in_range(len + e)).count()
-        // the 207- and 81-byte junk from ordinary sockets is out of range
+        // the junk one byte too long and one too short from ordinary
+        // sockets is out of range
         ;
     let expected = BTreeMap::from([
         ("bad-mac".to_owned(), expected_bad_mac as u64),
