@@ -238,14 +238,55 @@ fn replays_open_nothing(firewall: &str) {
     );
 }
 
+/// A UDP port on the server where nothing listens: a datagram sent there is
+/// answered with an ICMP port unreachable, which the silence check must see.
+const CLOSED_UDP_PORT: u16 = 9;
+
+/// The source and destination of a `tcpdump -n -r` line, as printed
+/// (`198.18.0.2.41234`, `fd00:18::1.62201:` or `fd00:18::1:`).
+fn endpoints(line: &str) -> Option<(&str, &str)> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "IP" || *w == "IP6")?;
+    let source = words.next()?;
+    (words.next()? == ">").then_some(())?;
+    Some((source, words.next()?))
+}
+
+/// Is `printed` (an endpoint as tcpdump prints it) the address `host`, with
+/// or without a port?
+fn is_host(printed: &str, host: &str) -> bool {
+    let printed = printed.trim_end_matches(':');
+    printed == host
+        || printed
+            .strip_prefix(host)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Does the line mention `udp port PORT` (and not a longer number)?
+fn mentions_udp_port(line: &str, port: u16) -> bool {
+    let needle = format!("udp port {port}");
+    line.match_indices(&needle).any(|(at, _)| {
+        !line[at + needle.len()..]
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_digit())
+    })
+}
+
 fn ipv6_end_to_end_and_silence(firewall: &str) {
     let w = world(firewall, "");
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let srv6 = ip(SERVER_V6);
+    // What the server sends to the client over UDP or ICMP (errors only, not
+    // neighbour discovery), and, as positive controls, the client's datagrams
+    // to the knock port.
     let filter = format!(
-        "(src host {SERVER_V4} and (udp or icmp)) or (src host {SERVER_V6} and (udp or (icmp6 and ip6[40] < 128)))"
+        "(src host {SERVER_V4} and (udp or icmp)) or (src host {SERVER_V6} and (udp or (icmp6 and ip6[40] < 128))) \
+         or ((src host {CLIENT_V4} or src host {CLIENT_V6}) and udp dst port 62201)"
     );
-    let dump = Tcpdump::start(&w.hosts.client, &filter, w.lab.dir.join("replies.pcap"));
+    let pcap = w.lab.dir.join("replies.pcap");
+    let dump = Tcpdump::start(&w.hosts.client, &filter, pcap.clone());
     assert!(
         !w.hosts.client.tcp_connects(srv6, 4992),
         "open over IPv6 before any knock"
@@ -265,7 +306,52 @@ fn ipv6_end_to_end_and_silence(firewall: &str) {
     send_udp(&w.hosts.client, srv6, 62201, &[1u8; 120]);
     let (code, _, _) = knock(&w, &w.alice, SERVER_V4, "4992");
     assert_eq!(code, 0);
-    let replies = dump.stop(&w.hosts.client);
+    // Positive control: the same host does answer a datagram to a closed
+    // UDP port, over both families, and the same capture must see that.
+    send_udp(&w.hosts.client, ip(SERVER_V4), CLOSED_UDP_PORT, b"probe");
+    send_udp(&w.hosts.client, srv6, CLOSED_UDP_PORT, b"probe");
+    let lines = dump.stop(&w.hosts.client);
+    let datagrams = read_pcap_udp(&pcap);
+
+    // The capture saw the knocks and the junk leave, in both families...
+    for (client, server_addr) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+        let sent = datagrams
+            .iter()
+            .filter(|d| d.source == ip(client) && d.dest_port == 62201)
+            .count();
+        assert!(
+            sent >= 2,
+            "positive control: the capture saw {sent} of the client's datagrams to \
+             {server_addr}:62201 (a knock and junk were sent): {lines:?}"
+        );
+    }
+    // ...and the server host's answers to the probes of the closed port.
+    let is_knock = |line: &str| {
+        endpoints(line).is_some_and(|(from, to)| {
+            [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)]
+                .iter()
+                .any(|(client, server)| is_host(from, client) && to == format!("{server}.62201:"))
+        })
+    };
+    let is_probe_answer = |line: &str, server: &str| {
+        endpoints(line).is_some_and(|(from, _)| is_host(from, server))
+            && line.contains("unreachable")
+            && mentions_udp_port(line, CLOSED_UDP_PORT)
+    };
+    for server_addr in [SERVER_V4, SERVER_V6] {
+        assert!(
+            lines.iter().any(|l| is_probe_answer(l, server_addr)),
+            "positive control: the capture missed {server_addr}'s ICMP port unreachable \
+             for udp/{CLOSED_UDP_PORT}, so it could not have seen a reply: {lines:?}"
+        );
+    }
+    // Anything else captured is the server answering on the wire.
+    let replies: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            !is_knock(l) && !is_probe_answer(l, SERVER_V4) && !is_probe_answer(l, SERVER_V6)
+        })
+        .collect();
     assert!(
         replies.is_empty(),
         "the server answered on the wire: {replies:?}"
