@@ -8,6 +8,7 @@
 //! never changed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -279,6 +280,8 @@ pub struct Server {
     pub config: PathBuf,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    /// The thread copying the server's stderr into `log`.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -309,7 +312,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("KNOCK_TEST_VERBOSE").is_some() {
                     eprintln!("[server] {line}");
@@ -325,6 +328,7 @@ impl Server {
             config: config.to_path_buf(),
             child: Some(child),
             log,
+            reader: Some(reader),
         };
         server.wait_for_log("ready", Duration::from_secs(15));
         server
@@ -365,6 +369,23 @@ impl Server {
     pub fn stop(mut self) -> Option<i32> {
         self.signal("TERM");
         self.wait()
+    }
+
+    /// SIGTERM and wait; returns the exit code and the whole log, down to the
+    /// lines the server wrote while it stopped.
+    pub fn stop_with_log(mut self) -> (Option<i32>, String) {
+        self.signal("TERM");
+        let code = self.wait();
+        if let Some(reader) = self.reader.take() {
+            // The server is gone: its stderr reaches end of file as soon as
+            // the reader has copied the last line.
+            assert!(
+                eventually(Duration::from_secs(5), || reader.is_finished()),
+                "the server's stderr stayed open after it exited"
+            );
+            let _ = reader.join();
+        }
+        (code, self.log())
     }
 
     /// SIGKILL and wait.
@@ -659,6 +680,55 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The server's rejection summaries (`refused 12 datagrams in the last 10s:
+/// bad-mac=3 unknown-client=9`), in order: each line's total and its counts by
+/// reason. A summary line that does not parse, or whose counts do not add up
+/// to its total, fails the test: a summary must never be skipped silently.
+pub fn refusal_summaries(log: &str) -> Vec<(u64, BTreeMap<String, u64>)> {
+    log.lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" datagrams in the last ")?;
+            let total = head
+                .rsplit_once("refused ")
+                .and_then(|(_, n)| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("a refusal summary without its total: {line:?}"));
+            let (_, counts) = tail
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("a refusal summary without its reasons: {line:?}"));
+            let by_reason: BTreeMap<String, u64> = counts
+                .split_whitespace()
+                .map(|item| {
+                    item.split_once('=')
+                        .and_then(|(reason, n)| Some((reason.to_owned(), n.parse().ok()?)))
+                        .unwrap_or_else(|| panic!("{item:?} is not REASON=COUNT in {line:?}"))
+                })
+                .collect();
+            assert_eq!(
+                by_reason.values().sum::<u64>(),
+                total,
+                "a refusal summary whose reasons do not add up: {line:?}"
+            );
+            Some((total, by_reason))
+        })
+        .collect()
+}
+
+/// Every refusal the server's summaries count, summed by reason.
+pub fn refused_by_reason(log: &str) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    for (_, by_reason) in refusal_summaries(log) {
+        for (reason, n) in by_reason {
+            *sums.entry(reason).or_default() += n;
+        }
+    }
+    sums
+}
+
+/// Every refusal the server's summaries count.
+pub fn refused_total(log: &str) -> u64 {
+    refusal_summaries(log).iter().map(|(total, _)| total).sum()
 }
 
 /// A UDP datagram read back from a pcap file.

@@ -160,26 +160,6 @@ fn from_attacker_v6(payload: &[u8]) -> RawPacket {
     )
 }
 
-/// The sums of the server's rejection summaries ("refused N datagrams in the
-/// last 10s: bad-mac=3 unknown-client=1"), by reason.
-fn refused_by_reason(log: &str) -> BTreeMap<String, u64> {
-    let mut sums = BTreeMap::new();
-    for line in log
-        .lines()
-        .filter(|l| l.contains("refused ") && l.contains(" datagrams in the last "))
-    {
-        let Some((_, counts)) = line.split_once("s: ") else {
-            continue;
-        };
-        for item in counts.split_whitespace() {
-            if let Some((reason, n)) = item.split_once('=') {
-                *sums.entry(reason.to_owned()).or_default() += n.parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    sums
-}
-
 /// Every single-byte mutation, truncations, extensions, fragments, bad and
 /// missing checksums, zero-length and maximum-size datagrams of a fresh knock,
 /// from the attacker's address and spoofed as the client. None opens anything
