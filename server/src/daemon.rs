@@ -23,7 +23,7 @@ use crate::pipeline::{honour, Outcome};
 use crate::rejections::RejectionLog;
 use crate::state::StateFile;
 use crate::timers::{unix_ms, watchdog_interval, Every};
-use crate::verify::Verifier;
+use crate::verify::{Grant, Verifier};
 
 /// How long one wait for a packet may last before we look at signals and
 /// timers.
@@ -157,14 +157,23 @@ impl Daemon {
             }
             match next {
                 Ok(Next::Datagram(datagram)) => {
-                    let outcome = honour(
+                    let outcome = match honour(
                         &mut self.verifier,
                         &mut self.store,
                         self.firewall.as_mut(),
                         datagram.payload,
                         datagram.source,
                         unix_ms(),
-                    );
+                    ) {
+                        Outcome::FirewallFailed(grant, err) if err.is_missing() => {
+                            self.grant_again(grant, &err)
+                        }
+                        outcome => outcome,
+                    };
+                    if let Outcome::Granted(grant) = &outcome {
+                        self.keeper
+                            .granted(grant.addr, &grant.ports, grant.duration);
+                    }
                     report(outcome, &mut log);
                 }
                 Ok(Next::Malformed) => log.record_other("malformed-packet"),
@@ -196,6 +205,22 @@ impl Daemon {
             if watchdog.as_mut().is_some_and(|w| w.due(now)) {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
+        }
+    }
+
+    /// A grant found our rules gone (another tool flushed them a moment
+    /// ago): has the keeper put them back now, then grants once more.
+    fn grant_again(&mut self, grant: Grant, err: &FirewallError) -> Outcome {
+        warn!("granting failed ({err}); reinstalling our rules and trying again");
+        if let Err(err) = self.keeper.repair() {
+            return Outcome::FirewallFailed(grant, err);
+        }
+        match self
+            .firewall
+            .grant(grant.addr, &grant.ports, grant.duration)
+        {
+            Ok(()) => Outcome::Granted(grant),
+            Err(err) => Outcome::FirewallFailed(grant, err),
         }
     }
 
@@ -299,7 +324,7 @@ fn report(outcome: Outcome, log: &mut RejectionLog) {
         Outcome::StateNotDurable(err) => {
             error!("knock verified but NOT granted: cannot make the replay state durable: {err}")
         }
-        Outcome::FirewallFailed(err) => {
+        Outcome::FirewallFailed(_, err) => {
             error!("knock verified but the firewall refused the grant: {err}")
         }
     }

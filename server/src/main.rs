@@ -115,6 +115,11 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         .install(&policy)
         .map_err(|e| Failure::runtime(format!("installing {} rules: {e}", installer.name())))?;
     let firewall = settings.build();
+    // Capabilities are per thread: drop them before the keeper's threads
+    // are spawned, so that they inherit only ours.
+    if let Err(err) = privileges::drop_to_network_caps() {
+        warn!("could not drop capabilities: {err}");
+    }
     let keeper = RulesKeeper::start(
         installer,
         settings.clone(),
@@ -133,9 +138,6 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         unix_ms(),
     );
 
-    if let Err(err) = privileges::drop_to_network_caps() {
-        warn!("could not drop capabilities: {err}");
-    }
     info!(
         "ready: {} clients, knock port udp/{} on {}, protecting {} with {} for {}s, capabilities {}",
         verifier.client_count(),

@@ -19,7 +19,7 @@ pub enum Outcome {
     /// was granted (fail-closed).
     StateNotDurable(io::Error),
     /// Verified and recorded, but the firewall refused the grant.
-    FirewallFailed(FirewallError),
+    FirewallFailed(Grant, FirewallError),
 }
 
 /// Honours one datagram from `source` at `now_ms`, if it deserves it.
@@ -41,7 +41,7 @@ pub fn honour(
     }
     match firewall.grant(grant.addr, &grant.ports, grant.duration) {
         Ok(()) => Outcome::Granted(grant),
-        Err(err) => Outcome::FirewallFailed(err),
+        Err(err) => Outcome::FirewallFailed(grant, err),
     }
 }
 

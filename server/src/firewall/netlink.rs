@@ -3,9 +3,11 @@
 //! nfnetlink batches, and one client that owns a lazily opened blocking
 //! socket, numbers requests and collects the kernel's answers.
 //!
-//! No `unsafe`: the socket comes from socket2 (`AF_NETLINK`, unbound: the
-//! kernel autobinds it on the first send, and a send without an address goes
-//! to the kernel), and is read with `std::io::Read`.
+//! The socket comes from socket2 (`AF_NETLINK`, unbound: the kernel
+//! autobinds it on the first send, and a send without an address goes to
+//! the kernel), and is read with `std::io::Read`. The one `unsafe` call,
+//! joining a multicast group for change notifications, is in
+//! [`Subscription::open`].
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
@@ -606,6 +608,117 @@ impl NetlinkClient {
         let seq = request.seq();
         request.push(build(seq))?;
         self.transact(request)
+    }
+}
+
+/// `SOL_NETLINK` and its `NETLINK_ADD_MEMBERSHIP` option (linux/netlink.h).
+const SOL_NETLINK: i32 = 270;
+const NETLINK_ADD_MEMBERSHIP: i32 = 1;
+
+/// A socket that receives the kernel's change notifications of one netlink
+/// multicast group (for example every nf_tables ruleset change).
+#[derive(Debug)]
+pub struct Subscription {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+/// What one wait on a [`Subscription`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notified {
+    /// Nothing within the timeout.
+    Nothing,
+    /// These message types (the kernel's notifications).
+    Messages(Vec<u16>),
+    /// Notifications were lost (the socket's buffer overflowed): anything
+    /// may have changed.
+    Lost,
+}
+
+impl Subscription {
+    /// Joins multicast `group` of netlink family `protocol`.
+    #[allow(unsafe_code)]
+    pub fn open(protocol: i32, group: u32) -> Result<Self, NetlinkError> {
+        let socket = Socket::new(
+            Domain::from(libc::AF_NETLINK),
+            Type::RAW,
+            Some(Protocol::from(protocol)),
+        )?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        // An unbound netlink socket gets no multicast: bind it first, to an
+        // address the kernel picks (port id 0).
+        // SAFETY: an all-zero sockaddr_nl is valid (it is plain integers);
+        // we set its family, and pass a pointer to it with its exact size,
+        // as bind(2) requires; `fd` is open for the lifetime of `socket`.
+        let rc = unsafe {
+            let mut address: libc::sockaddr_nl = std::mem::zeroed();
+            address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            libc::bind(
+                fd,
+                std::ptr::from_ref(&address).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        let group = libc::c_uint::from(group);
+        // SAFETY: NETLINK_ADD_MEMBERSHIP reads exactly one unsigned int; we
+        // pass a pointer to a live one and its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                SOL_NETLINK,
+                NETLINK_ADD_MEMBERSHIP,
+                std::ptr::from_ref(&group).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(Self {
+            socket,
+            buf: vec![0; RECV_BUFFER],
+        })
+    }
+
+    /// Waits up to `timeout` for notifications, then takes every one that
+    /// is already queued too, so a burst of changes is seen as one.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Notified, NetlinkError> {
+        self.socket.set_read_timeout(Some(timeout))?;
+        let mut types = Vec::new();
+        loop {
+            match (&self.socket).read(&mut self.buf) {
+                Ok(len) => {
+                    let datagram = self.buf.get(..len).unwrap_or(&[]);
+                    types.extend(parse_messages(datagram)?.iter().map(|m| m.msg_type));
+                    self.socket.set_nonblocking(true)?;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.socket.set_nonblocking(false)?;
+                    return Ok(Notified::Lost);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.socket.set_nonblocking(false)?;
+                    return Ok(if types.is_empty() {
+                        Notified::Nothing
+                    } else {
+                        Notified::Messages(types)
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = self.socket.set_nonblocking(false);
+                    return Err(e.into());
+                }
+            }
+        }
     }
 }
 
