@@ -2,7 +2,7 @@
 # Installs, from Debian packages, everything the demo and the tests use.
 # Idempotent and quiet when everything is there already.
 set -euo pipefail
-packages=(nftables iptables ipset iproute2 tcpdump socat openssh-server openssh-client
+packages=(nftables iptables ipset iproute2 conntrack tcpdump socat openssh-server openssh-client
           netcat-openbsd faketime procps e2fsprogs systemd systemd-container)
 missing=()
 for p in "${packages[@]}"; do
