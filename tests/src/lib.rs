@@ -817,3 +817,28 @@ pub fn send_udp(ns: &Ns, addr: IpAddr, port: u16, payload: &[u8]) {
 
 pub mod adversary;
 pub use adversary::*;
+
+impl Ns {
+    /// How many flows the kernel tracks in this namespace, over every family
+    /// (`conntrack -C`). A kernel where nf_conntrack was never loaded has no
+    /// table to count, which is 0; any other failure of the probe fails the
+    /// test. Pair every "0" with a positive control that sees entries.
+    pub fn conntrack_count(&self) -> usize {
+        let (ok, out) = self.try_sh("conntrack -C");
+        if !ok {
+            let (loaded, _) = self.try_sh("test -e /proc/sys/net/netfilter/nf_conntrack_count");
+            assert!(!loaded, "conntrack -C failed in {}: {out}", self.name);
+            return 0;
+        }
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("conntrack -C in {} printed {out:?}", self.name))
+    }
+
+    /// The flows the kernel tracks in this namespace, IPv4 then IPv6, for
+    /// failure messages.
+    pub fn conntrack_list(&self) -> String {
+        self.try_sh("conntrack -L -f ipv4 2>&1; conntrack -L -f ipv6 2>&1")
+            .1
+    }
+}
