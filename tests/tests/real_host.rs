@@ -1,0 +1,400 @@
+//! The contract's "On a real host" section, end to end on both firewall
+//! backends, in network namespaces:
+//!
+//! - sessions that exist before `knock-server run` survive its install,
+//!   reload, restart and stop, in a namespace where conntrack was never in
+//!   use;
+//! - with only TCP ports protected, knock's rules make the kernel track no
+//!   flow.
+//!
+//! Every "did not happen" is paired with a positive control in the same run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use knock_tests::*;
+
+/// The protected port.
+const PORT: u16 = 4992;
+/// A TCP port with an echo service on the server that nobody protects.
+const UNPROTECTED_TCP: u16 = 8080;
+/// A UDP port on the server with a listener that nobody protects.
+const UNPROTECTED_UDP: u16 = 5300;
+/// A UDP port on the server where nothing listens.
+const CLOSED_UDP: u16 = 9;
+const SERVER_FOR_ATTACKER_V6: &str = "fd00:18:1::1";
+
+fn srv() -> IpAddr {
+    ip(SERVER_V4)
+}
+
+fn srv6() -> IpAddr {
+    ip(SERVER_V6)
+}
+
+fn att_srv() -> IpAddr {
+    ip(SERVER_FOR_ATTACKER_V4)
+}
+
+fn att_srv6() -> IpAddr {
+    ip(SERVER_FOR_ATTACKER_V6)
+}
+
+/// A lab with one server configuration protecting tcp/4992 and alice, who
+/// may open it, with a profile for each of the server's addresses.
+struct World {
+    lab: Lab,
+    hosts: Hosts,
+    setup: Setup,
+    alice: PathBuf,
+    alice6: PathBuf,
+}
+
+fn world(firewall: &str) -> World {
+    let mut lab = Lab::new();
+    let hosts = lab.standard();
+    let setup = Setup::new(&lab, "server", firewall, &["tcp/4992"], "");
+    let alice = setup.keygen("alice", SERVER_V4, Some("tcp/4992"));
+    let alice6 = setup.dir.join("alice6.knock");
+    let text = std::fs::read_to_string(&alice).unwrap().replace(
+        &format!("host = \"{SERVER_V4}\""),
+        &format!("host = \"{SERVER_V6}\""),
+    );
+    std::fs::write(&alice6, text).unwrap();
+    std::fs::set_permissions(&alice6, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    World {
+        lab,
+        hosts,
+        setup,
+        alice,
+        alice6,
+    }
+}
+
+impl World {
+    /// Echo services on the protected and an unprotected TCP port, and a
+    /// UDP sink on an unprotected UDP port, all in the server namespace.
+    fn local_services(&self) {
+        start_echo(&self.lab, &self.hosts.server, PORT);
+        start_echo(&self.lab, &self.hosts.server, UNPROTECTED_TCP);
+        start_udp_sink(&self.lab, &self.hosts.server, UNPROTECTED_UDP);
+    }
+
+    /// `knock-client open HOST 4992` from the client with `profile`.
+    fn knock(&self, profile: &Path, host: &str) -> (i32, String) {
+        let (code, out, err) = client(
+            &self.hosts.client,
+            profile,
+            &["open", host, "4992", "--timeout", "3s"],
+        );
+        (code, format!("{out}{err}"))
+    }
+
+    /// Everything in the server namespace's firewall, for failure messages.
+    fn rules(&self) -> String {
+        rules(&self.hosts.server)
+    }
+
+    /// TCP and UDP to the server's unprotected ports, from the client (both
+    /// families) and the attacker: traffic knock has no business tracking.
+    fn unrelated_traffic(&self) {
+        let h = &self.hosts;
+        for (ns, addr) in [
+            (&h.client, srv()),
+            (&h.client, srv6()),
+            (&h.attacker, att_srv()),
+            (&h.attacker, att_srv6()),
+        ] {
+            assert!(
+                ns.tcp_connects(addr, UNPROTECTED_TCP),
+                "unrelated TCP from {} to {addr}:{UNPROTECTED_TCP} did not connect\n{}",
+                ns.name,
+                self.rules()
+            );
+            send_udp(ns, addr, UNPROTECTED_UDP, b"unrelated");
+            send_udp(ns, addr, CLOSED_UDP, b"unrelated");
+        }
+    }
+}
+
+/// A UDP listener on `port` (v4 and v6) in `ns` that swallows datagrams.
+fn start_udp_sink(lab: &Lab, ns: &Ns, port: u16) {
+    let mut cmd = ns.cmd("socat");
+    cmd.args(["-u", &format!("UDP6-RECV:{port},ipv6only=0"), "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    lab.spawn(cmd);
+    assert!(
+        eventually(Duration::from_secs(5), || ns
+            .try_sh(&format!("ss -Hlun 'sport = :{port}'"))
+            .1
+            .contains(&format!(":{port}"))),
+        "UDP sink on {port} never listened"
+    );
+}
+
+/// Everything in a namespace's firewall, for failure messages.
+fn rules(ns: &Ns) -> String {
+    ns.try_sh("nft list ruleset 2>&1; iptables-save 2>&1; ip6tables-save 2>&1; ipset list -n 2>&1")
+        .1
+}
+
+/// `knock-server check --config CONFIG` in `ns`: (exit code, stdout, stderr).
+fn check(ns: &Ns, config: &Path) -> (i32, String, String) {
+    let config = config.to_str().expect("utf-8 path");
+    run_server_to_exit(ns, &["check", "--config", config], Duration::from_secs(30))
+}
+
+/// The scratch table of [`conntrack_sees`].
+const SCRATCH: &str = "knock_test_scratch";
+
+/// Positive control for a conntrack count of 0: with a `ct state` rule of
+/// our own in a scratch table (which makes the namespace track every flow),
+/// `traffic` must show up in the same probe. Returns the count it saw.
+fn conntrack_sees(ns: &Ns, traffic: impl FnOnce()) -> usize {
+    ns.sh(&format!(
+        "nft add table inet {SCRATCH} && \
+         nft add chain inet {SCRATCH} pre '{{ type filter hook prerouting priority 0; policy accept; }}' && \
+         nft add rule inet {SCRATCH} pre ct state new counter"
+    ));
+    traffic();
+    let mut count = 0;
+    let seen = eventually(Duration::from_secs(5), || {
+        count = ns.conntrack_count();
+        count > 0
+    });
+    ns.sh(&format!("nft delete table inet {SCRATCH}"));
+    assert!(
+        seen,
+        "positive control: with a ct rule of our own, conntrack -C in {} still counted 0, \
+         so the probe cannot see tracked flows",
+        ns.name
+    );
+    count
+}
+
+// ---------------------------------------------------------------------------
+// 1. Sessions that predate knock-server survive install, reload, restart and
+//    stop, where conntrack was not in use before.
+
+fn sessions_that_predate_us_survive(firewall: &str) {
+    let w = world(firewall);
+    w.local_services();
+    let h = &w.hosts;
+
+    // A fresh namespace: no ruleset at all, so nothing uses conntrack.
+    let before = h.server.sh("nft list ruleset");
+    assert!(
+        before.trim().is_empty(),
+        "precondition: the server namespace has a ruleset already:\n{before}"
+    );
+    // Positive control for every "refused" below: before knock-server the
+    // port is open to both.
+    assert!(h.client.tcp_connects(srv(), PORT), "precondition: echo");
+    assert!(h.attacker.tcp_connects(att_srv(), PORT), "precondition");
+
+    // The old session, opened before knock-server runs, then left idle.
+    let mut old = Session::open(&h.client, srv(), PORT);
+    assert!(
+        old.echoes("before knock-server"),
+        "old session never worked"
+    );
+    let tracked = h.server.conntrack_count();
+    assert_eq!(
+        tracked,
+        0,
+        "precondition: conntrack was already tracking flows:\n{}",
+        h.server.conntrack_list()
+    );
+
+    // Install.
+    let server = Server::start(&h.server, &w.setup.config);
+    assert!(
+        !h.client.tcp_connects(srv(), PORT),
+        "rules installed, yet a NEW connection from the client (no knock) opened\n{}",
+        w.rules()
+    );
+    assert!(
+        !h.attacker.tcp_connects(att_srv(), PORT),
+        "rules installed, yet the attacker connected"
+    );
+    assert!(
+        old.echoes("after install"),
+        "a session that predates knock-server was cut when it installed its rules\n{}\n{}",
+        w.rules(),
+        server.log()
+    );
+
+    // A session opened under a grant must survive the rest too.
+    let (code, out) = w.knock(&w.alice, SERVER_V4);
+    assert_eq!(code, 0, "knock: {out}\n{}", server.log());
+    let mut granted = Session::open(&h.client, srv(), PORT);
+    assert!(
+        granted.echoes("granted"),
+        "the granted session never worked"
+    );
+
+    // Reload.
+    server.signal("HUP");
+    server.wait_for_log("reloaded", Duration::from_secs(10));
+    assert!(
+        !h.attacker.tcp_connects(att_srv(), PORT),
+        "after reload: the attacker connected"
+    );
+    assert!(old.echoes("after reload"), "old session cut by a reload");
+    assert!(
+        granted.echoes("after reload"),
+        "granted session cut by a reload"
+    );
+
+    // Restart: SIGTERM (rules stay), then start again.
+    assert_eq!(server.stop(), Some(0), "SIGTERM must exit 0");
+    assert!(
+        !h.attacker.tcp_connects(att_srv(), PORT),
+        "between stop and start: the attacker connected"
+    );
+    let server = Server::start(&h.server, &w.setup.config);
+    assert!(
+        !h.attacker.tcp_connects(att_srv(), PORT),
+        "after restart: the attacker connected"
+    );
+    assert!(
+        old.echoes("after restart"),
+        "old session cut by a restart\n{}",
+        server.log()
+    );
+    assert!(
+        granted.echoes("after restart"),
+        "granted session cut by a restart"
+    );
+
+    // Stop: the rules stay (on_exit = "stay-closed", the default).
+    assert_eq!(server.stop(), Some(0), "SIGTERM must exit 0");
+    assert!(
+        !h.attacker.tcp_connects(att_srv(), PORT),
+        "stopped: the port opened to the attacker\n{}",
+        w.rules()
+    );
+    w.setup.wait_no_grants(&h.server);
+    assert!(
+        !h.client.tcp_connects(srv(), PORT),
+        "stopped, grant over: a NEW connection from the client opened"
+    );
+    assert!(old.echoes("after stop"), "old session cut by a stop");
+    assert!(
+        granted.echoes("after stop"),
+        "granted session cut by a stop"
+    );
+
+    // Throughout, nothing made the namespace track a flow; the probe can see
+    // flows once a ct rule exists (positive control).
+    let tracked = h.server.conntrack_count();
+    assert_eq!(
+        tracked,
+        0,
+        "knock's rules made the kernel track flows:\n{}\n{}",
+        h.server.conntrack_list(),
+        w.rules()
+    );
+    let seen = conntrack_sees(&h.server, || {
+        assert!(old.echoes("control"));
+        w.unrelated_traffic();
+    });
+    println!("{firewall}: sessions survived; conntrack entries: 0 throughout, {seen} with a ct rule of our own");
+}
+
+// ---------------------------------------------------------------------------
+// 2. With only TCP ports protected, knock's rules make the kernel track no
+//    flow.
+
+fn only_tcp_protected_tracks_no_flow(firewall: &str) {
+    let w = world(firewall);
+    w.local_services();
+    let h = &w.hosts;
+    let server = Server::start(&h.server, &w.setup.config);
+    let (_, plan, _) = check(&h.server, &w.setup.config);
+    assert!(
+        !plan.contains("ct state") && !plan.contains("conntrack"),
+        "with only TCP protected the rules use conntrack:\n{plan}"
+    );
+
+    // A knock (v4 and v6), granted connections, a refused attacker, and
+    // unrelated TCP and UDP.
+    assert!(
+        !h.attacker.tcp_connects(att_srv(), PORT),
+        "open before knock"
+    );
+    let (code, out) = w.knock(&w.alice, SERVER_V4);
+    assert_eq!(code, 0, "knock: {out}\n{}", server.log());
+    let (code, out) = w.knock(&w.alice6, SERVER_V6);
+    assert_eq!(code, 0, "knock over IPv6: {out}\n{}", server.log());
+    let mut session = Session::open(&h.client, srv(), PORT);
+    assert!(session.echoes("granted"), "granted session");
+    let mut session6 = Session::open(&h.client, srv6(), PORT);
+    assert!(session6.echoes("granted"), "granted IPv6 session");
+    assert!(!h.attacker.tcp_connects(att_srv(), PORT), "grant leaked");
+    w.unrelated_traffic();
+    assert!(session.echoes("again"));
+
+    let tcp_only = h.server.conntrack_count();
+    println!(
+        "{firewall}: conntrack entries after a knock, granted connections and unrelated TCP/UDP \
+         traffic, only TCP ports protected: {tcp_only}"
+    );
+    assert_eq!(
+        tcp_only,
+        0,
+        "with only TCP ports protected, the kernel tracks flows:\n{}\n{}",
+        h.server.conntrack_list(),
+        w.rules()
+    );
+
+    // Positive control, same run, same probe: protect a UDP port too (which
+    // needs conntrack), and the same unrelated traffic is tracked.
+    assert_eq!(server.stop(), Some(0));
+    set_config_key(&w.setup.config, "protected", "[\"tcp/4992\", \"udp/5353\"]");
+    let (_, plan, _) = check(&h.server, &w.setup.config);
+    assert!(
+        plan.contains("ct state") || plan.contains("conntrack"),
+        "a protected UDP port should use conntrack:\n{plan}"
+    );
+    let server = Server::start(&h.server, &w.setup.config);
+    w.unrelated_traffic();
+    assert!(session.echoes("with udp protected"));
+    let mut with_udp = 0;
+    let seen = eventually(Duration::from_secs(5), || {
+        with_udp = h.server.conntrack_count();
+        with_udp > 0
+    });
+    println!(
+        "{firewall}: conntrack entries for the same traffic with udp/5353 protected too \
+         (positive control): {with_udp}"
+    );
+    assert!(
+        seen,
+        "positive control: with a UDP port protected, conntrack -C still counts 0\n{}",
+        w.rules()
+    );
+    drop(server);
+}
+
+macro_rules! backend_suite {
+    ($module:ident, $firewall:literal) => {
+        mod $module {
+            #[test]
+            fn sessions_that_predate_us_survive() {
+                super::sessions_that_predate_us_survive($firewall);
+            }
+            #[test]
+            fn only_tcp_protected_tracks_no_flow() {
+                super::only_tcp_protected_tracks_no_flow($firewall);
+            }
+        }
+    };
+}
+
+backend_suite!(nftables, "nftables");
+backend_suite!(iptables, "iptables");
