@@ -5,7 +5,9 @@
 //!   reload, restart and stop, in a namespace where conntrack was never in
 //!   use;
 //! - with only TCP ports protected, knock's rules make the kernel track no
-//!   flow.
+//!   flow;
+//! - a port the host forwards with DNAT (to a "container" namespace behind
+//!   the server) is closed and opened exactly like a local one.
 //!
 //! Every "did not happen" is paired with a positive control in the same run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -381,6 +383,157 @@ fn only_tcp_protected_tracks_no_flow(firewall: &str) {
     drop(server);
 }
 
+// ---------------------------------------------------------------------------
+// 3. A port the host forwards with DNAT is protected like a local one.
+
+/// The container's addresses, behind the server.
+const CONTAINER_V4: &str = "198.18.2.2";
+const CONTAINER_V6: &str = "fd00:18:2::2";
+/// Forwarded to the container's port 80: protected, and not protected.
+const FORWARDED: u16 = 4992;
+const FORWARDED_OPEN: u16 = 4993;
+
+/// The admin's own DNAT, written with the tool of the server's backend.
+fn admin_dnat(ns: &Ns, firewall: &str) {
+    match firewall {
+        "nftables" => {
+            ns.sh(&format!(
+                "nft -f - <<'EOF'\n\
+                 table ip nat {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+                 tcp dport {FORWARDED} dnat to {CONTAINER_V4}:80\n    tcp dport {FORWARDED_OPEN} dnat to {CONTAINER_V4}:80\n  }}\n}}\n\
+                 table ip6 nat {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+                 tcp dport {FORWARDED} dnat to [{CONTAINER_V6}]:80\n    tcp dport {FORWARDED_OPEN} dnat to [{CONTAINER_V6}]:80\n  }}\n}}\n\
+                 EOF"
+            ));
+        }
+        _ => {
+            for port in [FORWARDED, FORWARDED_OPEN] {
+                ns.sh(&format!(
+                    "iptables -t nat -A PREROUTING -p tcp --dport {port} -j DNAT --to-destination {CONTAINER_V4}:80 && \
+                     ip6tables -t nat -A PREROUTING -p tcp --dport {port} -j DNAT --to-destination [{CONTAINER_V6}]:80"
+                ));
+            }
+        }
+    }
+}
+
+fn forwarded_port_is_protected(firewall: &str) {
+    let mut w = world(firewall);
+    let container = w.lab.netns("ctr");
+    let h = w.hosts.clone();
+    w.lab.link(
+        &h.server,
+        &["198.18.2.1", "fd00:18:2::1"],
+        &container,
+        &[CONTAINER_V4, CONTAINER_V6],
+    );
+    container.sh("ip route add default via 198.18.2.1 && ip -6 route add default via fd00:18:2::1");
+    h.server
+        .sh("sysctl -qw net.ipv4.ip_forward=1 && sysctl -qw net.ipv6.conf.all.forwarding=1");
+    // The new link's link-local addresses finish duplicate address
+    // detection before IPv6 can route across it.
+    for ns in [&h.server, &container] {
+        assert!(
+            eventually(Duration::from_secs(10), || ns
+                .sh("ip -6 addr show tentative")
+                .trim()
+                .is_empty()),
+            "IPv6 addresses in {} stayed tentative",
+            ns.name
+        );
+    }
+    start_echo(&w.lab, &container, 80);
+    admin_dnat(&h.server, firewall);
+    let (_, listening) = h.server.try_sh(&format!("ss -Hltn 'sport = :{FORWARDED}'"));
+    assert!(
+        listening.trim().is_empty(),
+        "something listens on {FORWARDED} in the server namespace: {listening}"
+    );
+
+    // Positive control, server not running: the forwarded ports reach the
+    // container's echo, for the client and the attacker, in both families.
+    let mut forwarded_before = Session::open(&h.client, srv(), FORWARDED);
+    assert!(
+        forwarded_before.echoes("through the DNAT"),
+        "positive control: the client does not reach the container through {SERVER_V4}:{FORWARDED}\n{}",
+        w.rules()
+    );
+    for (ns, addr, port) in [
+        (&h.client, srv6(), FORWARDED),
+        (&h.attacker, att_srv(), FORWARDED),
+        (&h.attacker, att_srv6(), FORWARDED),
+        (&h.attacker, att_srv(), FORWARDED_OPEN),
+        (&h.attacker, att_srv6(), FORWARDED_OPEN),
+    ] {
+        assert!(
+            eventually(Duration::from_secs(5), || ns.tcp_connects(addr, port)),
+            "positive control: {} does not reach the container through {addr}:{port}",
+            ns.name
+        );
+    }
+
+    let server = Server::start(&h.server, &w.setup.config);
+    for (ns, addr) in [
+        (&h.client, srv()),
+        (&h.client, srv6()),
+        (&h.attacker, att_srv()),
+        (&h.attacker, att_srv6()),
+    ] {
+        assert!(
+            !ns.tcp_connects(addr, FORWARDED),
+            "before any knock, {} connected to the forwarded port {addr}:{FORWARDED}\n{}",
+            ns.name,
+            w.rules()
+        );
+    }
+    // The attacker's positive control: its path to the container works,
+    // through the forwarded port nobody protects.
+    for addr in [att_srv(), att_srv6()] {
+        let mut s = Session::open(&h.attacker, addr, FORWARDED_OPEN);
+        assert!(
+            s.echoes("unprotected forward"),
+            "positive control: the attacker no longer reaches the container via {addr}:{FORWARDED_OPEN}"
+        );
+    }
+    assert!(
+        forwarded_before.echoes("after install"),
+        "a forwarded session that predates knock-server was cut"
+    );
+
+    // A knock opens the forwarded port for the client alone, per family.
+    let (code, out) = w.knock(&w.alice, SERVER_V4);
+    assert_eq!(
+        code,
+        0,
+        "knock for the forwarded port: {out}\n{}\n{}",
+        server.log(),
+        w.rules()
+    );
+    let mut session = Session::open(&h.client, srv(), FORWARDED);
+    assert!(
+        session.echoes("granted, forwarded"),
+        "after a knock the client does not reach the container"
+    );
+    let (code, out) = w.knock(&w.alice6, SERVER_V6);
+    assert_eq!(code, 0, "IPv6 knock for the forwarded port: {out}");
+    let mut session6 = Session::open(&h.client, srv6(), FORWARDED);
+    assert!(
+        session6.echoes("granted, forwarded, v6"),
+        "after an IPv6 knock the client does not reach the container"
+    );
+    for addr in [att_srv(), att_srv6()] {
+        assert!(
+            !h.attacker.tcp_connects(addr, FORWARDED),
+            "the client's grant opened the forwarded port to the attacker ({addr})"
+        );
+        assert!(
+            h.attacker.tcp_connects(addr, FORWARDED_OPEN),
+            "positive control: the attacker lost its path to the container ({addr})"
+        );
+    }
+    drop(server);
+}
+
 macro_rules! backend_suite {
     ($module:ident, $firewall:literal) => {
         mod $module {
@@ -391,6 +544,10 @@ macro_rules! backend_suite {
             #[test]
             fn only_tcp_protected_tracks_no_flow() {
                 super::only_tcp_protected_tracks_no_flow($firewall);
+            }
+            #[test]
+            fn forwarded_port_is_protected() {
+                super::forwarded_port_is_protected($firewall);
             }
         }
     };
