@@ -7,7 +7,9 @@
 //! - with only TCP ports protected, knock's rules make the kernel track no
 //!   flow;
 //! - a port the host forwards with DNAT (to a "container" namespace behind
-//!   the server) is closed and opened exactly like a local one.
+//!   the server) is closed and opened exactly like a local one;
+//! - another table's accepts, or a default-drop policy, do not weaken
+//!   protection, and `check` warns about an iptables rule that would.
 //!
 //! Every "did not happen" is paired with a positive control in the same run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -534,6 +536,202 @@ fn forwarded_port_is_protected(firewall: &str) {
     drop(server);
 }
 
+// ---------------------------------------------------------------------------
+// 4. Another table's rules do not weaken protection.
+
+/// An admin ruleset loaded beside knock's.
+struct AdminRules {
+    name: &'static str,
+    load: String,
+    unload: String,
+    /// Prints the admin's packet counters for its accept of 4992.
+    counters: String,
+    /// Does it drop everything not accepted (an unprotected port included)?
+    default_drop: bool,
+}
+
+fn admin_rulesets() -> Vec<AdminRules> {
+    let nft_counters = "nft list table inet knock_admin".to_owned();
+    let nft_unload = "nft delete table inet knock_admin".to_owned();
+    let accepting = |pre: i32, input: i32| {
+        format!(
+            "nft -f - <<'EOF'\ntable inet knock_admin {{\n  \
+             chain pre {{ type filter hook prerouting priority {pre}; policy accept; tcp dport {PORT} counter accept; }}\n  \
+             chain input {{ type filter hook input priority {input}; policy accept; tcp dport {PORT} counter accept; }}\n}}\nEOF"
+        )
+    };
+    vec![
+        AdminRules {
+            name: "nft table, policy accept, accepts 4992 before ours (priority -300)",
+            load: accepting(-300, -300),
+            unload: nft_unload.clone(),
+            counters: nft_counters.clone(),
+            default_drop: false,
+        },
+        AdminRules {
+            name: "nft table, policy accept, accepts 4992 after ours (priority 0 / 100)",
+            load: accepting(0, 100),
+            unload: nft_unload.clone(),
+            counters: nft_counters.clone(),
+            default_drop: false,
+        },
+        AdminRules {
+            name: "nft table, input policy drop, accepts 4992",
+            load: format!(
+                "nft -f - <<'EOF'\ntable inet knock_admin {{\n  chain input {{\n    \
+                 type filter hook input priority 0; policy drop;\n    \
+                 ct state established,related accept\n    iif lo accept\n    \
+                 meta l4proto ipv6-icmp accept\n    tcp dport {PORT} counter accept\n  }}\n}}\nEOF"
+            ),
+            unload: nft_unload,
+            counters: nft_counters,
+            default_drop: true,
+        },
+        AdminRules {
+            name: "iptables -I INPUT 1 -p tcp --dport 4992 -j ACCEPT",
+            load: format!(
+                "iptables -I INPUT 1 -p tcp --dport {PORT} -j ACCEPT && \
+                 ip6tables -I INPUT 1 -p tcp --dport {PORT} -j ACCEPT"
+            ),
+            unload: format!(
+                "iptables -D INPUT -p tcp --dport {PORT} -j ACCEPT && \
+                 ip6tables -D INPUT -p tcp --dport {PORT} -j ACCEPT"
+            ),
+            counters: "iptables -v -x -n -L INPUT".to_owned(),
+            default_drop: false,
+        },
+        AdminRules {
+            name: "iptables INPUT policy DROP, accepts 4992",
+            load: format!(
+                "iptables -A INPUT -i lo -j ACCEPT && \
+                 iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT && \
+                 iptables -A INPUT -p tcp --dport {PORT} -j ACCEPT && \
+                 iptables -P INPUT DROP"
+            ),
+            unload: "iptables -P INPUT ACCEPT && iptables -F INPUT".to_owned(),
+            counters: "iptables -v -x -n -L INPUT".to_owned(),
+            default_drop: true,
+        },
+    ]
+}
+
+/// The packets the admin's accept of 4992 has counted, from `nft list` or
+/// `iptables -v -x -n -L` output.
+fn accept_counter(listing: &str) -> u64 {
+    listing
+        .lines()
+        .filter(|l| l.contains(&format!("dport {PORT}")) || l.contains(&format!("dpt:{PORT}")))
+        .map(|l| {
+            if let Some((_, rest)) = l.split_once("counter packets ") {
+                rest.split_whitespace().next()
+            } else {
+                l.split_whitespace().next()
+            }
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no packet counter in {l:?}"))
+        })
+        .sum()
+}
+
+fn other_tables_do_not_weaken_protection(firewall: &str) {
+    let w = world(firewall);
+    w.local_services();
+    let h = &w.hosts;
+    let server = Server::start(&h.server, &w.setup.config);
+    assert!(
+        h.client.tcp_connects(srv(), UNPROTECTED_TCP),
+        "positive control: the unprotected port does not answer"
+    );
+
+    for admin in admin_rulesets() {
+        h.server.sh(&admin.load);
+        if admin.default_drop {
+            assert!(
+                !h.client.tcp_connects(srv(), UNPROTECTED_TCP),
+                "positive control: [{}] is not live: an unaccepted port still opens\n{}",
+                admin.name,
+                w.rules()
+            );
+        }
+        assert!(
+            !h.attacker.tcp_connects(att_srv(), PORT),
+            "[{}]: the attacker connected without a knock\n{}",
+            admin.name,
+            w.rules()
+        );
+        assert!(
+            !h.client.tcp_connects(srv(), PORT),
+            "[{}]: the client connected before its knock\n{}",
+            admin.name,
+            w.rules()
+        );
+        let (code, out) = w.knock(&w.alice, SERVER_V4);
+        assert_eq!(
+            code,
+            0,
+            "[{}]: the knock did not open the port: {out}\n{}\n{}",
+            admin.name,
+            server.log(),
+            w.rules()
+        );
+        let mut session = Session::open(&h.client, srv(), PORT);
+        assert!(session.echoes("granted"), "[{}]: no echo", admin.name);
+        assert!(
+            !h.attacker.tcp_connects(att_srv(), PORT),
+            "[{}]: the grant opened the port to the attacker",
+            admin.name
+        );
+        // Positive control: the admin's accept rule saw the port's traffic.
+        let counters = h.server.sh(&admin.counters);
+        assert!(
+            accept_counter(&counters) > 0,
+            "positive control: [{}] never matched a packet to {PORT}:\n{counters}",
+            admin.name
+        );
+        drop(session);
+        h.server.sh(&admin.unload);
+        w.setup.wait_no_grants(&h.server);
+    }
+
+    if firewall == "iptables" {
+        audit_warns_about_accept_above_our_jump(&w);
+    }
+    drop(server);
+}
+
+/// `knock-server check` warns when a rule above our jump in mangle
+/// PREROUTING accepts a protected port; it did not before that rule existed.
+fn audit_warns_about_accept_above_our_jump(w: &World) {
+    let h = &w.hosts;
+    let warns = |err: &str| -> Vec<String> {
+        err.lines()
+            .filter(|l| l.contains("warning") && l.contains(&PORT.to_string()))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (code, _, err) = check(&h.server, &w.setup.config);
+    assert_eq!(code, 0, "check: {err}");
+    assert!(
+        warns(&err).is_empty(),
+        "check warned with nothing above our jump: {err}"
+    );
+    h.server.sh(&format!(
+        "iptables -t mangle -I PREROUTING 1 -p tcp --dport {PORT} -j ACCEPT"
+    ));
+    let (code, _, err) = check(&h.server, &w.setup.config);
+    assert_eq!(code, 0, "check: {err}");
+    let warnings = warns(&err);
+    assert!(
+        !warnings.is_empty(),
+        "check did not warn about an ACCEPT of {PORT} above the jump to KNOCK-PREROUTING:\n{err}\n{}",
+        w.rules()
+    );
+    println!("iptables: check warns: {}", warnings.join(" | "));
+    h.server.sh(&format!(
+        "iptables -t mangle -D PREROUTING -p tcp --dport {PORT} -j ACCEPT"
+    ));
+}
+
 macro_rules! backend_suite {
     ($module:ident, $firewall:literal) => {
         mod $module {
@@ -548,6 +746,10 @@ macro_rules! backend_suite {
             #[test]
             fn forwarded_port_is_protected() {
                 super::forwarded_port_is_protected($firewall);
+            }
+            #[test]
+            fn other_tables_do_not_weaken_protection() {
+                super::other_tables_do_not_weaken_protection($firewall);
             }
         }
     };
