@@ -9,7 +9,9 @@
 //! - a port the host forwards with DNAT (to a "container" namespace behind
 //!   the server) is closed and opened exactly like a local one;
 //! - another table's accepts, or a default-drop policy, do not weaken
-//!   protection, and `check` warns about an iptables rule that would.
+//!   protection, and `check` warns about an iptables rule that would;
+//! - the iptables backend installs nothing when one family's command is
+//!   missing.
 //!
 //! Every "did not happen" is paired with a positive control in the same run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -732,6 +734,87 @@ fn audit_warns_about_accept_above_our_jump(w: &World) {
     ));
 }
 
+// ---------------------------------------------------------------------------
+// 5. iptables: a missing ip6tables_cmd leaves everything untouched.
+
+/// What knock could have left in `ns`: our chains in mangle and filter of
+/// both families, ipsets, an nft table named knock.
+fn knock_traces(ns: &Ns) -> Vec<String> {
+    let listing = ns
+        .try_sh(
+            "for t in mangle filter; do iptables -t $t -S; ip6tables -t $t -S; done 2>&1; \
+             echo '# ipsets'; ipset list -n 2>&1; echo '# nft'; nft list tables 2>&1",
+        )
+        .1;
+    listing
+        .lines()
+        .filter(|l| l.contains("KNOCK") || l.starts_with("knock") || l.contains("inet knock"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn iptables_missing_ip6tables_installs_nothing() {
+    let mut lab = Lab::new();
+    let ns = lab.netns("srv");
+    let setup = Setup::new(
+        &lab,
+        "server",
+        "iptables",
+        &["tcp/4992"],
+        "ip6tables_cmd = \"ip6tables-nosuch\"\n",
+    );
+    // A client (and the server identity), so that nothing else is missing.
+    setup.keygen("alice", "198.18.0.1", Some("tcp/4992"));
+    let config = setup.config.to_str().unwrap();
+    for command in ["check", "run"] {
+        let (code, out, err) =
+            run_server_to_exit(&ns, &[command, "--config", config], Duration::from_secs(20));
+        assert_eq!(
+            code, 2,
+            "{command} with ip6tables_cmd missing: exit {code}\n{out}{err}"
+        );
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "{command}: one line on stderr, got:\n{err}"
+        );
+        assert!(
+            err.contains("ip6tables_cmd"),
+            "{command}: the error does not name ip6tables_cmd: {err}"
+        );
+        let traces = knock_traces(&ns);
+        assert!(
+            traces.is_empty(),
+            "{command} failed, yet installed: {traces:?}\n{}",
+            rules(&ns)
+        );
+    }
+
+    // Positive control: with the right command, run installs the chain in
+    // both families and both sets, and the same probe sees them.
+    set_config_key(&setup.config, "ip6tables_cmd", "\"ip6tables\"");
+    let server = Server::start(&ns, &setup.config);
+    let traces = knock_traces(&ns);
+    for expected in [
+        "-A PREROUTING -j KNOCK-PREROUTING",
+        "-N KNOCK-PREROUTING",
+        "knock4",
+        "knock6",
+    ] {
+        assert!(
+            traces.iter().any(|l| l.contains(expected)),
+            "positive control: after run, {expected:?} is not found: {traces:?}\n{}",
+            rules(&ns)
+        );
+    }
+    let jumps = traces
+        .iter()
+        .filter(|l| l.contains("-A PREROUTING -j KNOCK-PREROUTING"))
+        .count();
+    assert_eq!(jumps, 2, "one jump per family: {traces:?}");
+    drop(server);
+}
+
 macro_rules! backend_suite {
     ($module:ident, $firewall:literal) => {
         mod $module {
@@ -757,3 +840,8 @@ macro_rules! backend_suite {
 
 backend_suite!(nftables, "nftables");
 backend_suite!(iptables, "iptables");
+
+#[test]
+fn iptables_missing_ip6tables_cmd_installs_nothing() {
+    iptables_missing_ip6tables_installs_nothing();
+}
