@@ -15,6 +15,9 @@ use crate::FileError;
 
 /// Where the configuration is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/knock/server.toml";
+/// The packet mark bit of iptables refusals unless configured otherwise:
+/// clear of the bits Docker, kube-proxy and Weave use.
+pub const DEFAULT_IPTABLES_MARK: u32 = 0x0020_0000;
 /// The port knocks are sent to unless configured otherwise.
 pub const DEFAULT_KNOCK_PORT: u16 = 62201;
 
@@ -45,6 +48,26 @@ pub enum OnExit {
     RemoveRules,
 }
 
+/// What a refused connection attempt to a protected port (and a datagram
+/// to the knock port) gets: whatever the host gives its other closed ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuse {
+    /// A TCP reset, or an ICMP port unreachable: a host that answers closed
+    /// ports (the kernel's default).
+    Reject,
+    /// Nothing: a host whose own ruleset drops traffic to closed ports.
+    Drop,
+}
+
+impl Refuse {
+    pub fn name(self) -> &'static str {
+        match self {
+            Refuse::Reject => "reject",
+            Refuse::Drop => "drop",
+        }
+    }
+}
+
 /// The server's configuration, checked.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -60,6 +83,11 @@ pub struct ServerConfig {
     pub identity_file: PathBuf,
     pub max_clock_skew: Duration,
     pub on_exit: OnExit,
+    pub refuse: Refuse,
+    /// iptables, `refuse = "reject"`: the packet mark bit that carries a
+    /// refusal from the mangle table, where we decide, to the filter table,
+    /// where the kernel lets us answer.
+    pub iptables_mark: u32,
     /// nftables: the name of our table (family inet).
     pub nft_table: String,
     /// nftables: the priority of our prerouting chain; lower runs earlier.
@@ -84,6 +112,8 @@ struct RawConfig {
     identity_file: Option<String>,
     max_clock_skew: Option<String>,
     on_exit: Option<String>,
+    refuse: Option<String>,
+    iptables_mark: Option<String>,
     nft_table: Option<String>,
     nft_priority: Option<i64>,
     iptables_cmd: Option<String>,
@@ -194,6 +224,29 @@ impl ServerConfig {
                 ))
             }
         };
+        let refuse = match raw.refuse.as_deref() {
+            None | Some("reject") => Refuse::Reject,
+            Some("drop") => Refuse::Drop,
+            Some(other) => {
+                return Err(field(
+                    "refuse",
+                    format!("unknown value {other:?}; use \"reject\" or \"drop\""),
+                ))
+            }
+        };
+        let iptables_mark = match raw.iptables_mark.as_deref() {
+            None => DEFAULT_IPTABLES_MARK,
+            Some(text) => text
+                .strip_prefix("0x")
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                .filter(|mark| mark.count_ones() == 1)
+                .ok_or_else(|| {
+                    field(
+                        "iptables_mark",
+                        format!("{text:?}: use one bit in hexadecimal, e.g. \"0x00200000\""),
+                    )
+                })?,
+        };
         let nft_table = raw.nft_table.unwrap_or_else(|| "knock".to_owned());
         if !(1..=32).contains(&nft_table.len())
             || !nft_table
@@ -236,6 +289,8 @@ impl ServerConfig {
             identity_file,
             max_clock_skew,
             on_exit,
+            refuse,
+            iptables_mark,
             nft_table,
             nft_priority,
             iptables_cmd,

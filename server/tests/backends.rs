@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use knock_proto::{PortSpec, Transport};
 use knock_server::firewall::{
-    iptables, nftables, Firewall, FirewallError, LiveGrant, Policy, Settings,
+    iptables, nftables, Firewall, FirewallError, LiveGrant, Policy, Refusal, Settings,
 };
 
 /// Set (to the namespace's name) in the child that runs inside it.
@@ -189,17 +189,17 @@ fn nftables() -> Backend {
             ip6tables_cmd: "ip6tables".into(),
         },
         counts: nft_counts,
-        expected: vec![7],
+        expected: vec![6],
         tamper: |_| {
             let listing = sh("nft -a list chain inet knock prerouting");
             let handle = listing
                 .lines()
-                .find(|l| l.contains("udp dport 62201 drop"))
+                .find(|l| l.contains("iif \"lo\" accept"))
                 .and_then(|l| l.rsplit("# handle ").next())
                 .map(|h| h.trim().to_owned())
-                .expect("knock port rule and its handle");
+                .expect("loopback rule and its handle");
             sh(&format!(
-                "nft replace rule inet knock prerouting handle {handle} udp dport 62202 drop"
+                "nft replace rule inet knock prerouting handle {handle} iif \"lo\" drop"
             ));
         },
         delete: |_| {
@@ -219,7 +219,10 @@ fn nftables() -> Backend {
             let listing = sh("nft -a list table inet knock");
             listing
                 .lines()
-                .filter(|l| l.contains("# handle") && (l.contains("table ") || l.contains("set ")))
+                .filter(|l| {
+                    let l = l.trim_start();
+                    l.contains("# handle") && (l.starts_with("table ") || l.starts_with("set "))
+                })
                 .collect::<Vec<_>>()
                 .join("\n")
         },
@@ -229,19 +232,19 @@ fn nftables() -> Backend {
 fn ipt_counts(rules: &Cmds) -> Vec<usize> {
     let mut counts = Vec::new();
     for cmd in [&rules.iptables_cmd, &rules.ip6tables_cmd] {
-        let chain = sh(&format!("{cmd} -w -t mangle -S KNOCK-PREROUTING"));
-        counts.push(
-            chain
-                .lines()
-                .filter(|l| l.starts_with("-A KNOCK-PREROUTING "))
-                .count(),
-        );
-        let hook = sh(&format!("{cmd} -w -t mangle -S PREROUTING"));
-        counts.push(
-            hook.lines()
-                .filter(|l| l.trim() == "-A PREROUTING -j KNOCK-PREROUTING")
-                .count(),
-        );
+        for (table, chain, hooks) in [
+            ("mangle", "KNOCK-PREROUTING", &["PREROUTING"][..]),
+            ("filter", "KNOCK-REJECT", &["INPUT", "FORWARD"][..]),
+            ("security", "KNOCK-GUARD", &["INPUT", "FORWARD"][..]),
+        ] {
+            let listing = sh(&format!("{cmd} -w -t {table} -S"));
+            let rule = format!("-A {chain} ");
+            counts.push(listing.lines().filter(|l| l.starts_with(&rule)).count());
+            for hook in hooks {
+                let jump = format!("-A {hook} -j {chain}");
+                counts.push(listing.lines().filter(|l| l.trim() == jump).count());
+            }
+        }
     }
     counts
 }
@@ -251,6 +254,7 @@ fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
         settings: Settings::Iptables(iptables::Settings {
             iptables: iptables.into(),
             ip6tables: ip6tables.into(),
+            mark: 0x0020_0000,
         }),
         policy: policy(),
         cmds: Cmds {
@@ -258,9 +262,11 @@ fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
             ip6tables_cmd: ip6tables.into(),
         },
         counts: ipt_counts,
-        // knock port, loopback, set match, a SYN drop for tcp/4992, an
-        // established RETURN and a drop for udp/53; one jump
-        expected: vec![6, 1, 6, 1],
+        // Per family. mangle: loopback, set match, a SYN mark for tcp/4992,
+        // an established RETURN and a mark for udp/53, one jump; filter: a
+        // reset for tcp and a port unreachable for udp, a jump from INPUT
+        // and from FORWARD; security: the drop of marked packets, two jumps.
+        expected: vec![5, 1, 2, 1, 1, 1, 1, 1, 5, 1, 2, 1, 1, 1, 1, 1],
         tamper: |rules| {
             sh(&format!(
                 "{} -w -t mangle -R KNOCK-PREROUTING 1 -p udp -m udp --dport 62202 -j DROP",
@@ -292,10 +298,12 @@ fn iptables_with(iptables: &str, ip6tables: &str) -> Backend {
             let mut left = String::new();
             for cmd in [&rules.iptables_cmd, &rules.ip6tables_cmd] {
                 left.extend(
-                    sh(&format!("{cmd} -w -S; {cmd} -w -t mangle -S"))
-                        .lines()
-                        .filter(|l| l.contains("KNOCK"))
-                        .map(|l| format!("{l}\n")),
+                    sh(&format!(
+                        "{cmd} -w -S; {cmd} -w -t mangle -S; {cmd} -w -t security -S"
+                    ))
+                    .lines()
+                    .filter(|l| l.contains("KNOCK"))
+                    .map(|l| format!("{l}\n")),
                 );
             }
             left.extend(
@@ -349,9 +357,12 @@ fn behaviour(backend: &Backend) {
 
     // plan changes nothing; verify fails before install
     let plan = fw.plan(policy);
+    assert!(plan.contains("4992"), "plan:\n{plan}");
+    // Refusing by drop, the knock port is dropped too.
+    let dropping = fw.plan(&policy.clone().refusing(Refusal::Drop));
     assert!(
-        plan.contains("62201") && plan.contains("4992"),
-        "plan:\n{plan}"
+        dropping.contains("62201") && !plan.contains("62201"),
+        "plan:\n{dropping}"
     );
     assert_eq!(
         (backend.leftovers)(rules).trim(),

@@ -30,16 +30,32 @@ use thiserror::Error;
 pub use command::CommandError;
 pub use netlink::NetlinkError;
 
-/// What the firewall enforces: the knock port, never answered, and the ports
-/// closed to every address without a grant.
+/// What the firewall enforces: the ports closed to every address without a
+/// grant, how a refused attempt is answered, and the knock port, which must
+/// look like any other closed port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub knock_port: u16,
     /// Sorted, without duplicates.
     protected: Vec<PortSpec>,
+    pub refusal: Refusal,
+}
+
+/// How a refused connection attempt is answered: as the host answers its
+/// other closed ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A TCP reset, or an ICMP port unreachable, within the kernel's own rate
+    /// limits. The knock port is left to the kernel, which answers it the
+    /// same way since nothing listens there.
+    Reject,
+    /// Nothing at all; the knock port is dropped too.
+    Drop,
 }
 
 impl Policy {
+    /// Refusing with [`Refusal::Reject`], what a host without a firewall
+    /// does.
     pub fn new(knock_port: u16, protected: &[PortSpec]) -> Self {
         let protected = protected
             .iter()
@@ -50,7 +66,14 @@ impl Policy {
         Self {
             knock_port,
             protected,
+            refusal: Refusal::Reject,
         }
+    }
+
+    #[must_use]
+    pub fn refusing(mut self, refusal: Refusal) -> Self {
+        self.refusal = refusal;
+        self
     }
 
     /// The protected ports, sorted and without duplicates.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use knock_proto::Transport;
 
 use super::{Settings, CHAIN, SET4, SET6};
-use crate::firewall::{LiveGrant, Policy};
+use crate::firewall::{LiveGrant, Policy, Refusal};
 
 /// Our chain's rules, one line (one kernel rule) each, in order.
 ///
@@ -22,12 +22,20 @@ use crate::firewall::{LiveGrant, Policy};
 /// UDP ports, which have no such marker, use conntrack.
 pub fn chain_rules(policy: &Policy) -> Vec<String> {
     const LOCAL: &str = "fib daddr type local";
-    let mut rules = vec![
-        format!("{LOCAL} udp dport {} drop", policy.knock_port),
-        // The host's own processes are not the scanners we hide from, and
-        // local services (tunnels, health checks) must keep working.
-        "iif \"lo\" accept".to_owned(),
-    ];
+    let (refuse_tcp, refuse_udp) = match policy.refusal {
+        // What the kernel sends for a port nothing listens on.
+        Refusal::Reject => ("reject with tcp reset", "reject"),
+        Refusal::Drop => ("drop", "drop"),
+    };
+    let mut rules = Vec::new();
+    if policy.refusal == Refusal::Drop {
+        // Where closed ports are dropped, so is the knock port; otherwise
+        // the kernel answers it like any other port nothing listens on.
+        rules.push(format!("{LOCAL} udp dport {} drop", policy.knock_port));
+    }
+    // The host's own processes are not the scanners we hide from, and local
+    // services (tunnels, health checks) must keep working.
+    rules.push("iif \"lo\" accept".to_owned());
     let ports = policy.protected();
     if ports.is_empty() {
         return rules;
@@ -56,7 +64,7 @@ pub fn chain_rules(policy: &Policy) -> Vec<String> {
     let tcp = of(Transport::Tcp);
     if !tcp.is_empty() {
         rules.push(format!(
-            "{LOCAL} tcp dport {{ {tcp} }} tcp flags & (syn | ack) == syn drop"
+            "{LOCAL} tcp dport {{ {tcp} }} tcp flags & (syn | ack) == syn {refuse_tcp}"
         ));
     }
     let udp = of(Transport::Udp);
@@ -64,7 +72,7 @@ pub fn chain_rules(policy: &Policy) -> Vec<String> {
         rules.push(format!(
             "{LOCAL} udp dport {{ {udp} }} ct state established,related accept"
         ));
-        rules.push(format!("{LOCAL} udp dport {{ {udp} }} drop"));
+        rules.push(format!("{LOCAL} udp dport {{ {udp} }} {refuse_udp}"));
     }
     rules
 }
@@ -149,16 +157,24 @@ mod tests {
         let script = install_script(&settings(), &example_policy());
         assert!(script.contains("type filter hook prerouting priority -150; policy accept;"));
         assert!(script.contains("flush chain inet knock prerouting\n"));
-        assert!(script.contains("\t\tfib daddr type local udp dport 62201 drop\n"));
+        assert!(
+            !script.contains("62201"),
+            "the kernel answers the knock port"
+        );
         assert!(script.contains(
             "fib daddr type local meta l4proto . th dport { tcp . 4992, udp . 53 } ip saddr . meta l4proto . th dport @allow4 accept"
         ));
         assert!(script.contains(
-            "fib daddr type local tcp dport { 4992 } tcp flags & (syn | ack) == syn drop"
+            "fib daddr type local tcp dport { 4992 } tcp flags & (syn | ack) == syn reject with tcp reset"
         ));
         assert!(script
             .contains("fib daddr type local udp dport { 53 } ct state established,related accept"));
-        assert!(script.contains("fib daddr type local udp dport { 53 } drop"));
+        assert!(script.contains("fib daddr type local udp dport { 53 } reject\n"));
+        let dropping = install_script(&settings(), &example_policy().refusing(Refusal::Drop));
+        assert!(dropping.contains("\t\tfib daddr type local udp dport 62201 drop\n"));
+        assert!(dropping.contains("tcp flags & (syn | ack) == syn drop\n"));
+        assert!(dropping.contains("fib daddr type local udp dport { 53 } drop\n"));
+        assert!(!dropping.contains("reject"));
         assert!(!script.contains("delete"));
         let keep = [LiveGrant {
             addr: "10.0.0.9".parse().expect("ip"),
@@ -177,12 +193,13 @@ mod tests {
         let policy = example_policy();
         let script = install_script(&settings(), &policy);
         let rules = chain_rules(&policy);
-        assert_eq!(rules.len(), 7);
+        assert_eq!(rules.len(), 6);
         for rule in &rules {
             assert!(script.contains(&format!("\t\t{rule}\n")), "{rule}");
         }
         let unprotected = Policy::new(62201, &[]);
-        assert_eq!(chain_rules(&unprotected).len(), 2);
+        assert_eq!(chain_rules(&unprotected).len(), 1);
+        assert_eq!(chain_rules(&unprotected.refusing(Refusal::Drop)).len(), 2);
     }
 
     #[test]
@@ -192,16 +209,19 @@ mod tests {
             &[PortSpec::tcp(22), PortSpec::tcp(4992)],
         ));
         assert!(
-            tcp_only.iter().all(|rule| !rule.contains("ct ")),
+            tcp_only.iter().all(|rule| !rule.contains("ct state")),
             "{tcp_only:?}"
         );
         assert!(tcp_only.contains(
-            &"fib daddr type local tcp dport { 22, 4992 } tcp flags & (syn | ack) == syn drop"
+            &"fib daddr type local tcp dport { 22, 4992 } tcp flags & (syn | ack) == syn reject with tcp reset"
                 .to_owned()
         ));
         let with_udp = chain_rules(&example_policy());
         assert_eq!(
-            with_udp.iter().filter(|rule| rule.contains("ct ")).count(),
+            with_udp
+                .iter()
+                .filter(|rule| rule.contains("ct state"))
+                .count(),
             1
         );
     }
