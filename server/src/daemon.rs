@@ -11,15 +11,16 @@ use knock_keys::config::{OnExit, Refuse, ServerConfig};
 use knock_keys::FileError;
 use knock_proto::port_list;
 use thiserror::Error;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::capture::{Capture, CaptureError, Next};
+use crate::capture::{Capture, CaptureError, Link, Next};
 use crate::clients::load_clients;
 use crate::firewall::{
     iptables, nftables, Firewall, FirewallError, Policy, Refusal, Settings, SettingsChange,
 };
 use crate::health::RulesKeeper;
 use crate::pipeline::{honour, Outcome};
+use crate::privileges;
 use crate::rejections::RejectionLog;
 use crate::state::StateFile;
 use crate::timers::{unix_ms, watchdog_interval, Every};
@@ -124,42 +125,71 @@ pub enum ReloadError {
     Install(#[from] FirewallError),
 }
 
+/// What the loop knows about its capture besides the socket, and what it
+/// has told systemd.
+#[derive(Debug)]
+struct Watch {
+    link: Link,
+    /// When `link` last changed.
+    since: Instant,
+    /// The `ready` line was logged and systemd notified.
+    ready: bool,
+    /// The last refresh error logged, so that one that persists is said once.
+    failing: Option<String>,
+    watchdog: Option<Every>,
+}
+
+impl Watch {
+    fn new(link: Link, now: Instant) -> Self {
+        Self {
+            link,
+            since: now,
+            ready: false,
+            failing: None,
+            watchdog: None,
+        }
+    }
+}
+
+/// Why a capture that is not live is not.
+fn why_not_live(link: Link) -> &'static str {
+    match link {
+        Link::Live => "it is live",
+        Link::Down => "the interface is down",
+        Link::Missing => "the interface is gone",
+    }
+}
+
 impl Daemon {
-    /// Runs until SIGTERM or a fatal error.
+    /// Runs until SIGTERM or a fatal error. Our rules are installed; the
+    /// `ready` line (and systemd's READY) waits until capture is live too,
+    /// which for an interface that does not exist yet means waiting for it.
     pub fn run(mut self) -> Exit {
         let mut log = RejectionLog::default();
         let start = Instant::now();
         let mut tick = Every::new(TICK_EVERY, start);
-        let mut watchdog = watchdog_interval().map(|every| Every::new(every, start));
-        let mut capture_down_since: Option<Instant> = None;
+        let mut watch = Watch::new(self.capture.link(), start);
+        if watch.link == Link::Live {
+            self.announce_ready(&mut watch, start);
+        } else {
+            self.say_waiting(watch.link);
+        }
 
-        loop {
+        let exit = loop {
             if self.signals.terminate.load(Ordering::Relaxed) {
-                log.summarise(Instant::now());
-                return self.shutdown();
+                break None;
             }
             if self.signals.reload.swap(false, Ordering::Relaxed) {
-                self.reload();
+                self.reload(watch.ready);
+                // A reload may have moved capture to another interface.
+                self.follow_capture(&mut watch, None, Instant::now());
             }
             if let Some(reason) = self.keeper.fatal() {
-                log.summarise(Instant::now());
-                return Exit::Fatal(reason);
+                break Some(reason);
             }
 
-            let next = self.capture.wait_next();
-            if next.is_ok() {
-                // Only a capture that delivers (or times out waiting) is live:
-                // a socket reopened on an interface that is still down fails
-                // again at once, and must not log "live again" every 200 ms.
-                if let Some(since) = capture_down_since.take() {
-                    info!(
-                        "capture on {} is live again after {}s",
-                        self.config.interface,
-                        since.elapsed().as_secs()
-                    );
-                }
-            }
-            match next {
+            let mut read_error = None;
+            match self.capture.wait_next() {
                 Ok(Next::Datagram(datagram)) => {
                     let outcome = match honour(
                         &mut self.verifier,
@@ -182,33 +212,35 @@ impl Daemon {
                 }
                 Ok(Next::Malformed) => log.record_other("malformed-packet"),
                 Ok(Next::Idle) => {}
-                Err(err) => {
-                    // ENETDOWN and friends: the interface went away or down.
-                    // Reopen until it is back; the firewall keeps protecting
-                    // meanwhile.
-                    if capture_down_since.is_none() {
-                        warn!("capture failed: {err}; reopening until the interface is back");
-                        capture_down_since = Some(Instant::now());
-                    }
-                    std::thread::sleep(POLL_EVERY);
-                    match Capture::open(&self.config.interface, self.config.knock_port, POLL_EVERY)
-                    {
-                        Ok(capture) => self.capture = capture,
-                        Err(err) => {
-                            tracing::debug!("capture still down: {err}");
-                        }
-                    }
-                }
+                // ENETDOWN: the interface went down or away. The kernel says
+                // so once; we look at the interface now instead of at the
+                // next tick.
+                Err(err) => read_error = Some(err),
             }
 
             let now = Instant::now();
-            if tick.due(now) {
+            let due = tick.due(now);
+            if due || read_error.is_some() {
+                self.follow_capture(&mut watch, read_error.as_ref(), now);
+                if read_error.is_some() && watch.link == Link::Live {
+                    // An error the interface does not explain: do not spin
+                    // on it if it repeats.
+                    std::thread::sleep(POLL_EVERY);
+                }
+            }
+            if due {
                 self.verifier.tick(unix_ms());
                 log.maybe_summarise(now);
             }
-            if watchdog.as_mut().is_some_and(|w| w.due(now)) {
+            if watch.watchdog.as_mut().is_some_and(|w| w.due(now)) {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
+        };
+
+        log.summarise(Instant::now());
+        match exit {
+            None => self.shutdown(),
+            Some(reason) => Exit::Fatal(reason),
         }
     }
 
@@ -226,6 +258,101 @@ impl Daemon {
             Ok(()) => Outcome::Granted(grant),
             Err(err) => Outcome::FirewallFailed(grant, err),
         }
+    }
+
+    /// The `ready` line, and systemd's READY: rules installed, capture live.
+    fn announce_ready(&self, watch: &mut Watch, now: Instant) {
+        info!(
+            "ready: {} clients, knock port udp/{} on {}, protecting {} with {} for {}s, capabilities {}",
+            self.verifier.client_count(),
+            self.config.knock_port,
+            self.config.interface,
+            port_list(&self.config.protected),
+            self.firewall.name(),
+            self.config.open_for.as_secs(),
+            privileges::current()
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        watch.ready = true;
+        // systemd's watchdog runs from READY on.
+        watch.watchdog = watchdog_interval().map(|every| Every::new(every, now));
+    }
+
+    fn say_waiting(&self, link: Link) {
+        let what = match link {
+            Link::Down => "come up",
+            Link::Live | Link::Missing => "appear",
+        };
+        info!(
+            "waiting for interface {} to {what}; protected ports are closed meanwhile",
+            self.capture.interface()
+        );
+    }
+
+    /// Looks at the capture's interface, binding again as needed, and says
+    /// what changed: `ready` the first time capture is live, then "failed"
+    /// and "live again". Returns whether the state changed.
+    fn follow_capture(
+        &mut self,
+        watch: &mut Watch,
+        read_error: Option<&std::io::Error>,
+        now: Instant,
+    ) -> bool {
+        let interface = self.capture.interface().to_owned();
+        let index_before = self.capture.bound_index();
+        let link = match self.capture.refresh() {
+            Ok(link) => {
+                watch.failing = None;
+                link
+            }
+            Err(err) => {
+                let message = err.to_string();
+                if watch.failing.as_deref() != Some(message.as_str()) {
+                    warn!(
+                        "capture on {interface}: {message}; trying again every {}ms",
+                        TICK_EVERY.as_millis()
+                    );
+                    watch.failing = Some(message);
+                }
+                return false;
+            }
+        };
+        if link == watch.link {
+            if link == Link::Live && index_before != self.capture.bound_index() {
+                // Deleted and re-created between two looks.
+                warn!(
+                    "capture on {interface} moved to the re-created interface (index {} -> {}); knocks sent in between were not seen",
+                    index_before.unwrap_or(0),
+                    self.capture.bound_index().unwrap_or(0)
+                );
+            } else if let (Link::Live, Some(err)) = (link, read_error) {
+                debug!("capture on {interface}: read failed ({err}), but the interface is up and bound");
+            }
+            return false;
+        }
+        let was = std::mem::replace(&mut watch.link, link);
+        let away = now.duration_since(watch.since);
+        watch.since = now;
+        match (link, watch.ready) {
+            (Link::Live, false) => self.announce_ready(watch, now),
+            (Link::Live, true) => info!(
+                "capture on {interface} is live again after {}s",
+                away.as_secs()
+            ),
+            (_, false) => self.say_waiting(link),
+            (_, true) if was == Link::Live => {
+                let detail = read_error.map(|e| format!(" ({e})")).unwrap_or_default();
+                warn!(
+                    "capture failed on {interface}: {}{detail}; knocks are not seen until it is back, protected ports stay closed",
+                    why_not_live(link)
+                );
+            }
+            (_, true) => info!(
+                "capture on {interface}: {}; waiting for it",
+                why_not_live(link)
+            ),
+        }
+        true
     }
 
     fn shutdown(self) -> Exit {
@@ -248,14 +375,19 @@ impl Daemon {
     }
 
     /// SIGHUP: re-read configuration and clients. On any error keep running
-    /// on the old configuration. Live grants are never touched.
-    fn reload(&mut self) {
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+    /// on the old configuration. Live grants are never touched. Before
+    /// `ready`, systemd hears nothing of it: READY must wait for capture.
+    fn reload(&mut self, ready: bool) {
+        if ready {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        }
         match self.try_reload() {
             Ok(summary) => info!("reloaded: {summary}"),
             Err(err) => error!("reload failed, still running on the previous configuration: {err}"),
         }
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        if ready {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        }
     }
 
     fn try_reload(&mut self) -> Result<String, ReloadError> {

@@ -13,7 +13,9 @@ use knock_keys::identity;
 use knock_proto::port_list;
 use knock_server::capture::{filter, Capture};
 use knock_server::clients::load_clients;
-use knock_server::daemon::{firewall_settings, policy, window_ms, Daemon, Exit, Signals};
+use knock_server::daemon::{
+    firewall_settings, policy, window_ms, Daemon, Exit, Signals, POLL_EVERY,
+};
 use knock_server::health::RulesKeeper;
 use knock_server::privileges;
 use knock_server::state::{ReplayStore, Restored, StateFile};
@@ -103,12 +105,13 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         ))
     })?;
 
-    let capture = Capture::open(
-        &config.interface,
-        config.knock_port,
-        std::time::Duration::from_millis(200),
-    )
-    .map_err(Failure::runtime)?;
+    // The packet socket first: without CAP_NET_RAW we fail here, before
+    // touching the firewall. A missing interface is no failure: it is
+    // waited for after our rules are installed, so the protected ports are
+    // closed meanwhile, and `ready` is said once capture is live
+    // (Daemon::run).
+    let capture = Capture::start(&config.interface, config.knock_port, POLL_EVERY)
+        .map_err(Failure::runtime)?;
     let policy = policy(&config);
     let mut installer = settings.build();
     installer
@@ -137,18 +140,6 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         guard,
         unix_ms(),
     );
-
-    info!(
-        "ready: {} clients, knock port udp/{} on {}, protecting {} with {} for {}s, capabilities {}",
-        verifier.client_count(),
-        config.knock_port,
-        config.interface,
-        port_list(&config.protected),
-        firewall.name(),
-        config.open_for.as_secs(),
-        privileges::current()
-    );
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let daemon = Daemon {
         config,

@@ -405,6 +405,9 @@ fn capture_recovers_after_interface_down_and_up() {
         "capture did not recover after the interface came back: {out}\n{}",
         server.log()
     );
+    // The client gets in as soon as the grant is in the kernel, which can be
+    // a moment before the server's log line about it reaches us.
+    server.wait_for_count("granted", 2, Duration::from_secs(2));
     assert_eq!(server.count_log("granted"), 2, "{}", server.log());
     // Said once each, not once per reopening attempt while the link was down.
     assert_eq!(server.count_log("capture failed"), 1, "{}", server.log());

@@ -7,17 +7,16 @@ mod sys;
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::RawFd;
 use std::time::Duration;
 
-use pnet_datalink::{Channel, ChannelType, Config, DataLinkReceiver, NetworkInterface};
 use pnet_packet::ipv4::Ipv4Packet;
 use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::udp::UdpPacket;
 use thiserror::Error;
 
-/// `ETH_P_ALL`: every protocol; the BPF filter does the selecting.
-const ETH_P_ALL: u16 = 0x0003;
+/// `interface = "any"`: every interface of the namespace, bound once, as
+/// interface index 0.
+pub const ANY: &str = "any";
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -26,11 +25,38 @@ pub enum CaptureError {
     NoSuchInterface(String),
     #[error("cannot open the packet socket: {0} (needs CAP_NET_RAW)")]
     Socket(io::Error),
+    #[error("cannot look up interface {interface}: {source}")]
+    Lookup {
+        interface: String,
+        source: io::Error,
+    },
     #[error("cannot bind the packet socket to {interface}: {source}")]
     Bind {
         interface: String,
         source: io::Error,
     },
+}
+
+/// Where a capture stands with its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Bound to the interface, which is up: knocks are seen.
+    Live,
+    /// Bound to the interface, which is down: nothing arrives until it is up.
+    Down,
+    /// No interface of that name, yet or any more: waiting for it.
+    Missing,
+}
+
+impl Link {
+    /// One word, for logs and the status file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Down => "down",
+            Self::Missing => "waiting",
+        }
+    }
 }
 
 /// A UDP datagram to the knock port, as seen on the wire.
@@ -47,18 +73,24 @@ const BUSY_BATCH: usize = 4;
 /// instead of one wake-up per frame; never applies when traffic is light.
 const FLOOD_PAUSE: Duration = Duration::from_micros(200);
 
-/// A live capture on one interface, or all of them.
+/// A capture on one interface, by name, or on all of them.
 ///
-/// pnet_datalink binds the filtered socket to the interface and owns it. The
-/// hot path then reads frames in batches with `recvmmsg` on that descriptor:
-/// pnet's receiver polls once per frame, which costs 3.1 µs of server CPU
-/// per flood datagram against 1 µs for batches (docs/PERFORMANCE.md).
+/// A packet socket binds to an interface *index*. When the interface is
+/// deleted the kernel unbinds the socket for good (it reads nothing ever
+/// after, and says so only once, with ENETDOWN); a re-created interface of
+/// the same name has a new index. So the capture holds on to the name:
+/// [`Self::refresh`] looks it up and binds the socket again whenever the
+/// name points elsewhere than the socket. Frames are read in batches with
+/// `recvmmsg`: one wake-up per frame costs 3.1 µs of server CPU per flood
+/// datagram against 1 µs for batches (docs/PERFORMANCE.md).
 pub struct Capture {
-    // Owns the descriptor (closed on drop); not read from.
-    _receiver: Box<dyn DataLinkReceiver>,
-    fd: RawFd,
+    interface: String,
     knock_port: u16,
     poll_every: Duration,
+    socket: sys::PacketSocket,
+    /// The index we last bound to, if any.
+    bound: Option<u32>,
+    link: Link,
     batch: sys::Batch,
     read: usize,
     next: usize,
@@ -67,8 +99,11 @@ pub struct Capture {
 impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Capture")
+            .field("interface", &self.interface)
             .field("knock_port", &self.knock_port)
-            .finish()
+            .field("bound", &self.bound)
+            .field("link", &self.link)
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,47 +119,132 @@ pub enum Next<'a> {
 }
 
 impl Capture {
-    /// Opens a capture of UDP datagrams to `knock_port` on `interface`
-    /// ("any" for all interfaces). `poll_every` bounds how long [`Self::wait_next`]
-    /// waits, so the caller can look at signals and timers.
+    /// A capture of UDP datagrams to `knock_port` on `interface` ("any" for
+    /// all interfaces), bound at once if the interface exists. An interface
+    /// that is missing or down is no error: see [`Self::link`], and call
+    /// [`Self::refresh`] to follow it. Errors are what waiting cannot cure:
+    /// no CAP_NET_RAW, a failing lookup or bind. `poll_every` bounds how long
+    /// [`Self::wait_next`] waits, so the caller can look at signals and
+    /// timers.
+    pub fn start(
+        interface: &str,
+        knock_port: u16,
+        poll_every: Duration,
+    ) -> Result<Self, CaptureError> {
+        let program = filter::knock_filter(knock_port);
+        let socket = sys::PacketSocket::new(&program).map_err(CaptureError::Socket)?;
+        let mut capture = Self {
+            interface: interface.to_owned(),
+            knock_port,
+            poll_every,
+            socket,
+            bound: None,
+            link: Link::Missing,
+            batch: sys::Batch::new(),
+            read: 0,
+            next: 0,
+        };
+        capture.refresh()?;
+        Ok(capture)
+    }
+
+    /// Like [`Self::start`], but the interface must exist now (a reload to
+    /// another interface is refused, not waited for).
     pub fn open(
         interface: &str,
         knock_port: u16,
         poll_every: Duration,
     ) -> Result<Self, CaptureError> {
-        let nic = find_interface(interface)?;
-        let program = filter::knock_filter(knock_port);
-        let fd = sys::open_filtered_packet_socket(&program).map_err(CaptureError::Socket)?;
-        let config = Config {
-            channel_type: ChannelType::Layer3(ETH_P_ALL),
-            socket_fd: Some(fd),
-            promiscuous: false,
-            read_timeout: Some(poll_every),
-            read_buffer_size: 4096,
-            write_buffer_size: 0,
-            ..Config::default()
-        };
-        // pnet binds the descriptor to the interface and owns it from here,
-        // closing it on drop (also when binding fails).
-        match pnet_datalink::channel(&nic, config) {
-            Ok(Channel::Ethernet(_sender, receiver)) => Ok(Self {
-                _receiver: receiver,
-                fd,
-                knock_port,
-                poll_every,
-                batch: sys::Batch::new(),
-                read: 0,
-                next: 0,
-            }),
-            Ok(_) => Err(CaptureError::Bind {
-                interface: interface.to_owned(),
-                source: io::Error::other("unexpected channel type"),
-            }),
-            Err(source) => Err(CaptureError::Bind {
-                interface: interface.to_owned(),
-                source,
-            }),
+        let capture = Self::start(interface, knock_port, poll_every)?;
+        if capture.link == Link::Missing {
+            return Err(CaptureError::NoSuchInterface(interface.to_owned()));
         }
+        Ok(capture)
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// Where the capture stood at the last [`Self::refresh`].
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
+    /// The interface index the socket was last bound to (0: every interface).
+    pub fn bound_index(&self) -> Option<u32> {
+        self.bound
+    }
+
+    /// Looks the interface up by name and binds the socket to it again if
+    /// it is not bound to it now (the interface appeared, or was deleted and
+    /// re-created). Three system calls; meant to run a few times a second.
+    ///
+    /// `Live` means bound to the interface the name has now, and that
+    /// interface is up: knocks arriving on it are read.
+    pub fn refresh(&mut self) -> Result<Link, CaptureError> {
+        if self.interface == ANY {
+            // Index 0 is never unregistered.
+            if self.bound.is_none() {
+                self.bind(0)?;
+            }
+            self.link = Link::Live;
+            return Ok(self.link);
+        }
+        let found = self
+            .socket
+            .link(&self.interface)
+            .map_err(|source| CaptureError::Lookup {
+                interface: self.interface.clone(),
+                source,
+            })?;
+        let Some(found) = found else {
+            // The socket stays bound to the dead index, where nothing
+            // arrives, until the name comes back.
+            self.link = Link::Missing;
+            return Ok(self.link);
+        };
+        // -1 once the kernel unregistered the interface we were bound to,
+        // which also catches a re-created interface that got the old index.
+        let current = self
+            .socket
+            .bound_index()
+            .map_err(|source| CaptureError::Lookup {
+                interface: self.interface.clone(),
+                source,
+            })?;
+        let bound_here =
+            self.bound == Some(found.index) && i64::from(current) == i64::from(found.index);
+        if !bound_here {
+            match self.bind(found.index) {
+                Ok(()) => {}
+                Err(CaptureError::Bind { source, .. })
+                    if source.raw_os_error() == Some(libc::ENODEV) =>
+                {
+                    // Deleted between the lookup and the bind.
+                    self.link = Link::Missing;
+                    return Ok(self.link);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        self.link = if found.up { Link::Live } else { Link::Down };
+        Ok(self.link)
+    }
+
+    fn bind(&mut self, index: u32) -> Result<(), CaptureError> {
+        self.socket
+            .bind(index)
+            .map_err(|source| CaptureError::Bind {
+                interface: self.interface.clone(),
+                source,
+            })?;
+        self.bound = Some(index);
+        // The ENETDOWN of the interface we left is old news; the bind itself
+        // queues a fresh one if the new interface is down, which `refresh`
+        // already reports as `Down`.
+        self.socket.clear_error();
+        Ok(())
     }
 
     /// Waits for the next datagram, at most the poll interval.
@@ -133,8 +253,11 @@ impl Capture {
             if self.read >= BUSY_BATCH {
                 std::thread::sleep(FLOOD_PAUSE);
             }
-            self.read = self.fill()?;
+            // Forget the last batch before reading, so that an error does
+            // not leave its frames to be handed out again.
+            self.read = 0;
             self.next = 0;
+            self.read = self.fill()?;
             if self.read == 0 {
                 return Ok(Next::Idle);
             }
@@ -151,32 +274,12 @@ impl Capture {
 
     /// Reads what is queued, or waits up to the poll interval for something.
     fn fill(&mut self) -> io::Result<usize> {
-        // `_receiver` owns the descriptor and lives as long as `self`.
-        let fd = self.fd;
-        let read = sys::recv_batch(fd, &mut self.batch)?;
-        if read > 0 || !sys::wait_readable(fd, self.poll_every)? {
+        let read = self.socket.recv_batch(&mut self.batch)?;
+        if read > 0 || !self.socket.wait_readable(self.poll_every)? {
             return Ok(read);
         }
-        sys::recv_batch(fd, &mut self.batch)
+        self.socket.recv_batch(&mut self.batch)
     }
-}
-
-fn find_interface(name: &str) -> Result<NetworkInterface, CaptureError> {
-    if name == "any" {
-        // Index 0 binds the packet socket to every interface.
-        return Ok(NetworkInterface {
-            name: "any".into(),
-            description: String::new(),
-            index: 0,
-            mac: None,
-            ips: Vec::new(),
-            flags: 0,
-        });
-    }
-    pnet_datalink::interfaces()
-        .into_iter()
-        .find(|nic| nic.name == name)
-        .ok_or_else(|| CaptureError::NoSuchInterface(name.to_owned()))
 }
 
 /// Parses a network-layer frame into the UDP payload to `knock_port` and its

@@ -1,9 +1,11 @@
-//! The server's only unsafe code: the socket option, batch read and poll
-//! calls that socket2 and pnet do not offer.
+//! The server's only unsafe code: the packet socket's bind, address, option,
+//! interface lookup, batch read and poll calls that socket2 does
+//! not offer.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
 
 use socket2::{Domain, SockFilter, Socket, Type};
 
@@ -14,35 +16,207 @@ use super::filter::Instruction;
 /// before we read it.
 const RECEIVE_BUFFER: usize = 8 << 20;
 
-/// Opens an `AF_PACKET`/`SOCK_DGRAM` socket with the filter attached before
-/// it can receive anything, and returns its descriptor for pnet to bind and
-/// own.
+/// An interface, as the kernel knows it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    /// Administratively up (`IFF_UP`): only then does it deliver packets.
+    pub up: bool,
+}
+
+/// An `AF_PACKET`/`SOCK_DGRAM` socket with the knock filter attached.
 ///
-/// The socket is created with protocol 0, which receives no packets at all
-/// until it is bound; the filter is attached first, so no unfiltered packet
-/// ever queues on it.
-pub fn open_filtered_packet_socket(program: &[Instruction]) -> io::Result<RawFd> {
-    let socket = Socket::new(Domain::PACKET, Type::DGRAM, None)?;
-    let filter: Vec<SockFilter> = program
-        .iter()
-        .map(|ins| SockFilter::new(ins.code, ins.jt, ins.jf, ins.k))
-        .collect();
-    socket.attach_filter(&filter)?;
-    if set_int_option(
-        &socket,
-        libc::SOL_SOCKET,
-        libc::SO_RCVBUFFORCE,
-        RECEIVE_BUFFER,
-    )
-    .is_err()
-    {
-        // Without CAP_NET_ADMIN the kernel caps us at net.core.rmem_max.
-        socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
+/// It is created with protocol 0, which receives no packets at all until it
+/// is bound; the filter is attached first, so no unfiltered packet ever
+/// queues on it. It can be bound again (to an interface that was deleted and
+/// re-created under the same name), keeping its filter and buffer.
+#[derive(Debug)]
+pub struct PacketSocket {
+    socket: Socket,
+}
+
+impl PacketSocket {
+    /// Creates the socket: this is where a missing CAP_NET_RAW shows.
+    pub fn new(program: &[Instruction]) -> io::Result<Self> {
+        let socket = Socket::new(Domain::PACKET, Type::DGRAM, None)?;
+        let filter: Vec<SockFilter> = program
+            .iter()
+            .map(|ins| SockFilter::new(ins.code, ins.jt, ins.jf, ins.k))
+            .collect();
+        socket.attach_filter(&filter)?;
+        if set_int_option(
+            &socket,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            RECEIVE_BUFFER,
+        )
+        .is_err()
+        {
+            // Without CAP_NET_ADMIN the kernel caps us at net.core.rmem_max.
+            socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
+        }
+        // Our own transmissions are no knocks; the filter drops them too, this
+        // saves the kernel the clone.
+        let _ = set_int_option(&socket, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
+        Ok(Self { socket })
     }
-    // Our own transmissions are no knocks; the filter drops them too, this
-    // saves the kernel the clone.
-    let _ = set_int_option(&socket, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
-    Ok(socket.into_raw_fd())
+
+    fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Binds to interface `index` (0: every interface) for every protocol;
+    /// from here the filter decides. Binding again moves the socket.
+    pub fn bind(&self, index: u32) -> io::Result<()> {
+        let ifindex = libc::c_int::try_from(index)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let protocol = u16::try_from(libc::ETH_P_ALL)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let address = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as libc::c_ushort,
+            sll_protocol: protocol.to_be(),
+            sll_ifindex: ifindex,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 0,
+            sll_addr: [0; 8],
+        };
+        // SAFETY: `address` is a fully initialised sockaddr_ll that lives
+        // across the call, and the length passed is exactly its size.
+        let rc = unsafe {
+            libc::bind(
+                self.fd(),
+                std::ptr::from_ref(&address).cast(),
+                socklen_of::<libc::sockaddr_ll>(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// The interface index the socket is bound to now: 0 for every interface
+    /// (or not bound yet), -1 once the kernel unregistered the interface it
+    /// was bound to (deleted, or moved to another namespace).
+    pub fn bound_index(&self) -> io::Result<i32> {
+        let mut address = libc::sockaddr_ll {
+            sll_family: 0,
+            sll_protocol: 0,
+            sll_ifindex: 0,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 0,
+            sll_addr: [0; 8],
+        };
+        let mut len = socklen_of::<libc::sockaddr_ll>();
+        // SAFETY: `address` is a writable sockaddr_ll and `len` says its
+        // exact size; the kernel writes at most `len` bytes (it truncates
+        // longer hardware addresses) and updates `len`.
+        let rc = unsafe {
+            libc::getsockname(self.fd(), std::ptr::from_mut(&mut address).cast(), &mut len)
+        };
+        if rc == 0 {
+            Ok(address.sll_ifindex)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Clears an error the kernel queued on the socket (the ENETDOWN of an
+    /// interface we have since left), so that the next read does not report
+    /// it as news.
+    pub fn clear_error(&self) {
+        let _ = self.socket.take_error();
+    }
+
+    /// The interface called `name` in our network namespace, if there is
+    /// one. Two ioctls on this socket (any socket will do; the kernel
+    /// answers interface ioctls for every family).
+    pub fn link(&self, name: &str) -> io::Result<Option<LinkInfo>> {
+        let Some(mut request) = ifreq_for(name) else {
+            // Longer than IFNAMSIZ - 1 or with a NUL: no interface has it.
+            return Ok(None);
+        };
+        // SAFETY: `request` is a valid ifreq with a NUL-terminated name; for
+        // SIOCGIFINDEX the kernel reads the name and writes the index into
+        // the union, all within the struct.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd(),
+                libc::SIOCGIFINDEX,
+                std::ptr::from_mut(&mut request),
+            )
+        };
+        if rc != 0 {
+            return absent_or(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFINDEX succeeded, so the kernel stored a c_int in
+        // ifru_ifindex; every bit pattern is a valid c_int anyway.
+        let index = unsafe { request.ifr_ifru.ifru_ifindex };
+        // SAFETY: as above, for SIOCGIFFLAGS, which writes ifru_flags.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd(),
+                libc::SIOCGIFFLAGS,
+                std::ptr::from_mut(&mut request),
+            )
+        };
+        if rc != 0 {
+            return absent_or(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFFLAGS succeeded and stored a c_short in ifru_flags;
+        // every bit pattern is a valid c_short.
+        let flags = unsafe { request.ifr_ifru.ifru_flags };
+        let Ok(index) = u32::try_from(index) else {
+            return Ok(None);
+        };
+        Ok(Some(LinkInfo {
+            index,
+            up: i32::from(flags) & libc::IFF_UP != 0,
+        }))
+    }
+
+    /// Reads up to [`BATCH`] queued frames without waiting. Returns how many
+    /// were read; 0 when none is queued.
+    pub fn recv_batch(&self, batch: &mut Batch) -> io::Result<usize> {
+        recv_batch(self.fd(), batch)
+    }
+
+    /// Waits until the socket is readable (or has an error to report), at
+    /// most `timeout`. Returns false on timeout or signal.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        wait_readable(self.fd(), timeout)
+    }
+}
+
+/// "No such device" (the name is free) is an answer, not an error.
+fn absent_or(err: io::Error) -> io::Result<Option<LinkInfo>> {
+    match err.raw_os_error() {
+        Some(libc::ENODEV | libc::ENXIO) => Ok(None),
+        _ => Err(err),
+    }
+}
+
+/// An ifreq naming `name`, or None if no interface can have that name.
+fn ifreq_for(name: &str) -> Option<libc::ifreq> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return None;
+    }
+    // SAFETY: ifreq is a C struct of a char array and a union of integers,
+    // sockaddrs and a pointer, for all of which all-zero bytes are valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    Some(request)
+}
+
+fn socklen_of<T>() -> libc::socklen_t {
+    // Every struct passed here is a few dozen bytes.
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
 }
 
 fn set_int_option(socket: &Socket, level: i32, name: i32, value: usize) -> io::Result<()> {
@@ -57,7 +231,7 @@ fn set_int_option(socket: &Socket, level: i32, name: i32, value: usize) -> io::R
             level,
             name,
             std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            socklen_of::<libc::c_int>(),
         )
     };
     if rc == 0 {
@@ -96,9 +270,7 @@ impl Batch {
     }
 }
 
-/// Reads up to [`BATCH`] queued frames without waiting. Returns how many were
-/// read; 0 when none is queued.
-pub fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
+fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
     let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|_| libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -146,9 +318,7 @@ pub fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
     Ok(count)
 }
 
-/// Waits until `fd` is readable (or has an error to report), at most
-/// `timeout`. Returns false on timeout or signal.
-pub fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     let mut pollfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -166,4 +336,21 @@ pub fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool
         };
     }
     Ok(ready > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_interface_names_have_no_request() {
+        assert!(ifreq_for("").is_none());
+        assert!(ifreq_for("sixteen-chars-xx").is_none());
+        assert!(ifreq_for("nul\0name").is_none());
+        let request = ifreq_for("eth0").expect("a valid name");
+        assert_eq!(
+            request.ifr_name[..5],
+            [b'e', b't', b'h', b'0', 0].map(|b| b as libc::c_char)
+        );
+    }
 }
