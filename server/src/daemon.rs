@@ -23,6 +23,7 @@ use crate::pipeline::{honour, Outcome};
 use crate::privileges;
 use crate::rejections::RejectionLog;
 use crate::state::StateFile;
+use crate::status::{Published, StatusFile, PUBLISH_EVERY};
 use crate::timers::{unix_ms, watchdog_interval, Every};
 use crate::verify::{Grant, Verifier};
 
@@ -126,26 +127,36 @@ pub enum ReloadError {
 }
 
 /// What the loop knows about its capture besides the socket, and what it
-/// has told systemd.
+/// has told systemd and the status file.
 #[derive(Debug)]
 struct Watch {
     link: Link,
-    /// When `link` last changed.
+    /// When `link` last changed, on the loop's clock and as Unix seconds.
     since: Instant,
+    since_unix: u64,
+    started_unix: u64,
     /// The `ready` line was logged and systemd notified.
     ready: bool,
     /// The last refresh error logged, so that one that persists is said once.
     failing: Option<String>,
+    /// The status file could not be written (said once).
+    publish_failing: bool,
+    kernel_drops: u64,
     watchdog: Option<Every>,
 }
 
 impl Watch {
     fn new(link: Link, now: Instant) -> Self {
+        let unix = unix_ms() / 1000;
         Self {
             link,
             since: now,
+            since_unix: unix,
+            started_unix: unix,
             ready: false,
             failing: None,
+            publish_failing: false,
+            kernel_drops: 0,
             watchdog: None,
         }
     }
@@ -168,12 +179,15 @@ impl Daemon {
         let mut log = RejectionLog::default();
         let start = Instant::now();
         let mut tick = Every::new(TICK_EVERY, start);
+        let mut publish = Every::new(PUBLISH_EVERY, start);
+        let status = StatusFile::in_dir(&self.config.state_dir);
         let mut watch = Watch::new(self.capture.link(), start);
         if watch.link == Link::Live {
             self.announce_ready(&mut watch, start);
         } else {
             self.say_waiting(watch.link);
         }
+        self.publish(&status, &mut watch);
 
         let exit = loop {
             if self.signals.terminate.load(Ordering::Relaxed) {
@@ -182,7 +196,9 @@ impl Daemon {
             if self.signals.reload.swap(false, Ordering::Relaxed) {
                 self.reload(watch.ready);
                 // A reload may have moved capture to another interface.
-                self.follow_capture(&mut watch, None, Instant::now());
+                if self.follow_capture(&mut watch, None, Instant::now()) {
+                    self.publish(&status, &mut watch);
+                }
             }
             if let Some(reason) = self.keeper.fatal() {
                 break Some(reason);
@@ -221,7 +237,9 @@ impl Daemon {
             let now = Instant::now();
             let due = tick.due(now);
             if due || read_error.is_some() {
-                self.follow_capture(&mut watch, read_error.as_ref(), now);
+                if self.follow_capture(&mut watch, read_error.as_ref(), now) {
+                    self.publish(&status, &mut watch);
+                }
                 if read_error.is_some() && watch.link == Link::Live {
                     // An error the interface does not explain: do not spin
                     // on it if it repeats.
@@ -230,7 +248,17 @@ impl Daemon {
             }
             if due {
                 self.verifier.tick(unix_ms());
+                match self.capture.take_kernel_drops() {
+                    Ok(drops) => {
+                        watch.kernel_drops = watch.kernel_drops.saturating_add(drops);
+                        log.record_kernel_drops(drops);
+                    }
+                    Err(err) => debug!("cannot read the capture socket's statistics: {err}"),
+                }
                 log.maybe_summarise(now);
+            }
+            if publish.due(now) {
+                self.publish(&status, &mut watch);
             }
             if watch.watchdog.as_mut().is_some_and(|w| w.due(now)) {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
@@ -238,6 +266,11 @@ impl Daemon {
         };
 
         log.summarise(Instant::now());
+        // Gone at once, rather than stale after a while: `status` then says
+        // "not running" right away.
+        if let Err(err) = status.remove() {
+            warn!("cannot remove {}: {err}", status.path().display());
+        }
         match exit {
             None => self.shutdown(),
             Some(reason) => Exit::Fatal(reason),
@@ -333,6 +366,7 @@ impl Daemon {
         let was = std::mem::replace(&mut watch.link, link);
         let away = now.duration_since(watch.since);
         watch.since = now;
+        watch.since_unix = unix_ms() / 1000;
         match (link, watch.ready) {
             (Link::Live, false) => self.announce_ready(watch, now),
             (Link::Live, true) => info!(
@@ -353,6 +387,32 @@ impl Daemon {
             ),
         }
         true
+    }
+
+    /// Rewrites the status file; a failure is said once, and never stops
+    /// the loop.
+    fn publish(&self, status: &StatusFile, watch: &mut Watch) {
+        let published = Published {
+            pid: std::process::id(),
+            started_at: watch.started_unix,
+            written_at: unix_ms() / 1000,
+            ready: watch.ready,
+            interface: self.config.interface.clone(),
+            capture: watch.link,
+            capture_since: watch.since_unix,
+            kernel_drops: watch.kernel_drops,
+        };
+        match status.write(&published) {
+            Ok(()) => watch.publish_failing = false,
+            Err(err) if !watch.publish_failing => {
+                warn!(
+                    "cannot write {}: {err}; `knock-server status` will report this server as not running",
+                    status.path().display()
+                );
+                watch.publish_failing = true;
+            }
+            Err(_) => {}
+        }
     }
 
     fn shutdown(self) -> Exit {
@@ -427,7 +487,8 @@ impl Daemon {
             self.settings = settings;
             self.policy = policy;
         }
-        if let Some(capture) = capture {
+        if let Some(mut capture) = capture {
+            capture.inherit_drops(&mut self.capture);
             self.capture = capture;
         }
         self.verifier.reconfigure(

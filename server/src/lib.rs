@@ -5,7 +5,8 @@
 //! [`verify`] (length → key hint → AEAD → replay guard → source binding →
 //! policy) → [`state`] (durable replay state) → [`firewall`] (timed set
 //! elements). Refusals go to [`rejections`]. [`daemon`] runs the loop;
-//! [`health`] keeps our firewall rules in place beside it.
+//! [`health`] keeps our firewall rules in place beside it; [`status`] is
+//! what the loop publishes for `knock-server status`.
 #![deny(unsafe_code)]
 
 pub mod capture;
@@ -17,5 +18,6 @@ pub mod pipeline;
 pub mod privileges;
 pub mod rejections;
 pub mod state;
+pub mod status;
 pub mod timers;
 pub mod verify;

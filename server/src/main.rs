@@ -19,6 +19,7 @@ use knock_server::daemon::{
 use knock_server::health::RulesKeeper;
 use knock_server::privileges;
 use knock_server::state::{ReplayStore, Restored, StateFile};
+use knock_server::status::{Assessment, StatusFile};
 use knock_server::timers::unix_ms;
 use knock_server::verify::Verifier;
 use tracing::{info, warn};
@@ -246,6 +247,10 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
         .grants()
         .map_err(|e| Failure::runtime(format!("reading grants: {e}")))?;
     grants.sort_by_key(|g| (g.addr, g.port));
+    // What the daemon says of itself; a missing or stale file is reported,
+    // not an error: the kernel's grants above are the truth either way.
+    let now = unix_ms() / 1000;
+    let daemon = Assessment::of(StatusFile::in_dir(&config.state_dir).read(), now);
     if json {
         let items: Vec<String> = grants
             .iter()
@@ -259,24 +264,29 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
             })
             .collect();
         println!(
-            "{{\"firewall\":{},\"grants\":[{}]}}",
+            "{{\"firewall\":{},\"grants\":[{}],\"daemon\":{}}}",
             json_string(firewall.name()),
-            items.join(",")
+            items.join(","),
+            daemon.json(now)
         );
         return Ok(());
     }
     if grants.is_empty() {
         println!("no live grants ({} rules in place)", firewall.name());
-        return Ok(());
+    } else {
+        println!("{:<40} {:<10} {:>12}", "SOURCE", "PORT", "SECONDS LEFT");
+        for grant in &grants {
+            println!(
+                "{:<40} {:<10} {:>12}",
+                grant.addr,
+                grant.port,
+                grant.expires_in.as_secs()
+            );
+        }
     }
-    println!("{:<40} {:<10} {:>12}", "SOURCE", "PORT", "SECONDS LEFT");
-    for grant in &grants {
-        println!(
-            "{:<40} {:<10} {:>12}",
-            grant.addr,
-            grant.port,
-            grant.expires_in.as_secs()
-        );
+    println!();
+    for (label, text) in daemon.lines(now) {
+        println!("{label:<14} {text}");
     }
     Ok(())
 }

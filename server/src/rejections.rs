@@ -1,5 +1,10 @@
 //! Refusals, counted by reason and summarised at most every 10 s, so that a
 //! flood can never flood the journal.
+//!
+//! Datagrams the kernel dropped before we could read them (our receive queue
+//! was full) are summarised in the same rhythm, on a line of their own: they
+//! were never seen, let alone refused, so they are not part of the
+//! `refused N datagrams` count that operators and scripts add up by reason.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,6 +23,7 @@ const DETAILED_REJECTIONS: u32 = 20;
 pub struct RejectionLog {
     counts: BTreeMap<&'static str, u64>,
     detailed: u32,
+    kernel_drops: u64,
     since: Instant,
 }
 
@@ -26,6 +32,7 @@ impl Default for RejectionLog {
         Self {
             counts: BTreeMap::new(),
             detailed: 0,
+            kernel_drops: 0,
             since: Instant::now(),
         }
     }
@@ -44,6 +51,11 @@ impl RejectionLog {
         *self.counts.entry(reason).or_default() += 1;
     }
 
+    /// Counts datagrams the kernel dropped on the capture socket.
+    pub fn record_kernel_drops(&mut self, drops: u64) {
+        self.kernel_drops = self.kernel_drops.saturating_add(drops);
+    }
+
     /// Logs and resets the counters if the period is over.
     pub fn maybe_summarise(&mut self, now: Instant) {
         if now.duration_since(self.since) >= SUMMARY_EVERY {
@@ -57,8 +69,12 @@ impl RejectionLog {
         if let Some(line) = self.summary(now) {
             info!("{line}");
         }
+        if let Some(line) = self.drops_summary(now) {
+            warn!("{line}");
+        }
         self.counts.clear();
         self.detailed = 0;
+        self.kernel_drops = 0;
         self.since = now;
     }
 
@@ -77,6 +93,16 @@ impl RejectionLog {
             now.duration_since(self.since).as_secs(),
             detail.join(" ")
         ))
+    }
+
+    fn drops_summary(&self, now: Instant) -> Option<String> {
+        (self.kernel_drops > 0).then(|| {
+            format!(
+                "kernel dropped {} datagrams to the knock port in the last {}s: the capture's receive queue was full; knocks among them were not seen",
+                self.kernel_drops,
+                now.duration_since(self.since).as_secs()
+            )
+        })
     }
 }
 
@@ -100,5 +126,28 @@ mod tests {
         assert_eq!(log.counts.len(), 2, "not yet due");
         log.maybe_summarise(start + Duration::from_secs(10));
         assert!(log.counts.is_empty());
+    }
+
+    #[test]
+    fn kernel_drops_have_their_own_line_and_reset() {
+        let mut log = RejectionLog::default();
+        let start = log.since;
+        assert_eq!(log.drops_summary(start), None);
+        log.record_kernel_drops(0);
+        assert_eq!(log.drops_summary(start), None, "nothing dropped");
+        log.record_kernel_drops(40);
+        log.record_kernel_drops(2);
+        log.record_other("malformed-packet");
+        let later = start + Duration::from_secs(10);
+        assert_eq!(
+            log.summary(later).as_deref(),
+            Some("refused 1 datagrams in the last 10s: malformed-packet=1"),
+            "drops are not refusals"
+        );
+        assert!(log.drops_summary(later).is_some_and(
+            |l| l.starts_with("kernel dropped 42 datagrams to the knock port in the last 10s")
+        ));
+        log.summarise(later);
+        assert_eq!(log.drops_summary(later), None);
     }
 }

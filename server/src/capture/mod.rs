@@ -91,6 +91,8 @@ pub struct Capture {
     /// The index we last bound to, if any.
     bound: Option<u32>,
     link: Link,
+    /// Kernel drops read from a capture this one replaced, not yet taken.
+    inherited_drops: u64,
     batch: sys::Batch,
     read: usize,
     next: usize,
@@ -140,6 +142,7 @@ impl Capture {
             socket,
             bound: None,
             link: Link::Missing,
+            inherited_drops: 0,
             batch: sys::Batch::new(),
             read: 0,
             next: 0,
@@ -245,6 +248,22 @@ impl Capture {
         // already reports as `Down`.
         self.socket.clear_error();
         Ok(())
+    }
+
+    /// Datagrams to the knock port that passed the filter but that the
+    /// kernel dropped because our receive queue was full, since the last
+    /// call (the kernel resets its counter when read).
+    pub fn take_kernel_drops(&mut self) -> io::Result<u64> {
+        let stats = self.socket.take_stats()?;
+        let inherited = std::mem::take(&mut self.inherited_drops);
+        Ok(inherited.saturating_add(u64::from(stats.drops)))
+    }
+
+    /// Takes over the kernel drops `old` counted but nobody took yet, so
+    /// that replacing a capture (a reload) loses none of them.
+    pub fn inherit_drops(&mut self, old: &mut Capture) {
+        let drops = old.take_kernel_drops().unwrap_or(0);
+        self.inherited_drops = self.inherited_drops.saturating_add(drops);
     }
 
     /// Waits for the next datagram, at most the poll interval.

@@ -1,5 +1,5 @@
 //! The server's only unsafe code: the packet socket's bind, address, option,
-//! interface lookup, batch read and poll calls that socket2 does
+//! statistics, interface lookup, batch read and poll calls that socket2 does
 //! not offer.
 #![allow(unsafe_code)]
 
@@ -24,12 +24,21 @@ pub struct LinkInfo {
     pub up: bool,
 }
 
+/// The kernel's counters for a packet socket since they were last read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Frames that passed the filter, dropped ones included.
+    pub packets: u32,
+    /// Frames that passed the filter but found the receive queue full.
+    pub drops: u32,
+}
+
 /// An `AF_PACKET`/`SOCK_DGRAM` socket with the knock filter attached.
 ///
 /// It is created with protocol 0, which receives no packets at all until it
 /// is bound; the filter is attached first, so no unfiltered packet ever
 /// queues on it. It can be bound again (to an interface that was deleted and
-/// re-created under the same name), keeping its filter and buffer.
+/// re-created under the same name), keeping its filter, buffer and counters.
 #[derive(Debug)]
 pub struct PacketSocket {
     socket: Socket,
@@ -129,6 +138,35 @@ impl PacketSocket {
     /// it as news.
     pub fn clear_error(&self) {
         let _ = self.socket.take_error();
+    }
+
+    /// Reads the kernel's counters, which reading resets
+    /// (`PACKET_STATISTICS`).
+    pub fn take_stats(&self) -> io::Result<KernelStats> {
+        let mut stats = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = socklen_of::<libc::tpacket_stats>();
+        // SAFETY: `stats` is a writable tpacket_stats and `len` its exact
+        // size; without a packet ring the kernel writes at most that struct.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                std::ptr::from_mut(&mut stats).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            Ok(KernelStats {
+                packets: stats.tp_packets,
+                drops: stats.tp_drops,
+            })
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// The interface called `name` in our network namespace, if there is

@@ -1,0 +1,439 @@
+//! The running daemon's own account of itself, for `knock-server status`
+//! (another process): `<state_dir>/status`, a small TOML file that the
+//! daemon rewrites atomically (a temporary file renamed over it) every
+//! [`PUBLISH_EVERY`] and whenever its capture changes state, and removes
+//! when it stops cleanly.
+//!
+//! Readers ignore keys they do not know and show every key in `--json`, so
+//! later versions add keys (or `[tables]`) without breaking older readers;
+//! `format` changes only if a key changes meaning. docs/OPERATIONS.md
+//! documents the keys.
+//!
+//! The file is advisory: it is not fsynced (a crash may leave it stale or
+//! empty, which readers report as such), and nothing on the knock path
+//! waits for it.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+use toml::{Table, Value};
+
+use crate::capture::Link;
+
+/// The file's name in the state directory.
+pub const FILE_NAME: &str = "status";
+/// How often the daemon rewrites the file when nothing changes.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(10);
+/// A file older than this was not written by a running daemon: it missed
+/// two rewrites.
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+/// The version of the keys' meaning.
+pub const FORMAT: i64 = 1;
+
+/// What the daemon publishes. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub pid: u32,
+    pub started_at: u64,
+    pub written_at: u64,
+    /// The `ready` line was logged (systemd notified).
+    pub ready: bool,
+    pub interface: String,
+    pub capture: Link,
+    /// When the capture entered its present state.
+    pub capture_since: u64,
+    /// Knock-port datagrams the kernel dropped on our full receive queue
+    /// since start.
+    pub kernel_drops: u64,
+}
+
+impl Published {
+    /// The file's text: a TOML table, in a fixed order, written by hand.
+    pub fn render(&self) -> String {
+        let int = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        let fields = [
+            ("format", Value::Integer(FORMAT)),
+            ("pid", Value::Integer(i64::from(self.pid))),
+            ("started_at", int(self.started_at)),
+            ("written_at", int(self.written_at)),
+            ("ready", Value::Boolean(self.ready)),
+            ("interface", Value::String(self.interface.clone())),
+            ("capture", Value::String(self.capture.name().to_owned())),
+            ("capture_since", int(self.capture_since)),
+            ("kernel_drops", int(self.kernel_drops)),
+        ];
+        let mut text = String::from(
+            "# knock-server's status, rewritten every 10 s while it runs; see OPERATIONS.md\n",
+        );
+        for (key, value) in fields {
+            // Value's Display quotes and escapes strings as TOML wants.
+            let _ = writeln!(text, "{key} = {value}");
+        }
+        text
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StatusError {
+    #[error("no status file at {0}")]
+    Missing(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is not a status file: {message}")]
+    Unreadable { path: PathBuf, message: String },
+}
+
+/// `<state_dir>/status`.
+#[derive(Debug, Clone)]
+pub struct StatusFile {
+    path: PathBuf,
+    temp: PathBuf,
+}
+
+impl StatusFile {
+    pub fn in_dir(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join(FILE_NAME),
+            temp: state_dir.join(format!(".{FILE_NAME}.tmp")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the file: readers see the old text or the new, never half.
+    pub fn write(&self, published: &Published) -> io::Result<()> {
+        fs::write(&self.temp, published.render())?;
+        fs::rename(&self.temp, &self.path)
+    }
+
+    /// Removes the file (a clean stop): `status` then says "not running" at
+    /// once instead of after [`STALE_AFTER`].
+    pub fn remove(&self) -> io::Result<()> {
+        match fs::remove_file(&self.path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn read(&self) -> Result<Snapshot, StatusError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(StatusError::Missing(self.path.clone()))
+            }
+            Err(source) => {
+                return Err(StatusError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        Snapshot::parse(&text).map_err(|message| StatusError::Unreadable {
+            path: self.path.clone(),
+            message,
+        })
+    }
+}
+
+/// A status file as read: every key, known or not.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    table: Table,
+}
+
+impl Snapshot {
+    /// Parses the file's text; it must be TOML with a `written_at` time.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| e.message().to_owned())?;
+        let snapshot = Self { table };
+        if snapshot.int("written_at").is_none() {
+            return Err("it has no written_at time".into());
+        }
+        Ok(snapshot)
+    }
+
+    fn int(&self, key: &str) -> Option<u64> {
+        self.table
+            .get(key)
+            .and_then(Value::as_integer)
+            .and_then(|n| u64::try_from(n).ok())
+    }
+
+    fn text(&self, key: &str) -> Option<&str> {
+        self.table.get(key).and_then(Value::as_str)
+    }
+
+    /// Seconds since the daemon wrote the file (0 if its clock is ahead).
+    pub fn age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.int("written_at").unwrap_or(0))
+    }
+}
+
+/// What `status` makes of the status file at time `now` (Unix seconds).
+#[derive(Debug)]
+pub enum Assessment {
+    /// Written within [`STALE_AFTER`].
+    Running(Snapshot),
+    /// Written longer ago: the daemon is probably not running.
+    Stale(Snapshot),
+    /// No file, or one that cannot be read or parsed.
+    Unknown(StatusError),
+}
+
+impl Assessment {
+    pub fn of(read: Result<Snapshot, StatusError>, now: u64) -> Self {
+        match read {
+            Ok(snapshot) if snapshot.age(now) > STALE_AFTER.as_secs() => Self::Stale(snapshot),
+            Ok(snapshot) => Self::Running(snapshot),
+            Err(err) => Self::Unknown(err),
+        }
+    }
+
+    /// Lines for the text output of `status`: a label and its text.
+    pub fn lines(&self, now: u64) -> Vec<(&'static str, String)> {
+        let snapshot = match self {
+            Self::Unknown(StatusError::Missing(path)) => {
+                return vec![(
+                    "daemon",
+                    format!("not running (no status file at {})", path.display()),
+                )]
+            }
+            Self::Unknown(err) => return vec![("daemon", format!("unknown: {err}"))],
+            Self::Stale(snapshot) => {
+                return vec![(
+                    "daemon",
+                    format!(
+                        "not running? its status file was last written {} ago by pid {} (it is rewritten every {}s)",
+                        duration(snapshot.age(now)),
+                        snapshot.int("pid").unwrap_or(0),
+                        PUBLISH_EVERY.as_secs()
+                    ),
+                )]
+            }
+            Self::Running(snapshot) => snapshot,
+        };
+        let ready = match snapshot.table.get("ready").and_then(Value::as_bool) {
+            Some(true) => "ready",
+            _ => "not ready yet",
+        };
+        let mut lines = vec![(
+            "daemon",
+            format!(
+                "running, pid {}, {ready}, up {}; status written {} ago",
+                snapshot.int("pid").unwrap_or(0),
+                duration(now.saturating_sub(snapshot.int("started_at").unwrap_or(now))),
+                duration(snapshot.age(now))
+            ),
+        )];
+        let interface = snapshot.text("interface").unwrap_or("?");
+        let since = duration(now.saturating_sub(snapshot.int("capture_since").unwrap_or(now)));
+        let capture = match snapshot.text("capture") {
+            Some("live") => format!("live on {interface} for {since}"),
+            Some("waiting") => format!("waiting for interface {interface} to appear, for {since}"),
+            Some("down") => format!("interface {interface} is down, for {since}"),
+            Some(other) => format!("{other} on {interface} for {since}"),
+            None => "unknown".to_owned(),
+        };
+        lines.push(("capture", capture));
+        if let Some(drops) = snapshot.int("kernel_drops") {
+            lines.push(("kernel drops", format!("{drops} since start")));
+        }
+        lines
+    }
+
+    /// One JSON object: `state` (`running`, `stale` or `unknown`), `age_s`,
+    /// and every key of the file; or, without a file, `reason`.
+    pub fn json(&self, now: u64) -> String {
+        let (state, snapshot) = match self {
+            Self::Running(snapshot) => ("running", snapshot),
+            Self::Stale(snapshot) => ("stale", snapshot),
+            Self::Unknown(err) => {
+                let state = match err {
+                    StatusError::Missing(_) => "not-running",
+                    _ => "unknown",
+                };
+                return format!(
+                    "{{\"state\":{},\"reason\":{}}}",
+                    json_string(state),
+                    json_string(&err.to_string())
+                );
+            }
+        };
+        let mut out = format!(
+            "{{\"state\":{},\"age_s\":{}",
+            json_string(state),
+            snapshot.age(now)
+        );
+        for (key, value) in &snapshot.table {
+            let _ = write!(out, ",{}:{}", json_string(key), json_value(value));
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// `95s`, `5m 2s`, `3h 4m`, `2d 3h`.
+fn duration(seconds: u64) -> String {
+    let (m, s) = (seconds / 60, seconds % 60);
+    let (h, m) = (m / 60, m % 60);
+    let (d, h) = (h / 24, h % 24);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+fn json_value(value: &Value) -> String {
+    match value {
+        Value::String(s) => json_string(s),
+        Value::Integer(n) => n.to_string(),
+        Value::Float(f) if f.is_finite() => f.to_string(),
+        Value::Float(_) => "null".to_owned(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Datetime(d) => json_string(&d.to_string()),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(json_value).collect();
+            format!("[{}]", items.join(","))
+        }
+        Value::Table(table) => {
+            let items: Vec<String> = table
+                .iter()
+                .map(|(k, v)| format!("{}:{}", json_string(k), json_value(v)))
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+    }
+}
+
+/// A JSON string literal.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published() -> Published {
+        Published {
+            pid: 4321,
+            started_at: 1_700_000_000,
+            written_at: 1_700_000_100,
+            ready: true,
+            interface: "we\"ird0".into(),
+            capture: Link::Missing,
+            capture_since: 1_700_000_040,
+            kernel_drops: 17,
+        }
+    }
+
+    #[test]
+    fn what_is_written_reads_back() {
+        let snapshot = Snapshot::parse(&published().render()).expect("parses");
+        assert_eq!(snapshot.int("kernel_drops"), Some(17));
+        assert_eq!(snapshot.text("interface"), Some("we\"ird0"));
+        assert_eq!(snapshot.text("capture"), Some("waiting"));
+        let now = 1_700_000_105;
+        let status = Assessment::of(Ok(snapshot), now);
+        let lines = status.lines(now);
+        assert_eq!(
+            lines,
+            vec![
+                (
+                    "daemon",
+                    "running, pid 4321, ready, up 1m 45s; status written 5s ago".to_owned()
+                ),
+                (
+                    "capture",
+                    "waiting for interface we\"ird0 to appear, for 1m 5s".to_owned()
+                ),
+                ("kernel drops", "17 since start".to_owned()),
+            ]
+        );
+        let json = status.json(now);
+        assert!(
+            json.starts_with("{\"state\":\"running\",\"age_s\":5,"),
+            "{json}"
+        );
+        assert!(json.contains("\"interface\":\"we\\\"ird0\""), "{json}");
+        assert!(json.contains("\"kernel_drops\":17"), "{json}");
+    }
+
+    #[test]
+    fn old_missing_and_broken_files_are_reported_not_fatal() {
+        let snapshot = Snapshot::parse(&published().render()).expect("parses");
+        let late = 1_700_000_100 + STALE_AFTER.as_secs() + 1;
+        let stale = Assessment::of(Ok(snapshot), late);
+        assert!(matches!(stale, Assessment::Stale(_)));
+        assert!(stale.lines(late)[0].1.starts_with("not running?"));
+        assert!(stale.json(late).starts_with("{\"state\":\"stale\""));
+
+        let missing = Assessment::of(Err(StatusError::Missing("/x/status".into())), late);
+        assert_eq!(
+            missing.lines(late),
+            vec![(
+                "daemon",
+                "not running (no status file at /x/status)".to_owned()
+            )]
+        );
+        assert_eq!(
+            missing.json(late),
+            "{\"state\":\"not-running\",\"reason\":\"no status file at /x/status\"}"
+        );
+
+        for junk in [
+            "",
+            "pid = 1\n",
+            "written_at = \"soon\"\n",
+            "\u{0}\u{ff}=[",
+            "a = [1,",
+        ] {
+            assert!(Snapshot::parse(junk).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_for_json() {
+        let text = format!(
+            "{}future = 3\n[refused]\nbad-mac = 2\n",
+            published().render()
+        );
+        let snapshot = Snapshot::parse(&text).expect("parses");
+        let json = Assessment::of(Ok(snapshot), 1_700_000_100).json(1_700_000_100);
+        assert!(json.contains("\"future\":3"), "{json}");
+        assert!(json.contains("\"refused\":{\"bad-mac\":2}"), "{json}");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(61), "1m 1s");
+        assert_eq!(duration(3 * 3600 + 4 * 60 + 5), "3h 4m");
+        assert_eq!(duration(2 * 86400 + 3 * 3600), "2d 3h");
+    }
+}
