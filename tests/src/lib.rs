@@ -168,11 +168,26 @@ impl Lab {
             format!("kv{n}a{}", std::process::id() % 10000),
             format!("kv{n}b{}", std::process::id() % 10000),
         );
+        self.link_named(a, &va, a_addrs, b, &vb, b_addrs);
+    }
+
+    /// [`Self::link`] with the veth ends named `va` (in `a`) and `vb` (in
+    /// `b`): to create a link again after a test deleted it, or under a name
+    /// a server waits for.
+    pub fn link_named(
+        &self,
+        a: &Ns,
+        va: &str,
+        a_addrs: &[&str],
+        b: &Ns,
+        vb: &str,
+        b_addrs: &[&str],
+    ) {
         sh(Command::new("ip").args([
-            "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+            "link", "add", va, "netns", &a.name, "type", "veth", "peer", "name", vb, "netns",
             &b.name,
         ]));
-        for (ns, dev, addrs) in [(a, &va, a_addrs), (b, &vb, b_addrs)] {
+        for (ns, dev, addrs) in [(a, va, a_addrs), (b, vb, b_addrs)] {
             for addr in addrs {
                 let prefix = if addr.contains(':') {
                     "/64 nodad"
@@ -302,7 +317,21 @@ impl Server {
 
     /// Starts `cmd` (which runs the server in `ns` with `config`), collects
     /// its log and waits for its `ready` line.
-    pub fn start_command(ns: &Ns, config: &Path, mut cmd: Command) -> Self {
+    pub fn start_command(ns: &Ns, config: &Path, cmd: Command) -> Self {
+        let server = Self::spawn_command(ns, config, cmd);
+        server.wait_for_log("ready", Duration::from_secs(15));
+        server
+    }
+
+    /// Starts `knock-server run` without waiting for its `ready` line.
+    pub fn spawn(ns: &Ns, config: &Path) -> Self {
+        let mut cmd = ns.cmd(bin("knock-server"));
+        cmd.args(["run", "--config"]).arg(config);
+        Self::spawn_command(ns, config, cmd)
+    }
+
+    /// Starts `cmd` and collects its log, without waiting for anything.
+    pub fn spawn_command(ns: &Ns, config: &Path, mut cmd: Command) -> Self {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -323,15 +352,13 @@ impl Server {
                 }
             }
         });
-        let server = Self {
+        Self {
             ns: ns.clone(),
             config: config.to_path_buf(),
             child: Some(child),
             log,
             reader: Some(reader),
-        };
-        server.wait_for_log("ready", Duration::from_secs(15));
-        server
+        }
     }
 
     pub fn log(&self) -> String {
