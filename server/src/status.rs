@@ -107,9 +107,14 @@ impl StatusFile {
     }
 
     /// Replaces the file: readers see the old text or the new, never half.
+    /// On failure (a full disk) no temporary file is left behind.
     pub fn write(&self, published: &Published) -> io::Result<()> {
-        fs::write(&self.temp, published.render())?;
-        fs::rename(&self.temp, &self.path)
+        let written = fs::write(&self.temp, published.render())
+            .and_then(|()| fs::rename(&self.temp, &self.path));
+        if written.is_err() {
+            let _ = fs::remove_file(&self.temp);
+        }
+        written
     }
 
     /// Removes the file (a clean stop): `status` then says "not running" at
@@ -426,6 +431,26 @@ mod tests {
         let json = Assessment::of(Ok(snapshot), 1_700_000_100).json(1_700_000_100);
         assert!(json.contains("\"future\":3"), "{json}");
         assert!(json.contains("\"refused\":{\"bad-mac\":2}"), "{json}");
+    }
+
+    #[test]
+    fn written_atomically_removed_cleanly_and_no_temporary_file_left() {
+        let dir = std::env::temp_dir().join(format!("knock-status-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // `status` is a non-empty directory: the rename fails.
+        fs::create_dir_all(dir.join(FILE_NAME).join("x")).unwrap();
+        let file = StatusFile::in_dir(&dir);
+        let temp = dir.join(format!(".{FILE_NAME}.tmp"));
+        assert!(file.write(&published()).is_err());
+        assert!(!temp.exists(), "a failed write left its temporary file");
+        fs::remove_dir_all(dir.join(FILE_NAME)).unwrap();
+        file.write(&published()).unwrap();
+        assert!(!temp.exists());
+        assert!(file.read().is_ok());
+        file.remove().unwrap();
+        assert!(matches!(file.read(), Err(StatusError::Missing(_))));
+        file.remove().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

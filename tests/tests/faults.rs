@@ -219,7 +219,8 @@ fn full_disk_means_no_grant_and_no_corruption() {
     ));
     assert_eq!(
         after,
-        format!("{before}fill\nreplay.state\n"),
+        // `status` is the daemon's status file, written at start.
+        format!("{before}fill\nreplay.state\nstatus\n"),
         "the state file changed or a temporary file was left"
     );
 
