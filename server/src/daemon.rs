@@ -134,6 +134,8 @@ struct Watch {
     /// When `link` last changed, on the loop's clock and as Unix seconds.
     since: Instant,
     since_unix: u64,
+    /// When capture last stopped being live.
+    lost: Instant,
     started_unix: u64,
     /// The `ready` line was logged and systemd notified.
     ready: bool,
@@ -152,6 +154,7 @@ impl Watch {
             link,
             since: now,
             since_unix: unix,
+            lost: now,
             started_unix: unix,
             ready: false,
             failing: None,
@@ -364,14 +367,16 @@ impl Daemon {
             return false;
         }
         let was = std::mem::replace(&mut watch.link, link);
-        let away = now.duration_since(watch.since);
+        if was == Link::Live {
+            watch.lost = now;
+        }
         watch.since = now;
         watch.since_unix = unix_ms() / 1000;
         match (link, watch.ready) {
             (Link::Live, false) => self.announce_ready(watch, now),
             (Link::Live, true) => info!(
                 "capture on {interface} is live again after {}s",
-                away.as_secs()
+                now.duration_since(watch.lost).as_secs()
             ),
             (_, false) => self.say_waiting(link),
             (_, true) if was == Link::Live => {
