@@ -16,6 +16,7 @@ use knock_server::clients::load_clients;
 use knock_server::daemon::{
     firewall_settings, policy, window_ms, Daemon, Exit, Signals, POLL_EVERY,
 };
+use knock_server::firewall::{self, Refusal};
 use knock_server::health::RulesKeeper;
 use knock_server::privileges;
 use knock_server::state::{ReplayStore, Restored, StateFile};
@@ -174,7 +175,17 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     let plan = firewall.plan(&policy(&config));
     // Reading others' rules needs privileges `check` may not have; then
     // there is nothing to warn about that we could see.
-    let warnings = firewall.audit(&policy(&config)).unwrap_or_default();
+    let mut warnings = firewall.audit(&policy(&config)).unwrap_or_default();
+    let host = firewall::host::closed_ports();
+    let refusal = policy(&config).refusal;
+    if host.refusal != refusal {
+        warnings.push(format!(
+            "refuse = \"{}\", but {}: set refuse = \"{}\" so that knock's ports look like their neighbours to a scanner",
+            refusal_name(refusal),
+            host.because,
+            refusal_name(host.refusal)
+        ));
+    }
     for warning in &warnings {
         eprintln!("{PROGRAM}: warning: {warning}");
     }
@@ -187,11 +198,13 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
             .map(|p| json_string(&p.to_string()))
             .collect();
         println!(
-            "{{\"config\":{},\"interface\":{},\"knock_port\":{},\"firewall\":{},\"protected\":[{}],\"open_for_s\":{},\"clients\":[{}],\"identity\":{},\"rules\":{}}}",
+            "{{\"config\":{},\"interface\":{},\"knock_port\":{},\"firewall\":{},\"refuse\":{},\"host_calls_for\":{},\"protected\":[{}],\"open_for_s\":{},\"clients\":[{}],\"identity\":{},\"rules\":{}}}",
             json_string(&config.path.display().to_string()),
             json_string(&config.interface),
             config.knock_port,
             json_string(config.firewall.name()),
+            json_string(refusal_name(refusal)),
+            json_string(refusal_name(host.refusal)),
             protected.join(","),
             config.open_for.as_secs(),
             names.join(","),
@@ -203,10 +216,24 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     println!("configuration  {}: OK", config.path.display());
     println!("interface      {}", config.interface);
     println!(
-        "knock port     udp/{} (no socket is bound; the firewall drops it)",
-        config.knock_port
+        "knock port     udp/{} (no socket is bound; {})",
+        config.knock_port,
+        match refusal {
+            Refusal::Reject => "the kernel answers it like any closed port",
+            Refusal::Drop => "the firewall drops it",
+        }
     );
     println!("protected      {}", port_list(&config.protected));
+    println!(
+        "refuse         {} ({}; {} calls for {})",
+        refusal_name(refusal),
+        match refusal {
+            Refusal::Reject => "a TCP reset or an ICMP port unreachable, like a closed port",
+            Refusal::Drop => "no answer, like a port the host's firewall drops",
+        },
+        host.because,
+        refusal_name(host.refusal)
+    );
     println!("open_for       {}s", config.open_for.as_secs());
     println!("clock skew     ±{}s", config.max_clock_skew.as_secs());
     println!("state_dir      {}", config.state_dir.display());
@@ -318,4 +345,11 @@ fn json_string(text: &str) -> String {
     }
     out.push('"');
     out
+}
+
+fn refusal_name(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Reject => "reject",
+        Refusal::Drop => "drop",
+    }
 }

@@ -13,6 +13,7 @@
 //! our rules from changed ones) and [`FirewallError`].
 
 pub mod command;
+pub mod host;
 pub mod iptables;
 #[cfg(test)]
 pub mod memory;
