@@ -331,6 +331,10 @@ fn malformed_server_configs_are_refused() {
         ),
         ("max_clock_skew too wide", plus("max_clock_skew = \"11m\"")),
         ("nft_priority huge", plus("nft_priority = 100000")),
+        ("refuse unknown", plus("refuse = \"ignore\"")),
+        ("refuse as a boolean", plus("refuse = true")),
+        ("iptables_mark two bits", plus("iptables_mark = \"0x3\"")),
+        ("iptables_mark decimal", plus("iptables_mark = \"2097152\"")),
         (
             "interface too long",
             with("interface", "interface = \"abcdefghijklmnopq\""),
