@@ -20,6 +20,7 @@ use knock_server::firewall::{self, Refusal};
 use knock_server::health::RulesKeeper;
 use knock_server::privileges;
 use knock_server::state::{ReplayStore, Restored, StateFile};
+use knock_server::status::json_string;
 use knock_server::status::{Assessment, StatusFile};
 use knock_server::timers::unix_ms;
 use knock_server::verify::Verifier;
@@ -329,22 +330,6 @@ fn remove_rules(config_path: &Path) -> Result<(), Failure> {
         firewall.name()
     );
     Ok(())
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn refusal_name(refusal: Refusal) -> &'static str {
