@@ -3,7 +3,7 @@
 # Idempotent and quiet when everything is there already.
 set -euo pipefail
 packages=(nftables iptables ipset iproute2 conntrack tcpdump socat openssh-server openssh-client
-          netcat-openbsd faketime procps e2fsprogs systemd systemd-container)
+          netcat-openbsd faketime procps e2fsprogs systemd systemd-container nmap)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
