@@ -869,3 +869,130 @@ impl Ns {
             .1
     }
 }
+
+/// What one `nmap` scan saw: the state it gave each port of one protocol,
+/// and its whole output, which every failure message about it should print.
+#[derive(Debug, Clone)]
+pub struct NmapScan {
+    pub command: String,
+    pub output: String,
+    pub states: BTreeMap<u16, String>,
+}
+
+impl NmapScan {
+    /// The state nmap gave `port` (`nmap_scan` made sure every port asked
+    /// for has one).
+    pub fn state(&self, port: u16) -> &str {
+        self.states
+            .get(&port)
+            .map_or("(not scanned)", String::as_str)
+    }
+
+    /// Fails the test, printing the whole scan, unless every port of `ports`
+    /// is in state `expected`.
+    pub fn assert_all(&self, ports: impl IntoIterator<Item = u16>, expected: &str, what: &str) {
+        let odd: Vec<String> = ports
+            .into_iter()
+            .filter(|&p| self.state(p) != expected)
+            .map(|p| format!("{p} is {}", self.state(p)))
+            .collect();
+        assert!(
+            odd.is_empty(),
+            "{what}: every port should be {expected}, but {}\n$ {}\n{}",
+            odd.join(", "),
+            self.command,
+            self.output
+        );
+    }
+}
+
+/// Runs `nmap` in `ns` against `target` and returns the state of each port.
+/// `scan` is the scan type (`-sS`, `-sA`, `-sU`, `-sF`, ...): UDP for `-sU`,
+/// TCP otherwise, one protocol per scan. `-6` is added for an IPv6 target.
+/// Bounded: no host discovery or DNS, `--max-retries 2`, `--host-timeout`,
+/// and the process is killed after 120 s.
+///
+/// Fails the test, printing nmap's whole output, unless nmap exits 0, reports
+/// the host up, and gives exactly the ports asked for a state each: a scan
+/// that saw nothing never passes for one that saw every port alike.
+pub fn nmap_scan(ns: &Ns, scan: &str, target: IpAddr, ports: &[u16], extra: &[&str]) -> NmapScan {
+    assert!(!ports.is_empty(), "nmap_scan: no ports");
+    let protocol = if scan == "-sU" { "udp" } else { "tcp" };
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let mut args: Vec<String> = ["-k", "5", "120", "nmap"].map(str::to_owned).to_vec();
+    if target.is_ipv6() {
+        args.push("-6".to_owned());
+    }
+    args.extend(
+        [
+            scan,
+            "-n",
+            "-Pn",
+            "--max-retries",
+            "2",
+            "--host-timeout",
+            "90s",
+            "-oG",
+            "-",
+            "-p",
+        ]
+        .map(str::to_owned),
+    );
+    args.push(list.join(","));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.push(target.to_string());
+    let command = format!("ip netns exec {} {}", ns.name, args[3..].join(" "));
+    let out = ns.cmd("timeout").args(&args).output().expect("run nmap");
+    let output =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let fail = |why: &str| -> ! { panic!("{why}\n$ {command}\n{output}") };
+    if !out.status.success() {
+        fail(&format!("nmap failed ({})", out.status));
+    }
+    let host = format!("Host: {target} ");
+    let mut up = false;
+    let mut states = BTreeMap::new();
+    for line in output.lines().filter(|l| l.starts_with(&host)) {
+        for field in line.split('\t') {
+            if let Some(status) = field.strip_prefix("Status: ") {
+                up |= status.trim() == "Up";
+            }
+            let Some(entries) = field.strip_prefix("Ports: ") else {
+                continue;
+            };
+            // port/state/protocol/owner/service/rpc/version/
+            for entry in entries.split(", ") {
+                let parts: Vec<&str> = entry.trim().split('/').collect();
+                let (Some(port), Some(state), Some(proto)) = (
+                    parts.first().and_then(|p| p.parse::<u16>().ok()),
+                    parts.get(1),
+                    parts.get(2),
+                ) else {
+                    fail(&format!("cannot parse the port entry {entry:?}"));
+                };
+                if *proto != protocol {
+                    fail(&format!("{port}/{proto} in a {protocol} scan"));
+                }
+                if states.insert(port, (*state).to_owned()).is_some() {
+                    fail(&format!("port {port} reported twice"));
+                }
+            }
+        }
+    }
+    if !up {
+        fail(&format!("nmap did not report {target} up"));
+    }
+    let asked: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    let seen: std::collections::BTreeSet<u16> = states.keys().copied().collect();
+    if asked != seen {
+        fail(&format!(
+            "nmap reported ports {seen:?}, not the ports asked for {asked:?} \
+             (ports in an `Ignored State` are not listed: scan fewer)"
+        ));
+    }
+    NmapScan {
+        command,
+        output,
+        states,
+    }
+}
