@@ -9,7 +9,7 @@
 //! -t mangle -A PREROUTING -j KNOCK-PREROUTING                  (first rule, once)
 //! -A KNOCK-PREROUTING -i lo -j RETURN
 //! -A KNOCK-PREROUTING -m set --match-set knock4 src,dst -j RETURN
-//! -A KNOCK-PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 4992 --tcp-flags SYN,ACK SYN -j MARK --set-xmark 0x200000/0x200000
+//! -A KNOCK-PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 4992 --tcp-flags RST,ACK NONE -j MARK --set-xmark 0x200000/0x200000
 //! -t filter -A INPUT -j KNOCK-REJECT, -A FORWARD -j KNOCK-REJECT  (first, once each)
 //! -A KNOCK-REJECT -p tcp -m mark --mark 0x200000/0x200000 -j REJECT --reject-with tcp-reset
 //! -t security -A INPUT -j KNOCK-GUARD, -A FORWARD -j KNOCK-GUARD

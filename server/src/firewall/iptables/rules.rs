@@ -6,9 +6,9 @@
 //!
 //! - `mangle` `KNOCK-PREROUTING` (from PREROUTING): decides. It runs before
 //!   destination NAT, so a port the host forwards is judged by the number the
-//!   client connects to. TCP is refused by its connection-opening segments
-//!   only, which needs no connection tracking; only protected UDP ports use
-//!   conntrack.
+//!   client connects to. TCP is refused by its segments without ACK or RST
+//!   only (openings and probes), which needs no connection tracking; only
+//!   protected UDP ports, and `refuse = "drop"`, use conntrack.
 //! - `filter` `KNOCK-REJECT` (from INPUT and FORWARD), with `refuse =
 //!   "reject"`: the kernel lets REJECT answer only from the filter table, so
 //!   the mangle chain marks a refusal (one packet-mark bit) and this chain
@@ -97,11 +97,22 @@ pub fn layout(settings: &Settings, policy: &Policy, family: Family) -> Layout {
     }
     for port in ports {
         let p = port.port;
-        match port.transport {
-            Transport::Tcp => decide.push(format!(
-                "-A {chain} -p tcp {LOCAL} -m tcp --dport {p} --tcp-flags SYN,ACK SYN {refuse}"
+        match (port.transport, policy.refusal) {
+            // As with nftables (see its `script::chain_rules`): a segment
+            // with neither ACK nor RST opens something or probes; where
+            // closed ports are dropped, everything outside a connection is.
+            (Transport::Tcp, Refusal::Reject) => decide.push(format!(
+                "-A {chain} -p tcp {LOCAL} -m tcp --dport {p} --tcp-flags RST,ACK NONE {refuse}"
             )),
-            Transport::Udp => {
+            (Transport::Tcp, Refusal::Drop) => {
+                decide.push(format!(
+                    "-A {chain} -p tcp {LOCAL} -m tcp --dport {p} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+                ));
+                decide.push(format!(
+                    "-A {chain} -p tcp {LOCAL} -m tcp --dport {p} {refuse}"
+                ));
+            }
+            (Transport::Udp, _) => {
                 decide.push(format!(
                     "-A {chain} -p udp {LOCAL} -m udp --dport {p} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
                 ));
@@ -353,7 +364,7 @@ mod tests {
             "*mangle\n:KNOCK-PREROUTING - [0:0]\n\
              -A KNOCK-PREROUTING -i lo -j RETURN\n\
              -A KNOCK-PREROUTING -m set --match-set knock4 src,dst -j RETURN\n\
-             -A KNOCK-PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 4992 --tcp-flags SYN,ACK SYN -j MARK --set-xmark 0x200000/0x200000\n\
+             -A KNOCK-PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 4992 --tcp-flags RST,ACK NONE -j MARK --set-xmark 0x200000/0x200000\n\
              -A KNOCK-PREROUTING -p udp -m addrtype --dst-type LOCAL -m udp --dport 53 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
              -A KNOCK-PREROUTING -p udp -m addrtype --dst-type LOCAL -m udp --dport 53 -j MARK --set-xmark 0x200000/0x200000\n\
              -I PREROUTING 1 -j KNOCK-PREROUTING\nCOMMIT\n\
@@ -399,6 +410,19 @@ mod tests {
             "*filter\n-D INPUT -j KNOCK-REJECT\n-D FORWARD -j KNOCK-REJECT\n-F KNOCK-REJECT\n-X KNOCK-REJECT\nCOMMIT\n"
         ));
         assert!(!script.contains("*security"), "nothing to remove there");
+    }
+
+    #[test]
+    fn drop_mode_keeps_connections_and_drops_everything_else() {
+        let policy = example_policy().refusing(Refusal::Drop);
+        let decide = layout(&settings(), &policy, V4)[0].clone().expect("decide");
+        assert!(decide.contains(
+            &"-A KNOCK-PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 4992 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN".to_owned()
+        ));
+        assert!(decide.contains(
+            &"-A KNOCK-PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 4992 -j DROP"
+                .to_owned()
+        ));
     }
 
     #[test]

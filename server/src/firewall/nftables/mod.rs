@@ -8,16 +8,17 @@
 //!     set allow6 { type ipv6_addr . inet_proto . inet_service; flags timeout; }
 //!     chain prerouting {
 //!         type filter hook prerouting priority -150; policy accept;
-//!         fib daddr type local udp dport 62201 drop
 //!         iif "lo" accept
 //!         fib daddr type local meta l4proto . th dport { tcp . 4992 } ip saddr . meta l4proto . th dport @allow4 accept
 //!         fib daddr type local meta l4proto . th dport { tcp . 4992 } ip6 saddr . meta l4proto . th dport @allow6 accept
-//!         fib daddr type local tcp dport { 4992 } tcp flags & (syn | ack) == syn drop
+//!         fib daddr type local tcp dport { 4992 } tcp flags & (ack | rst) == 0 reject with tcp reset
 //!     }
 //! }
 //! ```
 //!
-//! ([`script::chain_rules`] says why each rule is what it is.)
+//! That is `refuse = "reject"`; with "drop" the knock port is dropped too
+//! and refusals are drops. ([`script::chain_rules`] says why each rule is
+//! what it is.)
 //!
 //! `install` feeds one `nft -f -` transaction ([`script`]) that creates the
 //! table and sets if missing (keeping the sets' live elements), and flushes

@@ -16,16 +16,18 @@ use crate::firewall::{LiveGrant, Policy, Refusal};
 /// the host forwards (a published container port) is seen, and closed, by
 /// the number the client connects to, exactly like a local one; `fib daddr
 /// type local` keeps traffic that is only routed through the host out of it.
-/// TCP is closed by dropping connection-opening segments (SYN without ACK):
-/// that needs no connection tracking, and segments of connections that
-/// existed before our rules, or outlived their grant, pass. Only protected
-/// UDP ports, which have no such marker, use conntrack.
+/// TCP is closed by refusing segments that carry neither ACK nor RST (a
+/// connection-opening SYN, or a stray probe): that needs no connection
+/// tracking, and segments of connections that existed before our rules, or
+/// outlived their grant, pass. Only protected UDP ports, which have no such
+/// marker, and `refuse = "drop"`, whose host tracks connections for its own
+/// ruleset anyway, use conntrack.
 pub fn chain_rules(policy: &Policy) -> Vec<String> {
     const LOCAL: &str = "fib daddr type local";
-    let (refuse_tcp, refuse_udp) = match policy.refusal {
+    let refuse_udp = match policy.refusal {
         // What the kernel sends for a port nothing listens on.
-        Refusal::Reject => ("reject with tcp reset", "reject"),
-        Refusal::Drop => ("drop", "drop"),
+        Refusal::Reject => "reject",
+        Refusal::Drop => "drop",
     };
     let mut rules = Vec::new();
     if policy.refusal == Refusal::Drop {
@@ -63,9 +65,23 @@ pub fn chain_rules(policy: &Policy) -> Vec<String> {
     };
     let tcp = of(Transport::Tcp);
     if !tcp.is_empty() {
-        rules.push(format!(
-            "{LOCAL} tcp dport {{ {tcp} }} tcp flags & (syn | ack) == syn {refuse_tcp}"
-        ));
+        rules.extend(match policy.refusal {
+            // Every segment that opens nothing and belongs to nothing (no
+            // ACK, no RST: a SYN, or a FIN, NULL or Xmas probe) gets the
+            // reset a closed port sends; a listening socket would have
+            // answered a SYN and silently ignored the others. Segments of
+            // established connections always carry ACK.
+            Refusal::Reject => vec![format!(
+                "{LOCAL} tcp dport {{ {tcp} }} tcp flags & (ack | rst) == 0 reject with tcp reset"
+            )],
+            // Where the host drops closed ports, every segment outside a
+            // connection is dropped, as its neighbours' are. Such a host's
+            // own ruleset already tracks connections.
+            Refusal::Drop => vec![
+                format!("{LOCAL} tcp dport {{ {tcp} }} ct state established,related accept"),
+                format!("{LOCAL} tcp dport {{ {tcp} }} drop"),
+            ],
+        });
     }
     let udp = of(Transport::Udp);
     if !udp.is_empty() {
@@ -165,14 +181,17 @@ mod tests {
             "fib daddr type local meta l4proto . th dport { tcp . 4992, udp . 53 } ip saddr . meta l4proto . th dport @allow4 accept"
         ));
         assert!(script.contains(
-            "fib daddr type local tcp dport { 4992 } tcp flags & (syn | ack) == syn reject with tcp reset"
+            "fib daddr type local tcp dport { 4992 } tcp flags & (ack | rst) == 0 reject with tcp reset"
         ));
         assert!(script
             .contains("fib daddr type local udp dport { 53 } ct state established,related accept"));
         assert!(script.contains("fib daddr type local udp dport { 53 } reject\n"));
         let dropping = install_script(&settings(), &example_policy().refusing(Refusal::Drop));
         assert!(dropping.contains("\t\tfib daddr type local udp dport 62201 drop\n"));
-        assert!(dropping.contains("tcp flags & (syn | ack) == syn drop\n"));
+        assert!(dropping.contains(
+            "fib daddr type local tcp dport { 4992 } ct state established,related accept\n"
+        ));
+        assert!(dropping.contains("fib daddr type local tcp dport { 4992 } drop\n"));
         assert!(dropping.contains("fib daddr type local udp dport { 53 } drop\n"));
         assert!(!dropping.contains("reject"));
         assert!(!script.contains("delete"));
@@ -213,7 +232,7 @@ mod tests {
             "{tcp_only:?}"
         );
         assert!(tcp_only.contains(
-            &"fib daddr type local tcp dport { 22, 4992 } tcp flags & (syn | ack) == syn reject with tcp reset"
+            &"fib daddr type local tcp dport { 22, 4992 } tcp flags & (ack | rst) == 0 reject with tcp reset"
                 .to_owned()
         ));
         let with_udp = chain_rules(&example_policy());
