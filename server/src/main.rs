@@ -19,7 +19,7 @@ use knock_server::daemon::{
 use knock_server::firewall::{self, Refusal};
 use knock_server::health::RulesKeeper;
 use knock_server::privileges;
-use knock_server::state::{ReplayStore, Restored, StateFile};
+use knock_server::state::{ReplayStore, Restored, StateFile, StateLock};
 use knock_server::status::json_string;
 use knock_server::status::{Assessment, StatusFile};
 use knock_server::timers::unix_ms;
@@ -83,8 +83,10 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         );
     }
 
-    let mut store = StateFile::open(&config.state_dir)
-        .map_err(|e| Failure::runtime(format!("state_dir {}: {e}", config.state_dir.display())))?;
+    // Before the firewall or the replay state is touched: a second server on
+    // this state directory would honour knocks the first has honoured.
+    let lock = StateLock::acquire(&config.state_dir).map_err(Failure::runtime)?;
+    let mut store = StateFile::open(lock);
     let window = window_ms(&config);
     let (guard, restored) = store
         .load_guard(window, started_at_ms)

@@ -1,12 +1,153 @@
-//! Durable replay state: the replay guard's memory, written with fsync before
-//! any grant, so a crash can never make an honoured knock acceptable again.
+//! The state directory: the lock that makes one `knock-server run` its only
+//! user, and the durable replay state, the replay guard's memory, written
+//! with fsync before any grant, so a crash can never make an honoured knock
+//! acceptable again.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use knock_proto::{ReplayGuard, StateDecodeError};
+use thiserror::Error;
+
+/// The lock file in the state directory; it holds the holder's PID.
+pub const LOCK_FILE: &str = "lock";
+
+/// Why the state directory cannot be ours.
+#[derive(Debug, Error)]
+pub enum LockError {
+    /// Another process holds the lock: two servers on one replay state
+    /// would each accept a knock the other has already honoured.
+    #[error(
+        "state_dir {dir} is in use by another knock-server (pid {holder}); stop that one first, \
+         or give this one its own state_dir"
+    )]
+    Held { dir: PathBuf, holder: Holder },
+    #[error("cannot use state_dir {dir}: {doing}: {source}")]
+    Io {
+        dir: PathBuf,
+        doing: &'static str,
+        source: io::Error,
+    },
+}
+
+/// The process named in a held lock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Pid(u32),
+    /// The holder has not written its PID (yet), or wrote garbage.
+    Unknown,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Pid(pid) => write!(f, "{pid}"),
+            Holder::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+/// An exclusive lock on `state_dir/lock`, held until dropped (the kernel
+/// releases it when the process ends, however it ends, so a crash never
+/// leaves a stale lock behind).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+    dir: PathBuf,
+}
+
+impl StateLock {
+    /// Creates `state_dir` (0700) if needed and locks it, or says who holds
+    /// it. Never waits.
+    pub fn acquire(state_dir: &Path) -> Result<Self, LockError> {
+        let io = |doing| {
+            let dir = state_dir.to_path_buf();
+            move |source| LockError::Io { dir, doing, source }
+        };
+        if !state_dir.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .map_err(io("creating it"))?;
+        }
+        // Not truncated on open: until we hold the lock, the PID in it is
+        // the holder's, which a refused process reads.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(state_dir.join(LOCK_FILE))
+            .map_err(io("opening the lock file"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::Held {
+                    dir: state_dir.to_path_buf(),
+                    holder: read_holder(&mut file),
+                })
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(io("locking the lock file")(source));
+            }
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(io("writing our PID to the lock file"))?;
+        Ok(Self {
+            _file: file,
+            dir: state_dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The PID in a lock file someone else holds. The holder writes it right
+/// after locking, so an empty file is given a few moments before we give up.
+fn read_holder(file: &mut File) -> Holder {
+    for _ in 0..20 {
+        let mut text = String::new();
+        if file.rewind().is_ok() && file.read_to_string(&mut text).is_ok() {
+            if let Ok(pid) = text.trim().parse() {
+                return Holder::Pid(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Holder::Unknown
+}
+
+/// Replaces `dir/name` with `contents` durably and atomically (a reader
+/// sees the old file or the new one, never a part): a temporary file of
+/// this process alone, fsync, rename, fsync of the directory.
+pub fn replace_file(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&temp, dir.join(name))?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
 
 /// Where replay state is made durable. A trait so the pipeline's unit tests
 /// can inject a full disk.
@@ -26,28 +167,29 @@ pub enum Restored {
     Corrupt(StateDecodeError),
 }
 
-/// `state_dir/replay.state`.
+/// The replay state's file name in the state directory.
+const REPLAY_STATE: &str = "replay.state";
+
+/// `state_dir/replay.state`, used under the state directory's lock.
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
-    temp: PathBuf,
-    dir: PathBuf,
+    lock: StateLock,
 }
 
 impl StateFile {
-    /// Uses `state_dir`, creating it (0700) if needed.
-    pub fn open(state_dir: &Path) -> io::Result<Self> {
-        if !state_dir.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(state_dir)?;
+    /// The replay state of the locked state directory; holding `lock` for
+    /// as long as the state is used.
+    pub fn open(lock: StateLock) -> Self {
+        Self {
+            path: lock.dir().join(REPLAY_STATE),
+            lock,
         }
-        Ok(Self {
-            path: state_dir.join("replay.state"),
-            temp: state_dir.join(".replay.state.tmp"),
-            dir: state_dir.to_path_buf(),
-        })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        self.lock.dir()
     }
 
     pub fn path(&self) -> &Path {
@@ -90,34 +232,25 @@ impl StateFile {
 
 impl ReplayStore for StateFile {
     fn persist(&mut self, encoded: &[u8]) -> io::Result<()> {
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&self.temp)?;
-            file.write_all(encoded)?;
-            file.sync_all()?;
-            fs::rename(&self.temp, &self.path)?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&self.temp);
-        }
-        result
+        replace_file(self.lock.dir(), REPLAY_STATE, encoded)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("knock-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
 
     #[test]
     fn persists_and_restores() {
-        let dir = std::env::temp_dir().join(format!("knock-state-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let mut store = StateFile::open(&dir).unwrap();
+        let dir = scratch("state");
+        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
         let (mut guard, restored) = store.load_guard(30_000, 1_000).unwrap();
         assert!(matches!(restored, Restored::Missing));
         let fresh = guard.check("alice", 5_000, 5_000).unwrap();
@@ -130,6 +263,67 @@ mod tests {
         let (_, restored) = store.load_guard(30_000, 1_000).unwrap();
         assert!(matches!(restored, Restored::Corrupt(_)));
         assert!(dir.join("replay.corrupt").exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn one_holder_at_a_time_named_by_pid() {
+        let dir = scratch("lock").join("nested");
+        let first = StateLock::acquire(&dir).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // flock locks belong to an open file, so a second open in this very
+        // process is refused like another process would be.
+        match StateLock::acquire(&dir) {
+            Err(LockError::Held { dir: held, holder }) => {
+                assert_eq!(held, dir);
+                assert_eq!(holder, Holder::Pid(std::process::id()));
+            }
+            other => panic!("a second lock on one directory: {other:?}"),
+        }
+        let message = StateLock::acquire(&dir).unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("pid {}", std::process::id()))
+                && message.contains(&dir.display().to_string())
+                && !message.contains('\n'),
+            "{message}"
+        );
+        // Another directory is not refused while the first is held.
+        let other = StateLock::acquire(&dir.with_file_name("other")).unwrap();
+        drop(first);
+        let again = StateLock::acquire(&dir).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join(LOCK_FILE)).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        drop((again, other));
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn replaced_files_are_whole_private_and_leave_no_temporary() {
+        let dir = scratch("replace");
+        fs::create_dir_all(&dir).unwrap();
+        replace_file(&dir, "x", b"one").unwrap();
+        replace_file(&dir, "x", b"two").unwrap();
+        assert_eq!(fs::read(dir.join("x")).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(dir.join("x")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x"]);
+        // A write that cannot finish (the name is taken by a directory)
+        // leaves the temporary file of this process behind neither.
+        fs::create_dir(dir.join("d")).unwrap();
+        fs::write(dir.join("d/inside"), b"").unwrap();
+        assert!(replace_file(&dir, "d", b"three").is_err());
+        assert!(!dir.join(format!(".d.{}.tmp", std::process::id())).exists());
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -103,10 +103,11 @@ fn unwritable_state_dir_means_no_grant() {
     let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(errors.len(), 1, "one error line on stderr: {err}");
     assert_eq!(err.lines().last(), Some(errors[0]), "{err}");
-    let state_file = w.state().join("replay.state");
+    // The first write there is the lock file, taken before anything else.
     assert!(
-        errors[0].starts_with("knock-server: error: cannot write replay state")
-            && errors[0].contains(&*state_file.to_string_lossy()),
+        errors[0].starts_with("knock-server: error: cannot use state_dir")
+            && errors[0].contains(&*w.state().to_string_lossy())
+            && errors[0].contains("lock file"),
         "{err}"
     );
     assert_eq!(
@@ -219,8 +220,9 @@ fn full_disk_means_no_grant_and_no_corruption() {
     ));
     assert_eq!(
         after,
-        // `status` is the daemon's status file, written at start.
-        format!("{before}fill\nreplay.state\nstatus\n"),
+        // Besides the state: the lock, and `status`, the daemon's status
+        // file, written at start.
+        format!("{before}fill\nlock\nreplay.state\nstatus\n"),
         "the state file changed or a temporary file was left"
     );
 
