@@ -38,6 +38,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Install the firewall rules that `run` installed last, saved in the
+    /// state directory (run at boot by knock-server-restore.service, before
+    /// the network is up). If the configuration cannot be read, the default
+    /// state directory is used, so that a broken edit does not open the
+    /// protected ports at boot. Nothing saved (first boot): exits 0.
+    RestoreRules {
+        #[arg(long, default_value = "/etc/knock/server.toml")]
+        config: PathBuf,
+        /// Read the saved rules from DIR instead of the configuration's
+        /// `state_dir`.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Remove our firewall table or chains (used when uninstalling): protected
     /// ports become reachable by everyone.
     RemoveRules {

@@ -61,6 +61,10 @@ impl std::fmt::Debug for Request {
     }
 }
 
+/// Called with what the keeper has just installed (to save it for the next
+/// boot); it must not block for long.
+pub type OnInstalled = Box<dyn Fn(&Settings, &Policy) + Send>;
+
 /// The handle the daemon keeps.
 #[derive(Debug)]
 pub struct RulesKeeper {
@@ -73,12 +77,14 @@ pub struct RulesKeeper {
 impl RulesKeeper {
     /// Takes over `firewall`, built from `settings`, which has just
     /// installed `policy`, and checks it every `every` and whenever the
-    /// nf_tables ruleset changes.
+    /// nf_tables ruleset changes; `on_installed` is told of every install it
+    /// does.
     pub fn start(
         firewall: Box<dyn Firewall>,
         settings: Settings,
         policy: Policy,
         every: Duration,
+        on_installed: OnInstalled,
     ) -> std::io::Result<Self> {
         let (requests, incoming) = mpsc::channel();
         let (fatal_tx, fatal) = mpsc::channel();
@@ -87,6 +93,7 @@ impl RulesKeeper {
             settings,
             policy,
             live: LiveGrants::default(),
+            on_installed,
         };
         let thread = thread::Builder::new()
             .name("rules-keeper".into())
@@ -196,6 +203,7 @@ struct Kept {
     settings: Settings,
     policy: Policy,
     live: LiveGrants,
+    on_installed: OnInstalled,
 }
 
 impl Kept {
@@ -210,6 +218,7 @@ impl Kept {
         }
         self.settings = settings;
         self.policy = policy;
+        (self.on_installed)(&self.settings, &self.policy);
         Ok(())
     }
 
@@ -225,6 +234,7 @@ impl Kept {
                 let started = Instant::now();
                 error!("our firewall rules were changed or removed ({err}); reinstalling them");
                 self.firewall.install(&self.policy)?;
+                (self.on_installed)(&self.settings, &self.policy);
                 let restored = self.restore_grants();
                 warn!(
                     "firewall rules reinstalled in {} ms; {restored} live grants restored with their remaining time",
@@ -364,6 +374,7 @@ mod tests {
             settings(),
             example_policy(),
             Duration::from_millis(10),
+            Box::new(|_: &Settings, _: &Policy| {}),
         )
         .expect("thread");
         let other = Policy::new(1, &[]);
@@ -382,6 +393,7 @@ mod tests {
             settings: settings(),
             policy: example_policy(),
             live: LiveGrants::default(),
+            on_installed: Box::new(|_: &Settings, _: &Policy| {}),
         };
         let a: IpAddr = "198.18.0.2".parse().expect("ip");
         let now = Instant::now();
@@ -454,6 +466,7 @@ mod tests {
             settings(),
             example_policy(),
             Duration::from_millis(5),
+            Box::new(|_: &Settings, _: &Policy| {}),
         )
         .expect("thread");
         let mut reason = None;

@@ -5,8 +5,9 @@
 //! [`verify`] (length → key hint → AEAD → replay guard → source binding →
 //! policy) → [`state`] (durable replay state) → [`firewall`] (timed set
 //! elements). Refusals go to [`rejections`]. [`daemon`] runs the loop;
-//! [`health`] keeps our firewall rules in place beside it; [`status`] is
-//! what the loop publishes for `knock-server status`.
+//! [`health`] keeps our firewall rules in place beside it, and
+//! [`saved_rules`] remembers them for the next boot; [`status`] is what the
+//! loop publishes for `knock-server status`.
 #![deny(unsafe_code)]
 
 pub mod capture;
@@ -17,6 +18,7 @@ pub mod health;
 pub mod pipeline;
 pub mod privileges;
 pub mod rejections;
+pub mod saved_rules;
 pub mod state;
 pub mod status;
 pub mod timers;

@@ -1,4 +1,4 @@
-//! knock-server: `run`, `check`, `status`.
+//! knock-server: `run`, `check`, `status`, `restore-rules`, `remove-rules`.
 
 mod cli;
 
@@ -16,17 +16,21 @@ use knock_server::clients::load_clients;
 use knock_server::daemon::{
     firewall_settings, policy, window_ms, Daemon, Exit, Signals, POLL_EVERY,
 };
-use knock_server::firewall::{self, Refusal};
+use knock_server::firewall::{self, Policy, Refusal, Settings};
 use knock_server::health::RulesKeeper;
 use knock_server::privileges;
+use knock_server::saved_rules;
 use knock_server::state::{ReplayStore, Restored, StateFile, StateLock};
 use knock_server::status::json_string;
 use knock_server::status::{Assessment, StatusFile};
 use knock_server::timers::unix_ms;
 use knock_server::verify::Verifier;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 const PROGRAM: &str = "knock-server";
+/// The state directory when the configuration says nothing (or cannot be
+/// read, at boot).
+const DEFAULT_STATE_DIR: &str = "/var/lib/knock";
 
 fn main() -> ExitCode {
     let args = match parse_args::<Args>(PROGRAM) {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Check { config, json } => check(&config, json),
         Command::Status { config, json } => status(&config, json),
+        Command::RestoreRules { config, state_dir } => restore_rules(&config, state_dir),
         Command::RemoveRules { config } => remove_rules(&config),
     };
     match result {
@@ -118,21 +123,25 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     let capture = Capture::start(&config.interface, config.knock_port, POLL_EVERY)
         .map_err(Failure::runtime)?;
     let policy = policy(&config);
+    remove_rules_saved_elsewhere(store.dir(), &settings);
     let mut installer = settings.build();
     installer
         .install(&policy)
         .map_err(|e| Failure::runtime(format!("installing {} rules: {e}", installer.name())))?;
+    save_rules(store.dir(), &settings, &policy);
     let firewall = settings.build();
     // Capabilities are per thread: drop them before the keeper's threads
     // are spawned, so that they inherit only ours.
     if let Err(err) = privileges::drop_to_network_caps() {
         warn!("could not drop capabilities: {err}");
     }
+    let state_dir = store.dir().to_path_buf();
     let keeper = RulesKeeper::start(
         installer,
         settings.clone(),
         policy.clone(),
         config.verify_every,
+        Box::new(move |settings, policy| save_rules(&state_dir, settings, policy)),
     )
     .map_err(|e| Failure::runtime(format!("starting the rules keeper: {e}")))?;
     let signals =
@@ -160,6 +169,47 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     match daemon.run() {
         Exit::Terminated => Ok(()),
         Exit::Fatal(message) => Err(Failure::runtime(message)),
+    }
+}
+
+/// Saves what was just installed for the next boot. A failure does not stop
+/// the server, which protects the ports now; it costs the protection at the
+/// next boot until the server is ready again, which the log says.
+fn save_rules(state_dir: &Path, settings: &Settings, policy: &Policy) {
+    if let Err(err) = saved_rules::save(state_dir, settings, policy) {
+        error!(
+            "cannot save the installed rules to {} ({err}): after a reboot the protected ports are open until knock-server is ready",
+            saved_rules::path(state_dir).display()
+        );
+    }
+}
+
+/// At boot, `restore-rules` installed the rules saved last. If the
+/// configuration has since moved them (another nft_table, other iptables
+/// commands, another backend), installing the new ones would leave those in
+/// place, still dropping the protected ports for every grant of ours: they
+/// are removed first.
+fn remove_rules_saved_elsewhere(state_dir: &Path, settings: &Settings) {
+    let saved = match saved_rules::load(state_dir) {
+        Ok(Some(saved)) => saved,
+        Ok(None) => return,
+        Err(err) => {
+            warn!("ignoring the saved rules: {err}");
+            return;
+        }
+    };
+    if saved.settings.change_to(settings).is_err() {
+        let mut old = saved.settings.build();
+        match old.remove() {
+            Ok(()) => info!(
+                "removed the {} rules saved last, which the configuration has moved",
+                old.name()
+            ),
+            Err(err) => error!(
+                "cannot remove the {} rules saved last, which the configuration has moved: {err}; they may still close the protected ports",
+                old.name()
+            ),
+        }
     }
 }
 
@@ -318,6 +368,49 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
     for (label, text) in daemon.lines(now) {
         println!("{label:<14} {text}");
     }
+    Ok(())
+}
+
+/// Installs the rules saved by the last `run`, for the boot unit. Prints one
+/// line on stderr saying what it did.
+fn restore_rules(config_path: &Path, state_dir: Option<std::path::PathBuf>) -> Result<(), Failure> {
+    let state_dir = match state_dir {
+        Some(dir) => dir,
+        None => match ServerConfig::load(config_path) {
+            Ok(config) => config.state_dir,
+            // A broken edit of server.toml must not open the ports at boot:
+            // the last good rules are where the packaged unit keeps them.
+            Err(err) => {
+                eprintln!(
+                    "{PROGRAM}: warning: {err}; restoring from the default state directory {DEFAULT_STATE_DIR}"
+                );
+                DEFAULT_STATE_DIR.into()
+            }
+        },
+    };
+    let saved = saved_rules::load(&state_dir).map_err(Failure::runtime)?;
+    let Some(saved) = saved else {
+        eprintln!(
+            "{PROGRAM}: no saved rules in {} (knock-server has not installed any yet); nothing to restore",
+            saved_rules::path(&state_dir).display()
+        );
+        return Ok(());
+    };
+    let mut firewall = saved.settings.build();
+    firewall.install(&saved.policy).map_err(|e| {
+        Failure::runtime(format!(
+            "installing the {} rules saved in {}: {e}",
+            firewall.name(),
+            saved_rules::path(&state_dir).display()
+        ))
+    })?;
+    eprintln!(
+        "{PROGRAM}: restored the {} rules saved in {}: {} closed, knock port udp/{} dropped",
+        firewall.name(),
+        saved_rules::path(&state_dir).display(),
+        port_list(saved.policy.protected()),
+        saved.policy.knock_port
+    );
     Ok(())
 }
 

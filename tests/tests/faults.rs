@@ -220,9 +220,9 @@ fn full_disk_means_no_grant_and_no_corruption() {
     ));
     assert_eq!(
         after,
-        // Besides the state: the lock, and `status`, the daemon's status
-        // file, written at start.
-        format!("{before}fill\nlock\nreplay.state\nstatus\n"),
+        // Besides the state: the lock, the rules saved at start, and
+        // `status`, the daemon's status file, written at start.
+        format!("{before}fill\nlock\nreplay.state\nrules\nstatus\n"),
         "the state file changed or a temporary file was left"
     );
 

@@ -1,4 +1,7 @@
-//! The state directory on a real host: one server per state directory.
+//! The state directory on a real host: one server per state directory, the
+//! rules saved there after every install and restored at boot by
+//! `knock-server restore-rules`.
+//! (The boot itself, with the packaged units, is in package.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
@@ -47,6 +50,10 @@ impl World {
         self.setup.dir.join("state")
     }
 
+    fn saved(&self) -> String {
+        std::fs::read_to_string(self.state().join("rules")).unwrap_or_default()
+    }
+
     /// `knock-server ARGS` in the server's namespace, to its exit.
     fn server_cmd(&self, args: &[&str]) -> (i32, String, String) {
         run_server_to_exit(&self.hosts.server, args, Duration::from_secs(15))
@@ -54,6 +61,18 @@ impl World {
 
     fn config(&self) -> &str {
         self.setup.config.to_str().unwrap()
+    }
+
+    /// Rewrites `key` in server.toml (appending it if absent).
+    fn set(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.setup.config).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} ")) && !l.starts_with(&format!("{key}=")))
+            .map(str::to_owned)
+            .collect();
+        lines.push(format!("{key} = {value}"));
+        std::fs::write(&self.setup.config, lines.join("\n") + "\n").unwrap();
     }
 }
 
@@ -122,4 +141,103 @@ fn a_second_server_on_one_state_dir_is_refused_at_once() {
     let (code, out) = w.knock();
     assert_eq!(code, 0, "the first server after the refusals: {out}");
     first.wait_for_log("granted tcp/4992", Duration::from_secs(2));
+}
+
+/// `run` saves what it installs, and so does the rules keeper after a
+/// reload and after a reinstall; `restore-rules` puts the saved rules back
+/// after the firewall was emptied (as at boot): the ports are closed again,
+/// which the same probe without our rules shows is their doing.
+#[test]
+fn saved_rules_follow_every_install_and_restore_closes_the_ports() {
+    let w = world();
+    let (code, _, err) = w.server_cmd(&["restore-rules", "--config", w.config()]);
+    assert_eq!(code, 0, "nothing saved yet: {err}");
+    assert!(err.contains("nothing to restore"), "{err}");
+    assert_eq!(w.hosts.server.sh("nft list ruleset").trim(), "");
+
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    assert!(
+        w.saved().contains("\nprotected = tcp/4992\n")
+            && w.saved().contains("\nnft_table = knock\n"),
+        "saved at start:\n{}",
+        w.saved()
+    );
+
+    // A reload with another port list: saved by the keeper.
+    w.set("protected", "[\"tcp/4992\", \"tcp/4993\"]");
+    server.signal("HUP");
+    server.wait_for_log("reloaded", Duration::from_secs(5));
+    assert!(
+        eventually(Duration::from_secs(2), || w
+            .saved()
+            .contains("\nprotected = tcp/4992 tcp/4993\n")),
+        "not saved after the reload:\n{}",
+        w.saved()
+    );
+
+    // A reinstall after someone deleted our table: saved again.
+    std::fs::remove_file(w.state().join("rules")).unwrap();
+    w.hosts.server.sh("nft delete table inet knock");
+    server.wait_for_log("firewall rules reinstalled", Duration::from_secs(10));
+    assert!(
+        eventually(Duration::from_secs(2), || w
+            .saved()
+            .contains("\nprotected = tcp/4992 tcp/4993\n")),
+        "not saved after the reinstall:\n{}",
+        w.saved()
+    );
+
+    // As at boot: no server, an empty firewall.
+    server.kill();
+    w.hosts.server.sh("nft flush ruleset");
+    assert!(
+        w.connects(4992) && w.connects(4993),
+        "without our rules both ports answer"
+    );
+    let (code, _, err) = w.server_cmd(&["restore-rules", "--config", w.config()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("restored the nftables rules saved in") && err.contains("tcp/4992,tcp/4993"),
+        "{err}"
+    );
+    assert!(!w.connects(4992), "tcp/4992 open after restore-rules");
+    assert!(!w.connects(4993), "tcp/4993 open after restore-rules");
+
+    // A damaged file: exit 1, one line naming it, the firewall untouched.
+    w.hosts.server.sh("nft flush ruleset");
+    std::fs::write(w.state().join("rules"), "format = 1\nfirewall = pf\n").unwrap();
+    let (code, _, err) = w.server_cmd(&["restore-rules", "--config", w.config()]);
+    assert_eq!(code, 1, "{err}");
+    let line = one_error_line(&err);
+    assert!(
+        line.contains(&*w.state().join("rules").to_string_lossy()) && line.contains("`firewall`"),
+        "{line}"
+    );
+    assert_eq!(w.hosts.server.sh("nft list ruleset").trim(), "");
+}
+
+/// The rules restored at boot are where the last run put them. When the
+/// configuration has moved them since (another table), the next start
+/// removes them, or they would drop the protected ports in spite of every
+/// grant. Positive control: they are there until that start.
+#[test]
+fn a_start_removes_saved_rules_the_configuration_has_moved() {
+    let w = world();
+    let first = Server::start(&w.hosts.server, &w.setup.config);
+    assert_eq!(first.stop(), Some(0));
+    let tables = w.hosts.server.sh("nft list tables");
+    assert!(tables.contains("inet knock\n"), "stay-closed: {tables}");
+
+    w.set("nft_table", "\"knock_moved\"");
+    let second = Server::start(&w.hosts.server, &w.setup.config);
+    second.wait_for_log(
+        "removed the nftables rules saved last",
+        Duration::from_secs(1),
+    );
+    let tables = w.hosts.server.sh("nft list tables");
+    assert_eq!(tables.trim(), "table inet knock_moved", "{tables}");
+    assert!(w.saved().contains("\nnft_table = knock_moved\n"));
+    let (code, out) = w.knock();
+    assert_eq!(code, 0, "a knock after the move: {out}");
 }

@@ -56,7 +56,7 @@ fn programs() -> Vec<Program> {
                         "/etc/knock/server.toml: the configuration (see the commented default installed with the package).",
                         "/etc/knock/server.id: the server identity that client profiles are bound to; kept with the configuration, not with the state.",
                         "/etc/knock/clients.d/NAME.toml: one entry per authorised client, mode 0600, written by knock-keygen(1).",
-                        "/var/lib/knock/: replay state (state_dir).",
+                        "/var/lib/knock/ (state_dir): replay.state, the replay state; rules, the firewall rules installed last, which restore-rules installs at boot (knock-server-restore.service); lock, held by the one running server, with its PID.",
                     ],
                 ),
                 (
