@@ -73,13 +73,24 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     let config = ServerConfig::load(config_path)?;
     let settings = firewall_settings(&config);
     settings.resolve().map_err(Failure::usage)?;
-    let (server_id, created) = identity::load_or_create(&config.identity_file)?;
-    if created {
-        warn!(
-            "created a new server identity in {}; profiles made before it do not work with this server",
-            config.identity_file.display()
-        );
+    // The identity is never created here: every profile is bound to it, so
+    // a new one would silently lock every client out (and the packaged
+    // unit cannot write /etc/knock anyway).
+    if !config.identity_file.exists() {
+        return Err(Failure::usage(format!(
+            "{}: missing: the server identity, which client profiles depend on; restore it from \
+             your backup of {}, or create it (with a first client) by `knock-keygen NAME --host \
+             THIS-HOST --config {}`",
+            config.identity_file.display(),
+            config
+                .identity_file
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .display(),
+            config.path.display()
+        )));
     }
+    let server_id = identity::load(&config.identity_file)?;
     let clients = load_clients(&config.clients_dir)?;
     if clients.is_empty() {
         warn!(

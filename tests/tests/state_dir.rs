@@ -1,6 +1,6 @@
 //! The state directory on a real host: one server per state directory, the
 //! rules saved there after every install and restored at boot by
-//! `knock-server restore-rules`.
+//! `knock-server restore-rules`, and an identity that `run` never invents.
 //! (The boot itself, with the packaged units, is in package.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -240,4 +240,40 @@ fn a_start_removes_saved_rules_the_configuration_has_moved() {
     assert!(w.saved().contains("\nnft_table = knock_moved\n"));
     let (code, out) = w.knock();
     assert_eq!(code, 0, "a knock after the move: {out}");
+}
+
+/// `run` never creates the server identity (every profile depends on it):
+/// without it, exit 2 with one line naming the file and the command that
+/// creates it, and nothing changed. Positive control: with it, ready.
+#[test]
+fn a_missing_identity_is_a_configuration_error() {
+    let mut lab = Lab::new();
+    let server_ns = lab.netns("srv");
+    let setup = Setup::new(&lab, "server", "nftables", &["tcp/4992"], "");
+    let identity = setup.dir.join("server.id");
+    let (code, _, err) = run_server_to_exit(
+        &server_ns,
+        &["run", "--config", setup.config.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{err}");
+    let line = one_error_line(&err);
+    assert!(
+        line.contains(&*identity.to_string_lossy())
+            && line.contains("knock-keygen NAME --host THIS-HOST --config")
+            && line.contains(&*setup.config.to_string_lossy()),
+        "{line}"
+    );
+    assert!(!identity.exists(), "run created an identity");
+    assert!(!setup.dir.join("state").exists(), "run created its state");
+    assert_eq!(server_ns.sh("nft list ruleset").trim(), "");
+
+    setup.keygen("alice", "198.18.0.1", None);
+    assert!(identity.exists());
+    let server = Server::start(&server_ns, &setup.config);
+    assert!(
+        server.log().contains("ready: 1 clients"),
+        "{}",
+        server.log()
+    );
 }
