@@ -16,9 +16,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use knock_tests::{require_root, sh};
+use knock_tests::{ip, require_root, sh, Lab, Ns};
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -98,6 +100,7 @@ const MAN_PAGES: &[&str] = &[
     "knock-server-check",
     "knock-server-status",
     "knock-server-remove-rules",
+    "knock-server-restore-rules",
     "knock-client",
     "knock-client-open",
     "knock-client-connect",
@@ -106,6 +109,7 @@ const MAN_PAGES: &[&str] = &[
     "knock-keygen",
 ];
 const PROGRAMS: &[&str] = &["knock-server", "knock-client", "knock-keygen"];
+const UNITS: &[&str] = &["knock-server.service", "knock-server-restore.service"];
 
 #[test]
 fn package_contents_modes_and_control() {
@@ -144,10 +148,10 @@ fn package_contents_modes_and_control() {
     for page in MAN_PAGES {
         expected.push((format!("/usr/share/man/man1/{page}.1.gz"), "-rw-r--r--"));
     }
-    expected.push((
-        "/lib/systemd/system/knock-server.service".into(),
-        "-rw-r--r--",
-    ));
+    for unit in UNITS {
+        expected.push((format!("/usr/lib/systemd/system/{unit}"), "-rw-r--r--"));
+    }
+    expected.push(("/usr/lib/tmpfiles.d/knock.conf".into(), "-rw-r--r--"));
     // The configuration holds no secret; the secrets (clients.d, server.id)
     // are created by the postinst (0700) and knock-keygen (0600).
     expected.push(("/etc/knock/server.toml".into(), "-rw-r--r--"));
@@ -211,31 +215,139 @@ fn package_contents_modes_and_control() {
 struct Container {
     nspawn: Child,
     leader: u32,
-    _root: tempfile::TempDir,
+    _root: Option<tempfile::TempDir>,
     log: PathBuf,
 }
 
-impl Container {
-    fn boot(deb: &Path) -> Self {
-        let root = tempfile::Builder::new()
-            .prefix("knock-pkg-root.")
+/// A container's file system that outlives one boot: an empty root whose
+/// `/usr` is the host's under an overlay (mounted in the container's private
+/// mount namespace), whose upper layer is kept here. dpkg installs into it,
+/// and the next boot finds everything where the last one left it, as a disk
+/// would after a power cycle. The host's `/usr` never changes.
+struct Disk {
+    dir: tempfile::TempDir,
+}
+
+impl Disk {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("knock-pkg-disk.")
             .tempdir()
             .unwrap();
-        std::fs::create_dir(root.path().join("usr")).unwrap();
-        let log = std::env::temp_dir().join(format!("knock-pkg-{}.log", std::process::id()));
+        for sub in ["root/usr", "usr-upper", "usr-work"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// A file that was installed into the container's `/usr`, as the host
+    /// sees it (the overlay's upper layer).
+    fn usr(&self, path: &str) -> PathBuf {
+        self.dir.path().join("usr-upper").join(path)
+    }
+}
+
+/// How a container boots.
+struct Boot<'a> {
+    /// `None`: a volatile root (a tmpfs) over the host's `/usr`, read-only.
+    disk: Option<&'a Disk>,
+    /// `None`: a private network namespace with loopback alone; else the
+    /// container joins this one (from the harness, linked to others).
+    netns: Option<&'a Ns>,
+    /// The unit systemd boots into.
+    target: &'a str,
+}
+
+static CONTAINERS: AtomicU32 = AtomicU32::new(0);
+/// Booted containers take both cores: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Container {
+    /// A volatile container in basic.target, booted until
+    /// `is-system-running` says it is up.
+    fn boot(deb: &Path) -> Self {
+        let container = Self::start(
+            deb,
+            &Boot {
+                disk: None,
+                netns: None,
+                target: "basic.target",
+            },
+        );
+        container.wait_booted();
+        container
+    }
+
+    /// Starts the container and waits until its systemd answers on the
+    /// bus; not until the boot has finished (see [`Container::wait_booted`]).
+    fn start(deb: &Path, boot: &Boot) -> Self {
+        let n = CONTAINERS.fetch_add(1, Ordering::SeqCst);
+        let volatile = match boot.disk {
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix("knock-pkg-root.")
+                    .tempdir()
+                    .unwrap(),
+            ),
+            Some(_) => None,
+        };
+        let (root, usr_mount, volatile_opt) = match (boot.disk, &volatile) {
+            (Some(disk), _) => (
+                disk.root(),
+                format!(
+                    "mount -t overlay overlay -o lowerdir=/usr,upperdir='{}',workdir='{}' '{}'",
+                    disk.dir.path().join("usr-upper").display(),
+                    disk.dir.path().join("usr-work").display(),
+                    disk.root().join("usr").display()
+                ),
+                "",
+            ),
+            (None, Some(dir)) => {
+                let usr = dir.path().join("usr");
+                std::fs::create_dir(&usr).unwrap();
+                (
+                    dir.path().to_path_buf(),
+                    format!(
+                        "mount --bind /usr '{usr}' && mount -o remount,ro,bind '{usr}'",
+                        usr = usr.display()
+                    ),
+                    "--volatile=yes",
+                )
+            }
+            (None, None) => unreachable!("a volatile root was made above"),
+        };
+        // nspawn keeps CAP_NET_ADMIN for --private-network only; the joined
+        // namespace is just as private (the harness's), so it is kept there too.
+        let network = match boot.netns {
+            Some(ns) => format!(
+                "--network-namespace-path=/run/netns/{} --capability=CAP_NET_ADMIN",
+                ns.name
+            ),
+            None => "--private-network".to_owned(),
+        };
+        let log = std::env::temp_dir().join(format!("knock-pkg-{}-{n}.log", std::process::id()));
         let deb_dir = deb.parent().unwrap().canonicalize().unwrap();
-        let root_usr = root.path().join("usr");
-        // The bind mount lives only in this private mount namespace.
+        // The mounts of /usr live only in this private mount namespace.
         let script = format!(
-            "mount --bind /usr '{usr}' && mount -o remount,ro,bind '{usr}' && exec systemd-nspawn --quiet \
-             --keep-unit --register=no --directory='{root}' --volatile=yes --private-network \
-             --machine=knock-pkg-{pid} --console=passive --bind-ro='{debs}':/run/pkg \
-             --bind-ro=/var/lib/dpkg:/run/host-dpkg --bind-ro=/etc/protocols --boot systemd.firstboot=off systemd.unit=basic.target \
-             systemd.mask=systemd-networkd-wait-online.service",
-            usr = root_usr.display(),
-            root = root.path().display(),
+            "{usr_mount} && exec systemd-nspawn --quiet \
+             --keep-unit --register=no --directory='{root}' {volatile_opt} {network} \
+             --machine=knock-pkg-{pid}-{n} --console=passive --bind-ro='{debs}':/run/pkg \
+             --bind-ro=/var/lib/dpkg:/run/host-dpkg --bind-ro=/etc/protocols --boot systemd.firstboot=off \
+             systemd.unit={target} systemd.mask=systemd-networkd-wait-online.service",
+            root = root.display(),
             pid = std::process::id(),
             debs = deb_dir.display(),
+            target = boot.target,
         );
         let out = std::fs::File::create(&log).unwrap();
         let nspawn = Command::new("unshare")
@@ -248,28 +360,50 @@ impl Container {
         let mut container = Container {
             nspawn,
             leader: 0,
-            _root: root,
+            _root: volatile,
             log,
         };
         container.leader = container.find_leader();
         // Until systemd listens on its socket, systemctl cannot even ask.
         let deadline = Instant::now() + Duration::from_secs(60);
-        let out = loop {
-            let out = container.sh_out("systemctl is-system-running --wait");
-            if !text(&out.stderr).contains("Failed to connect to bus") || Instant::now() > deadline
-            {
-                break out;
+        loop {
+            let out = container.sh_out("systemctl is-system-running");
+            if !text(&out.stderr).contains("Failed to connect to bus") {
+                break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "no systemd bus in the container after 60 s:\n{}",
+                container.boot_log()
+            );
             std::thread::sleep(Duration::from_millis(200));
-        };
+        }
+        container
+    }
+
+    /// Waits until the boot has finished (running, or degraded).
+    fn wait_booted(&self) {
+        let out = self.sh_out("timeout 60 systemctl is-system-running --wait");
         let state = text(&out.stdout);
         assert!(
             matches!(state.trim(), "running" | "degraded"),
             "the container did not boot: {state}{}\n{}",
             text(&out.stderr),
-            container.boot_log()
+            self.boot_log()
         );
-        container
+    }
+
+    /// Polls `line` until its trimmed stdout is one of `wanted` (at most
+    /// `timeout`); returns what it printed last.
+    fn wait_for(&self, line: &str, wanted: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.stdout(line);
+            if wanted.contains(&got.as_str()) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     fn boot_log(&self) -> String {
@@ -389,6 +523,7 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
     }
     let deb = deb();
     let deb_name = deb.file_name().unwrap().to_str().unwrap().to_owned();
+    let _alone = one_at_a_time();
     let host_before = host_tables();
 
     let c = Container::boot(&deb);
@@ -421,10 +556,17 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
         !c.sh_out("test -e /var/lib/knock").status.success(),
         "the server ran at install"
     );
+    // The boot unit is static: knock-server.service wants it, so it is
+    // "enabled" exactly where the daemon is.
+    assert_eq!(
+        c.stdout("systemctl is-enabled knock-server-restore.service"),
+        "static"
+    );
     let modes = c.ok(
         "stat -c '%a %U %n' /etc/knock /etc/knock/clients.d /etc/knock/server.toml \
          /usr/bin/knock-server /usr/bin/knock-client /usr/bin/knock-keygen \
-         /lib/systemd/system/knock-server.service",
+         /usr/lib/systemd/system/knock-server.service \
+         /usr/lib/systemd/system/knock-server-restore.service /run/xtables.lock",
     );
     for line in [
         "755 root /etc/knock",
@@ -433,7 +575,11 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
         "755 root /usr/bin/knock-server",
         "755 root /usr/bin/knock-client",
         "755 root /usr/bin/knock-keygen",
-        "644 root /lib/systemd/system/knock-server.service",
+        "644 root /usr/lib/systemd/system/knock-server.service",
+        "644 root /usr/lib/systemd/system/knock-server-restore.service",
+        // The postinst's tmpfiles: iptables-legacy's lock, which the
+        // sandboxed units cannot create themselves.
+        "600 root /run/xtables.lock",
     ] {
         assert!(
             modes.lines().any(|l| l == line),
@@ -484,6 +630,15 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
     );
     let journal = c.ok("journalctl -u knock-server -o cat");
     assert!(journal.contains("ready: 1 clients"), "{journal}");
+    // The daemon's unit pulled in the boot unit, which had nothing to
+    // restore yet; the daemon saved what it installed.
+    let restore = c.ok("journalctl -u knock-server-restore -o cat");
+    assert!(restore.contains("nothing to restore"), "{restore}");
+    assert!(
+        c.ok("cat /var/lib/knock/rules")
+            .contains("\nprotected = tcp/22\n"),
+        "saved rules"
+    );
     assert!(
         journal.contains("capabilities CAP_NET_ADMIN,CAP_NET_RAW"),
         "{journal}"
@@ -579,10 +734,12 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
         !c.sh_out("test -e /usr/bin/knock-server").status.success(),
         "binary left after remove"
     );
-    assert!(!c
-        .sh_out("test -e /lib/systemd/system/knock-server.service")
-        .status
-        .success());
+    for unit in UNITS {
+        assert!(!c
+            .sh_out(&format!("test -e /usr/lib/systemd/system/{unit}"))
+            .status
+            .success());
+    }
     assert!(
         !c.sh_out("test -e /etc/systemd/system/multi-user.target.wants/knock-server.service")
             .status
@@ -606,5 +763,255 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
     assert!(!c.sh_out("dpkg -s knock").status.success());
     drop(c);
 
+    assert_eq!(host_tables(), host_before, "the host's firewall changed");
+}
+
+/// The container's address on the link that is there from boot (probes),
+/// and on the link of `interface` once it appears (knocks).
+const UPLINK_BOX: &str = "198.18.7.1";
+const UPLINK_OUT: &str = "198.18.7.2";
+const KNOCK_BOX: &str = "198.18.9.1";
+const KNOCK_OUT: &str = "198.18.9.2";
+
+/// The TCP service the protected port guards, started at every boot.
+const ECHO_UNIT: &str = "[Unit]\nDescription=test echo service on tcp/4992\n\
+    [Service]\nExecStart=/usr/bin/socat TCP6-LISTEN:4992,ipv6only=0,reuseaddr,fork EXEC:/usr/bin/cat\n\
+    [Install]\nWantedBy=multi-user.target\n";
+
+/// Gives the container (in `inside`) the interface `knock0`, a veth whose
+/// other end (`kp0`) is in `outside`: the interface knock-server sniffs on.
+fn add_knock_interface(inside: &Ns, outside: &Ns) {
+    sh(Command::new("ip").args([
+        "link",
+        "add",
+        "knock0",
+        "netns",
+        &inside.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "kp0",
+        "netns",
+        &outside.name,
+    ]));
+    inside.sh(&format!(
+        "ip addr add {KNOCK_BOX}/24 dev knock0 && ip link set knock0 up"
+    ));
+    outside.sh(&format!(
+        "ip addr add {KNOCK_OUT}/24 dev kp0 && ip link set kp0 up"
+    ));
+}
+
+/// From boot, with knock-server enabled and its interface absent, the
+/// protected port is closed to another host; once the interface appears the
+/// server becomes ready and honours a knock.
+///
+/// Two boots of one container disk, each in a fresh network namespace (an
+/// empty firewall, as after a power cycle), linked to `outside`, the other
+/// host. An echo service listens on the protected port from boot, so a
+/// refused probe is our rules' doing: the same probe connects before the
+/// first start and after `remove-rules`, in the same boots.
+#[test]
+fn enabled_server_closes_its_ports_from_boot_and_waits_for_its_interface() {
+    require_root();
+    for (tool, package) in [
+        ("dpkg-deb", "dpkg"),
+        ("systemd-nspawn", "systemd-container"),
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+        ("nft", "nftables"),
+        ("socat", "socat"),
+    ] {
+        require_tool(tool, package);
+    }
+    let deb = deb();
+    let deb_name = deb.file_name().unwrap().to_str().unwrap().to_owned();
+    let _alone = one_at_a_time();
+    let host_before = host_tables();
+    let mut lab = Lab::new();
+    let outside = lab.netns("out");
+    let disk = Disk::new();
+    let probe = |addr: &str| outside.tcp_connects(ip(addr), 4992);
+
+    // Boot 1: the operator installs, configures (interface knock0) and
+    // enables the server; a service listens on the protected port.
+    let box1 = lab.netns("box1");
+    lab.link(&box1, &[UPLINK_BOX], &outside, &[UPLINK_OUT]);
+    let c = Container::start(
+        &deb,
+        &Boot {
+            disk: Some(&disk),
+            netns: Some(&box1),
+            target: "multi-user.target",
+        },
+    );
+    c.wait_booted();
+    c.ok("cp -a /run/host-dpkg /var/lib/dpkg && : > /var/lib/dpkg/statoverride");
+    c.ok(&format!("dpkg -i /run/pkg/{deb_name}"));
+    c.ok(
+        "sed -i 's/^protected = .*/protected = [\"tcp\\/4992\"]/; s/^#interface = .*/interface = \"knock0\"/' \
+         /etc/knock/server.toml",
+    );
+    let check = c.ok("knock-server check");
+    assert!(
+        check.contains("interface      knock0") && check.contains("protected      tcp/4992"),
+        "{check}"
+    );
+    c.ok(&format!(
+        "knock-keygen alice --host {KNOCK_BOX} --out /root/alice.knock"
+    ));
+    c.ok(&format!(
+        "printf '{}' > /etc/systemd/system/knock-echo.service && systemctl enable --now knock-echo",
+        ECHO_UNIT.replace('\n', "\\n")
+    ));
+    assert_eq!(
+        c.wait_for(
+            "ss -Hltn 'sport = :4992' | wc -l",
+            &["1"],
+            Duration::from_secs(5)
+        ),
+        "1",
+        "the echo service does not listen"
+    );
+    assert!(
+        probe(UPLINK_BOX),
+        "positive control: without our rules the port answers the probe"
+    );
+    add_knock_interface(&box1, &outside);
+    let started = c.sh_out("systemctl enable --now knock-server.service");
+    let journal = c.ok("journalctl -b -u knock-server -o cat");
+    assert!(
+        started.status.success() && journal.contains("ready: 1 clients"),
+        "the first start: {}\n{journal}",
+        text(&started.stderr)
+    );
+    assert!(!probe(UPLINK_BOX), "the first start did not close the port");
+    let saved = c.ok("cat /var/lib/knock/rules");
+    assert!(saved.contains("\nprotected = tcp/4992\n"), "{saved}");
+    // The interface goes away (a hot-plugged NIC, a VPN); then a power cycle.
+    sh(Command::new("ip").args(["-n", &outside.name, "link", "del", "kp0"]));
+    drop(c);
+
+    // Boot 2: a fresh network namespace, no knock0.
+    let box2 = lab.netns("box2");
+    lab.link(&box2, &["198.18.8.1"], &outside, &["198.18.8.2"]);
+    assert_eq!(
+        box2.sh("nft list ruleset").trim(),
+        "",
+        "not a fresh firewall"
+    );
+    let c = Container::start(
+        &deb,
+        &Boot {
+            disk: Some(&disk),
+            netns: Some(&box2),
+            target: "multi-user.target",
+        },
+    );
+    // The daemon is not ready (its interface is missing), so the boot does
+    // not finish: wait for the boot unit and the service instead.
+    let restored = c.wait_for(
+        "systemctl is-active knock-server-restore.service",
+        &["active", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        restored,
+        "active",
+        "{}",
+        c.ok("journalctl -b -u knock-server-restore -o cat")
+    );
+    let restore_log = c.ok("journalctl -b -u knock-server-restore -o cat");
+    assert!(
+        restore_log
+            .contains("restored the nftables rules saved in /var/lib/knock/rules: tcp/4992 closed"),
+        "{restore_log}"
+    );
+    // Before the network: restored before network-pre.target was reached.
+    let at = |unit: &str| -> u64 {
+        c.stdout(&format!(
+            "systemctl show -P ActiveEnterTimestampMonotonic {unit}"
+        ))
+        .parse()
+        .unwrap()
+    };
+    let (restored_at, network_pre_at) =
+        (at("knock-server-restore.service"), at("network-pre.target"));
+    assert!(
+        restored_at > 0 && restored_at <= network_pre_at,
+        "restored at {restored_at}, network-pre.target at {network_pre_at}"
+    );
+    assert_eq!(
+        c.wait_for(
+            "ss -Hltn 'sport = :4992' | wc -l",
+            &["1"],
+            Duration::from_secs(30)
+        ),
+        "1",
+        "the echo service does not listen after boot"
+    );
+    assert_ne!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "active",
+        "ready without its interface"
+    );
+    assert!(
+        !probe("198.18.8.1"),
+        "from boot, with knock-server not ready, the protected port answers"
+    );
+
+    // The interface appears: the server becomes ready and honours a knock.
+    add_knock_interface(&box2, &outside);
+    let state = c.wait_for(
+        "systemctl is-active knock-server.service",
+        &["active"],
+        Duration::from_secs(30),
+    );
+    let journal = c.ok("journalctl -b -u knock-server -o cat");
+    assert_eq!(
+        state, "active",
+        "not ready after its interface appeared:\n{journal}"
+    );
+    assert!(journal.contains("ready: 1 clients"), "{journal}");
+    assert!(!probe(KNOCK_BOX), "open before any knock");
+    let profile = disk.root().join("root/alice.knock");
+    let out = outside
+        .cmd(disk.usr("bin/knock-client"))
+        .args(["open", KNOCK_BOX, "4992", "--timeout", "5s", "--profile"])
+        .arg(&profile)
+        .env("KNOCK_HOME", lab.dir.as_os_str())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "knock after the interface appeared: {}{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        c.ok("journalctl -b -u knock-server -o cat")
+    );
+
+    // Positive control in this boot: without our rules, the same probe
+    // connects. Then restore-rules closes the port again, even with a
+    // broken server.toml (it falls back to /var/lib/knock).
+    c.ok("systemctl stop knock-server.service && knock-server remove-rules");
+    assert!(
+        probe("198.18.8.1"),
+        "positive control: without our rules the port answers the probe"
+    );
+    c.ok("cp /etc/knock/server.toml /root/server.toml.good && echo 'bogus = 1' >> /etc/knock/server.toml");
+    let restore = c.ok("knock-server restore-rules");
+    assert!(
+        restore.contains("restoring from the default state directory /var/lib/knock")
+            && restore.contains("tcp/4992 closed"),
+        "{restore}"
+    );
+    assert!(
+        !probe("198.18.8.1"),
+        "restore-rules with a broken configuration left the port open"
+    );
+    c.ok("cp /root/server.toml.good /etc/knock/server.toml");
+    drop(c);
+    drop(lab);
     assert_eq!(host_tables(), host_before, "the host's firewall changed");
 }
