@@ -386,6 +386,14 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
 /// line on stderr saying what it did.
 fn restore_rules(config_path: &Path, state_dir: Option<std::path::PathBuf>) -> Result<(), Failure> {
     let state_dir = match state_dir {
+        // Given by hand: a directory that is not there is a typo, not a
+        // first boot.
+        Some(dir) if !dir.is_dir() => {
+            return Err(Failure::usage(format!(
+                "--state-dir {}: not a directory; give the server's state_dir",
+                dir.display()
+            )))
+        }
         Some(dir) => dir,
         None => match ServerConfig::load(config_path) {
             Ok(config) => config.state_dir,

@@ -785,6 +785,13 @@ fn malformed_arguments_are_usage_errors() {
             os(&["remove-rules", "--config", "/nonexistent/server.toml"]),
             Some("/nonexistent/server.toml"),
         ),
+        // (Not restore-rules with a missing --config: at boot it falls back
+        // to /var/lib/knock by design, and this runs in the host's namespace.)
+        (
+            os(&["restore-rules", "--state-dir", "/nonexistent/state"]),
+            Some("--state-dir /nonexistent/state"),
+        ),
+        (os(&["restore-rules", "--bogus"]), Some("--bogus")),
         (os(&["check", "extra"]), Some("extra")),
         (os(&["check", "--json=maybe", "--config", config]), None),
         (

@@ -153,6 +153,13 @@ fn saved_rules_follow_every_install_and_restore_closes_the_ports() {
     let (code, _, err) = w.server_cmd(&["restore-rules", "--config", w.config()]);
     assert_eq!(code, 0, "nothing saved yet: {err}");
     assert!(err.contains("nothing to restore"), "{err}");
+    let typo = w.setup.dir.join("no-such-dir");
+    let (code, _, err) = w.server_cmd(&["restore-rules", "--state-dir", typo.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        one_error_line(&err).contains(&format!("--state-dir {}", typo.display())),
+        "{err}"
+    );
     assert_eq!(w.hosts.server.sh("nft list ruleset").trim(), "");
 
     let server = Server::start(&w.hosts.server, &w.setup.config);
