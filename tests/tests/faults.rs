@@ -346,6 +346,55 @@ fn flushed_ruleset_is_restored_with_live_grants(firewall: &str, present: &str) {
     );
 }
 
+/// A knock arrives while our set is gone and nobody has told the server
+/// (iptables-legacy sends no change notifications, and `verify_every` is a
+/// minute): the grant fails, the server reinstalls its rules at once and
+/// grants again, so the knock is honoured all the same.
+#[test]
+fn a_grant_that_finds_our_set_missing_reinstalls_and_grants() {
+    let w = world("iptables");
+    set_config_key(&w.setup.config, "iptables_cmd", "\"iptables-legacy\"");
+    set_config_key(&w.setup.config, "ip6tables_cmd", "\"ip6tables-legacy\"");
+    set_config_key(&w.setup.config, "verify_every", "\"60s\"");
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    // Our chain references the set: empty it first, then the set can go.
+    w.hosts
+        .server
+        .sh("iptables-legacy -w -t mangle -F KNOCK-PREROUTING && ipset destroy knock4");
+    let (present, _) = w.hosts.server.try_sh("ipset list -n knock4");
+    assert!(
+        !present,
+        "positive control: the set is gone before the knock"
+    );
+    // The port is open to everyone while our chain is empty, so the
+    // client's own check proves nothing; the server's log and the set do.
+    let (code, out) = w.knock("5s");
+    assert_eq!(code, 0, "{out}\n{}", server.log());
+    server.wait_for_log(
+        "reinstalling our rules and trying again",
+        Duration::from_secs(2),
+    );
+    server.wait_for_log("firewall rules reinstalled", Duration::from_secs(5));
+    server.wait_for_log("granted tcp/4992 to 198.18.0.2", Duration::from_secs(5));
+    let grants = w.grants();
+    assert!(
+        grants.contains(CLIENT_V4),
+        "the knock's grant is not in the reinstalled set:\n{grants}\n{}",
+        server.log()
+    );
+    assert!(
+        !w.hosts
+            .attacker
+            .tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992),
+        "the attacker got in after the repair:\n{}",
+        server.log()
+    );
+    assert!(
+        w.hosts.client.tcp_connects(ip(SERVER_V4), 4992),
+        "the grant made after the repair does not let its owner in"
+    );
+}
+
 #[test]
 fn nftables_flushed_ruleset_is_restored_with_live_grants() {
     flushed_ruleset_is_restored_with_live_grants(
