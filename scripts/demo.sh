@@ -90,8 +90,8 @@ for _ in $(seq 100); do grep -q ready "$WORK/server.log" && break; sleep 0.1; do
 grep -q ready "$WORK/server.log" || { cat "$WORK/server.log"; echo "demo: server did not start" >&2; exit 1; }
 sed 's/^/   [server] /' "$WORK/server.log"
 
-probe() { # ns -> "open" or "filtered"
-    if ip netns exec "$1" nc -z -w 1 198.18.0.1 2222 2>/dev/null; then echo open; else echo "filtered (no answer)"; fi
+probe() { # ns -> "open" or "closed"
+    if ip netns exec "$1" nc -z -w 1 198.18.0.1 2222 2>/dev/null; then echo open; else echo "closed (connection refused, like any port nothing listens on)"; fi
 }
 
 say "1. The port is invisible: a scan from the client and from the eavesdropper"
