@@ -155,7 +155,7 @@ fn unwritable_state_dir_means_no_grant() {
     );
 }
 
-/// The state directory's file system is full (a 16 KiB tmpfs in a private
+/// The state directory's file system is full (a 64 KiB tmpfs in a private
 /// mount namespace of the server): no grant, a clear error, the previous
 /// state file intact, and grants again once there is room.
 #[test]
@@ -164,7 +164,7 @@ fn full_disk_means_no_grant_and_no_corruption() {
     let state = w.state();
     std::fs::create_dir_all(&state).unwrap();
     let wrapper = format!(
-        "mount -t tmpfs -o size=16k,mode=0700 knock-test-full {} && exec \"$@\"",
+        "mount -t tmpfs -o size=64k,mode=0700 knock-test-full {} && exec \"$@\"",
         state.display()
     );
     let server = Server::start_wrapped(&w.hosts.server, &w.setup.config, &wrapper);
