@@ -22,8 +22,9 @@
 //! set rule needs no port guard.
 //!
 //! Both families are checked with `iptables-restore --test` before either is
-//! changed; each is then replaced in one `iptables-restore --noflush` run,
-//! and a failure of the second rolls the first back. The ipsets are created
+//! changed (once per policy: a reinstall of a policy already installed skips
+//! it); each is then replaced in one `iptables-restore --noflush` run, and a
+//! failure of the second rolls the first back. The ipsets are created
 //! with `-exist` and never destroyed on restart, so live grants survive.
 //! Grants go to the kernel over ipset netlink (no process per grant);
 //! `grants` reads `ipset save`.
