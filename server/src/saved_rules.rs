@@ -34,7 +34,7 @@ use knock_proto::PortSpec;
 use thiserror::Error;
 
 use crate::firewall::{iptables, nftables, Policy, Refusal, Settings};
-use crate::state::replace_file;
+use crate::state::{replace_file, Sync};
 
 /// The file's name in the state directory.
 pub const FILE_NAME: &str = "rules";
@@ -71,7 +71,12 @@ pub fn path(state_dir: &Path) -> PathBuf {
 /// Saves `settings` and `policy` as what was installed last, replacing the
 /// file atomically: a crash leaves the previous rules or these, never a part.
 pub fn save(state_dir: &Path, settings: &Settings, policy: &Policy) -> io::Result<()> {
-    replace_file(state_dir, FILE_NAME, render(settings, policy).as_bytes())
+    replace_file(
+        state_dir,
+        FILE_NAME,
+        render(settings, policy).as_bytes(),
+        Sync::Durable,
+    )
 }
 
 /// The rules saved in `state_dir`, or `None` if nothing was ever saved there

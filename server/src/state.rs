@@ -126,11 +126,25 @@ fn read_holder(file: &mut File) -> Holder {
     Holder::Unknown
 }
 
-/// Replaces `dir/name` with `contents` durably and atomically (a reader
-/// sees the old file or the new one, never a part): a temporary file of
-/// this process alone, fsync, rename, fsync of the directory.
-pub fn replace_file(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
+/// Whether a replaced file must survive a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// fsync of the file and of its directory before returning: for what
+    /// a grant or the next boot relies on.
+    Durable,
+    /// No fsync: a file that is rewritten every few seconds and only
+    /// informs (a crash may leave it stale, never partial).
+    Advisory,
+}
+
+/// Replaces `dir/name` with `contents` atomically (a reader sees the old
+/// file or the new one, never a part): a private (0600) temporary file of
+/// this process alone, renamed over the old one; with [`Sync::Durable`],
+/// fsynced before and after the rename. On failure no temporary file is
+/// left behind.
+pub fn replace_file(dir: &Path, name: &str, contents: &[u8], sync: Sync) -> io::Result<()> {
     let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let durable = sync == Sync::Durable;
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -139,9 +153,14 @@ pub fn replace_file(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
             .mode(0o600)
             .open(&temp)?;
         file.write_all(contents)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&temp, dir.join(name))?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temp);
@@ -232,7 +251,7 @@ impl StateFile {
 
 impl ReplayStore for StateFile {
     fn persist(&mut self, encoded: &[u8]) -> io::Result<()> {
-        replace_file(self.lock.dir(), REPLAY_STATE, encoded)
+        replace_file(self.lock.dir(), REPLAY_STATE, encoded, Sync::Durable)
     }
 }
 
@@ -306,8 +325,8 @@ mod tests {
     fn replaced_files_are_whole_private_and_leave_no_temporary() {
         let dir = scratch("replace");
         fs::create_dir_all(&dir).unwrap();
-        replace_file(&dir, "x", b"one").unwrap();
-        replace_file(&dir, "x", b"two").unwrap();
+        replace_file(&dir, "x", b"one", Sync::Durable).unwrap();
+        replace_file(&dir, "x", b"two", Sync::Advisory).unwrap();
         assert_eq!(fs::read(dir.join("x")).unwrap(), b"two");
         assert_eq!(
             fs::metadata(dir.join("x")).unwrap().permissions().mode() & 0o777,
@@ -322,7 +341,7 @@ mod tests {
         // leaves the temporary file of this process behind neither.
         fs::create_dir(dir.join("d")).unwrap();
         fs::write(dir.join("d/inside"), b"").unwrap();
-        assert!(replace_file(&dir, "d", b"three").is_err());
+        assert!(replace_file(&dir, "d", b"three", Sync::Durable).is_err());
         assert!(!dir.join(format!(".d.{}.tmp", std::process::id())).exists());
         fs::remove_dir_all(dir).unwrap();
     }

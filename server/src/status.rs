@@ -23,6 +23,7 @@ use thiserror::Error;
 use toml::{Table, Value};
 
 use crate::capture::Link;
+use crate::state::{replace_file, Sync};
 
 /// The file's name in the state directory.
 pub const FILE_NAME: &str = "status";
@@ -90,15 +91,15 @@ pub enum StatusError {
 /// `<state_dir>/status`.
 #[derive(Debug, Clone)]
 pub struct StatusFile {
+    dir: PathBuf,
     path: PathBuf,
-    temp: PathBuf,
 }
 
 impl StatusFile {
     pub fn in_dir(state_dir: &Path) -> Self {
         Self {
+            dir: state_dir.to_path_buf(),
             path: state_dir.join(FILE_NAME),
-            temp: state_dir.join(format!(".{FILE_NAME}.tmp")),
         }
     }
 
@@ -109,12 +110,12 @@ impl StatusFile {
     /// Replaces the file: readers see the old text or the new, never half.
     /// On failure (a full disk) no temporary file is left behind.
     pub fn write(&self, published: &Published) -> io::Result<()> {
-        let written = fs::write(&self.temp, published.render())
-            .and_then(|()| fs::rename(&self.temp, &self.path));
-        if written.is_err() {
-            let _ = fs::remove_file(&self.temp);
-        }
-        written
+        replace_file(
+            &self.dir,
+            FILE_NAME,
+            published.render().as_bytes(),
+            Sync::Advisory,
+        )
     }
 
     /// Removes the file (a clean stop): `status` then says "not running" at
@@ -440,12 +441,17 @@ mod tests {
         // `status` is a non-empty directory: the rename fails.
         fs::create_dir_all(dir.join(FILE_NAME).join("x")).unwrap();
         let file = StatusFile::in_dir(&dir);
-        let temp = dir.join(format!(".{FILE_NAME}.tmp"));
+        let temp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
         assert!(file.write(&published()).is_err());
         assert!(!temp.exists(), "a failed write left its temporary file");
         fs::remove_dir_all(dir.join(FILE_NAME)).unwrap();
         file.write(&published()).unwrap();
         assert!(!temp.exists());
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [FILE_NAME], "only the status file is left");
         assert!(file.read().is_ok());
         file.remove().unwrap();
         assert!(matches!(file.read(), Err(StatusError::Missing(_))));
