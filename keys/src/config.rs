@@ -66,6 +66,33 @@ impl Refuse {
             Refuse::Drop => "drop",
         }
     }
+
+    /// The value `name` gives, as `server.toml` spells it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Refuse::Reject, Refuse::Drop]
+            .into_iter()
+            .find(|refuse| refuse.name() == name)
+    }
+}
+
+/// An iptables packet-mark bit as `iptables_mark` writes it: `0x` and hex
+/// digits, exactly one bit set.
+pub fn parse_mark(text: &str) -> Option<u32> {
+    text.strip_prefix("0x")
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .filter(|mark| mark.count_ones() == 1)
+}
+
+/// Can `text` name our nftables table (`nft_table`)?
+pub fn is_table_name(text: &str) -> bool {
+    (1..=32).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Can `text` be run as a command (`iptables_cmd`, `ip6tables_cmd`)? It is
+/// passed as one argument vector entry, never to a shell, but a space or a
+/// control character in it is always a mistake.
+pub fn is_command_name(text: &str) -> bool {
+    !text.is_empty() && !text.contains(|c: char| c.is_whitespace() || c.is_control())
 }
 
 /// The server's configuration, checked.
@@ -225,34 +252,25 @@ impl ServerConfig {
             }
         };
         let refuse = match raw.refuse.as_deref() {
-            None | Some("reject") => Refuse::Reject,
-            Some("drop") => Refuse::Drop,
-            Some(other) => {
-                return Err(field(
+            None => Refuse::Reject,
+            Some(text) => Refuse::from_name(text).ok_or_else(|| {
+                field(
                     "refuse",
-                    format!("unknown value {other:?}; use \"reject\" or \"drop\""),
-                ))
-            }
+                    format!("unknown value {text:?}; use \"reject\" or \"drop\""),
+                )
+            })?,
         };
         let iptables_mark = match raw.iptables_mark.as_deref() {
             None => DEFAULT_IPTABLES_MARK,
-            Some(text) => text
-                .strip_prefix("0x")
-                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-                .filter(|mark| mark.count_ones() == 1)
-                .ok_or_else(|| {
-                    field(
-                        "iptables_mark",
-                        format!("{text:?}: use one bit in hexadecimal, e.g. \"0x00200000\""),
-                    )
-                })?,
+            Some(text) => parse_mark(text).ok_or_else(|| {
+                field(
+                    "iptables_mark",
+                    format!("{text:?}: use one bit in hexadecimal, e.g. \"0x00200000\""),
+                )
+            })?,
         };
         let nft_table = raw.nft_table.unwrap_or_else(|| "knock".to_owned());
-        if !(1..=32).contains(&nft_table.len())
-            || !nft_table
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
+        if !is_table_name(&nft_table) {
             return Err(field(
                 "nft_table",
                 format!("{nft_table:?}: use 1-32 letters, digits or _"),
@@ -269,7 +287,7 @@ impl ServerConfig {
         };
         let command = |name: &'static str, value: Option<String>, default: &str| {
             let text = value.unwrap_or_else(|| default.to_owned());
-            if text.is_empty() || text.contains(char::is_whitespace) {
+            if !is_command_name(&text) {
                 return Err(field(name, format!("{text:?} is not a command name")));
             }
             Ok(text)

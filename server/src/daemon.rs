@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use knock_keys::config::{OnExit, Refuse, ServerConfig};
+use knock_keys::config::{OnExit, ServerConfig};
 use knock_keys::FileError;
 use knock_proto::port_list;
 use thiserror::Error;
@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 use crate::capture::{Capture, CaptureError, Link, Next};
 use crate::clients::load_clients;
 use crate::firewall::{
-    iptables, nftables, Firewall, FirewallError, Policy, Refusal, Settings, SettingsChange,
+    iptables, nftables, Firewall, FirewallError, Policy, Settings, SettingsChange,
 };
 use crate::health::RulesKeeper;
 use crate::pipeline::{honour, Outcome};
@@ -50,10 +50,7 @@ pub fn firewall_settings(config: &ServerConfig) -> Settings {
 
 /// What the configuration asks the firewall to enforce.
 pub fn policy(config: &ServerConfig) -> Policy {
-    Policy::new(config.knock_port, &config.protected).refusing(match config.refuse {
-        Refuse::Reject => Refusal::Reject,
-        Refuse::Drop => Refusal::Drop,
-    })
+    Policy::new(config.knock_port, &config.protected).refusing(config.refuse)
 }
 
 pub fn window_ms(config: &ServerConfig) -> u64 {

@@ -236,18 +236,19 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     let settings = firewall_settings(&config);
     settings.resolve().map_err(Failure::usage)?;
     let mut firewall = settings.build();
-    let plan = firewall.plan(&policy(&config));
+    let policy = policy(&config);
+    let plan = firewall.plan(&policy);
     // Reading others' rules needs privileges `check` may not have; then
     // there is nothing to warn about that we could see.
-    let mut warnings = firewall.audit(&policy(&config)).unwrap_or_default();
+    let mut warnings = firewall.audit(&policy).unwrap_or_default();
     let host = firewall::host::closed_ports();
-    let refusal = policy(&config).refusal;
+    let refusal = policy.refusal;
     if host.refusal != refusal {
         warnings.push(format!(
             "refuse = \"{}\", but {}: set refuse = \"{}\" so that knock's ports look like their neighbours to a scanner",
-            refusal_name(refusal),
+            refusal.name(),
             host.because,
-            refusal_name(host.refusal)
+            host.refusal.name()
         ));
     }
     for warning in &warnings {
@@ -267,8 +268,8 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
             json_string(&config.interface),
             config.knock_port,
             json_string(config.firewall.name()),
-            json_string(refusal_name(refusal)),
-            json_string(refusal_name(host.refusal)),
+            json_string(refusal.name()),
+            json_string(host.refusal.name()),
             protected.join(","),
             config.open_for.as_secs(),
             names.join(","),
@@ -290,13 +291,13 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     println!("protected      {}", port_list(&config.protected));
     println!(
         "refuse         {} ({}; {} calls for {})",
-        refusal_name(refusal),
+        refusal.name(),
         match refusal {
             Refusal::Reject => "a TCP reset or an ICMP port unreachable, like a closed port",
             Refusal::Drop => "no answer, like a port the host's firewall drops",
         },
         host.because,
-        refusal_name(host.refusal)
+        host.refusal.name()
     );
     println!("open_for       {}s", config.open_for.as_secs());
     println!("clock skew     ±{}s", config.max_clock_skew.as_secs());
@@ -444,11 +445,4 @@ fn remove_rules(config_path: &Path) -> Result<(), Failure> {
         firewall.name()
     );
     Ok(())
-}
-
-fn refusal_name(refusal: Refusal) -> &'static str {
-    match refusal {
-        Refusal::Reject => "reject",
-        Refusal::Drop => "drop",
-    }
 }

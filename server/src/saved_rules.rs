@@ -30,6 +30,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use knock_keys::config::{is_command_name, is_table_name, parse_mark};
 use knock_proto::PortSpec;
 use thiserror::Error;
 
@@ -126,11 +127,7 @@ pub fn render(settings: &Settings, policy: &Policy) -> String {
     let _ = writeln!(text, "knock_port = {}", policy.knock_port);
     let ports: Vec<String> = policy.protected().iter().map(ToString::to_string).collect();
     let _ = writeln!(text, "protected = {}", ports.join(" "));
-    let refuse = match policy.refusal {
-        Refusal::Reject => "reject",
-        Refusal::Drop => "drop",
-    };
-    let _ = writeln!(text, "refuse = {refuse}");
+    let _ = writeln!(text, "refuse = {}", policy.refusal.name());
     text
 }
 
@@ -163,11 +160,7 @@ pub fn parse(text: &str) -> Result<SavedRules, String> {
     let settings = match take("firewall")? {
         "nftables" => {
             let table = take("nft_table")?;
-            if !(1..=32).contains(&table.len())
-                || !table
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
+            if !is_table_name(table) {
                 return Err(format!("`nft_table` {table:?} is not a table name"));
             }
             let priority = take("nft_priority")?;
@@ -183,10 +176,7 @@ pub fn parse(text: &str) -> Result<SavedRules, String> {
             let iptables = command(take("iptables_cmd")?, "iptables_cmd")?;
             let ip6tables = command(take("ip6tables_cmd")?, "ip6tables_cmd")?;
             let mark = take("iptables_mark")?;
-            let mark = mark
-                .strip_prefix("0x")
-                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-                .filter(|mark| mark.count_ones() == 1)
+            let mark = parse_mark(mark)
                 .ok_or_else(|| format!("`iptables_mark` {mark:?} is not one bit in hexadecimal"))?;
             Settings::Iptables(iptables::Settings {
                 iptables,
@@ -212,11 +202,9 @@ pub fn parse(text: &str) -> Result<SavedRules, String> {
     if protected.is_empty() {
         return Err("`protected` is empty".into());
     }
-    let refusal = match take("refuse")? {
-        "reject" => Refusal::Reject,
-        "drop" => Refusal::Drop,
-        other => return Err(format!("`refuse` {other:?} is not reject or drop")),
-    };
+    let refusal = take("refuse")?;
+    let refusal = Refusal::from_name(refusal)
+        .ok_or_else(|| format!("`refuse` {refusal:?} is not reject or drop"))?;
     if let Some(key) = fields.keys().next() {
         return Err(format!("unknown key `{key}`"));
     }
@@ -228,7 +216,7 @@ pub fn parse(text: &str) -> Result<SavedRules, String> {
 
 /// A command name as `server.toml` accepts it.
 fn command(text: &str, key: &str) -> Result<String, String> {
-    if text.is_empty() || text.contains(|c: char| c.is_whitespace() || c.is_control()) {
+    if !is_command_name(text) {
         return Err(format!("`{key}` {text:?} is not a command name"));
     }
     Ok(text.to_owned())

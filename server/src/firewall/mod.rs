@@ -42,17 +42,13 @@ pub struct Policy {
     pub refusal: Refusal,
 }
 
-/// How a refused connection attempt is answered: as the host answers its
-/// other closed ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// A TCP reset, or an ICMP port unreachable, within the kernel's own rate
-    /// limits. The knock port is left to the kernel, which answers it the
-    /// same way since nothing listens there.
-    Reject,
-    /// Nothing at all; the knock port is dropped too.
-    Drop,
-}
+/// How a refused connection attempt is answered, as the host answers its
+/// other closed ports: `Reject` (a TCP reset or an ICMP port unreachable,
+/// within the kernel's own rate limits; the knock port is left to the
+/// kernel, which answers it the same way since nothing listens there) or
+/// `Drop` (nothing at all; the knock port is dropped too). The operator's
+/// `refuse`, under the firewall's name for it.
+pub use knock_keys::config::Refuse as Refusal;
 
 impl Policy {
     /// Refusing with [`Refusal::Reject`], what a host without a firewall
