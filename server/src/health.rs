@@ -275,7 +275,9 @@ fn keep(
     let mut next_check = Instant::now() + every;
     loop {
         let wait = next_check.saturating_duration_since(Instant::now());
-        let outcome = match requests.recv_timeout(wait) {
+        // A failed check is fatal: our rules are gone and cannot be put
+        // back. Whoever asked for the check hears why, too.
+        let (outcome, reply) = match requests.recv_timeout(wait) {
             Ok(Request::Install(settings, policy, reply)) => {
                 let _ = reply.send(kept.install(settings, policy));
                 continue;
@@ -284,25 +286,22 @@ fn keep(
                 kept.live.record(addr, &ports, until);
                 continue;
             }
-            Ok(Request::Check(reply)) => {
-                let outcome = kept.check(&mut unchecked, every);
-                if let Some(reply) = reply {
-                    let copy = match &outcome {
-                        Ok(()) => Ok(()),
-                        Err(err) => Err(FirewallError::Missing(err.to_string())),
-                    };
-                    let _ = reply.send(copy);
-                }
-                outcome
-            }
+            Ok(Request::Check(reply)) => (kept.check(&mut unchecked, every), reply),
             Err(RecvTimeoutError::Disconnected) => return kept.firewall,
             Err(RecvTimeoutError::Timeout) => {
                 next_check = Instant::now() + every;
-                kept.check(&mut unchecked, every)
+                (kept.check(&mut unchecked, every), None)
             }
         };
-        if let Err(err) = outcome {
-            let _ = fatal.send(format!("cannot reinstall the firewall rules: {err}"));
+        let reason = outcome
+            .as_ref()
+            .err()
+            .map(|err| format!("cannot reinstall the firewall rules: {err}"));
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+        if let Some(reason) = reason {
+            let _ = fatal.send(reason);
             return kept.firewall;
         }
     }

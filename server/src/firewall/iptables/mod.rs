@@ -499,14 +499,13 @@ impl Firewall for Iptables {
 
     fn audit(&mut self, policy: &Policy) -> Result<Vec<String>, FirewallError> {
         let mut warnings = Vec::new();
-        for family in FAMILIES {
+        for (family, states) in FAMILIES.into_iter().zip(self.read_both()?) {
             let command = family.command(&self.settings);
             let want = layout(&self.settings, policy, family);
-            for (at, want) in PLACEMENTS.iter().zip(want) {
+            for ((at, want), state) in PLACEMENTS.iter().zip(want).zip(states) {
                 if want.is_none() || *at == OLD {
                     continue;
                 }
-                let state = self.read(family, *at)?;
                 for (hook, hook_state) in at.hooks.iter().zip(&state.hooks) {
                     for rule in &hook_state.above {
                         for port in policy.protected() {

@@ -347,13 +347,24 @@ mod tests {
     }
 
     fn absent() -> Vec<ChainState> {
-        PLACEMENTS
-            .iter()
-            .map(|at| ChainState {
-                hooks: vec![HookState::default(); at.hooks.len()],
-                ..ChainState::default()
-            })
-            .collect()
+        PLACEMENTS.iter().map(|at| parse_listing("", *at)).collect()
+    }
+
+    /// A chain of ours that exists, holds `rules`, and is jumped to from
+    /// its hooks as `jumps` says: (how often, whether first).
+    fn present(rules: &[&str], jumps: &[(usize, bool)]) -> ChainState {
+        ChainState {
+            exists: true,
+            rules: rules.iter().map(|r| (*r).to_owned()).collect(),
+            hooks: jumps
+                .iter()
+                .map(|&(jumps, first)| HookState {
+                    jumps,
+                    first,
+                    above: Vec::new(),
+                })
+                .collect(),
+        }
     }
 
     #[test]
@@ -393,18 +404,7 @@ mod tests {
         assert!(decide.iter().all(|rule| !rule.contains("MARK")));
         assert_eq!((&want[1], &want[2], &want[3]), (&None, &None, &None));
         let mut now = absent();
-        now[1] = ChainState {
-            exists: true,
-            rules: vec!["-A KNOCK-REJECT -p tcp -j REJECT".into()],
-            hooks: vec![
-                HookState {
-                    jumps: 1,
-                    first: true,
-                    above: Vec::new(),
-                };
-                2
-            ],
-        };
+        now[1] = present(&["-A KNOCK-REJECT -p tcp -j REJECT"], &[(1, true); 2]);
         let script = restore_script(&want, &now);
         assert!(script.contains(
             "*filter\n-D INPUT -j KNOCK-REJECT\n-D FORWARD -j KNOCK-REJECT\n-F KNOCK-REJECT\n-X KNOCK-REJECT\nCOMMIT\n"
@@ -442,24 +442,8 @@ mod tests {
     fn jumps_are_repaired_and_the_old_layout_removed() {
         let want = layout(&settings(), &example_policy(), V4);
         let mut now = absent();
-        now[0] = ChainState {
-            exists: true,
-            rules: Vec::new(),
-            hooks: vec![HookState {
-                jumps: 2,
-                first: false,
-                above: Vec::new(),
-            }],
-        };
-        now[3] = ChainState {
-            exists: true,
-            rules: vec!["-A KNOCK-INPUT -j DROP".into()],
-            hooks: vec![HookState {
-                jumps: 1,
-                first: true,
-                above: Vec::new(),
-            }],
-        };
+        now[0] = present(&[], &[(2, false)]);
+        now[3] = present(&["-A KNOCK-INPUT -j DROP"], &[(1, true)]);
         let script = restore_script(&want, &now);
         assert_eq!(
             script
@@ -479,15 +463,7 @@ mod tests {
     #[test]
     fn rollback_puts_the_previous_chains_back() {
         let mut before = absent();
-        before[0] = ChainState {
-            exists: true,
-            rules: vec!["-A KNOCK-PREROUTING -i lo -j RETURN".into()],
-            hooks: vec![HookState {
-                jumps: 1,
-                first: true,
-                above: Vec::new(),
-            }],
-        };
+        before[0] = present(&["-A KNOCK-PREROUTING -i lo -j RETURN"], &[(1, true)]);
         let want = layout(&settings(), &example_policy(), V4);
         let script = rollback_script(&want, &before);
         assert!(script.starts_with(
@@ -499,15 +475,7 @@ mod tests {
             ":KNOCK-REJECT - [0:0]\n-D INPUT -j KNOCK-REJECT\n-D FORWARD -j KNOCK-REJECT\n-X KNOCK-REJECT\n"
         ));
         // A chain the restore removed comes back, with its jump.
-        before[3] = ChainState {
-            exists: true,
-            rules: vec!["-A KNOCK-INPUT -j DROP".into()],
-            hooks: vec![HookState {
-                jumps: 1,
-                first: true,
-                above: Vec::new(),
-            }],
-        };
+        before[3] = present(&["-A KNOCK-INPUT -j DROP"], &[(1, true)]);
         assert!(rollback_script(&want, &before)
             .contains(":KNOCK-INPUT - [0:0]\n-A KNOCK-INPUT -j DROP\n-I INPUT 1 -j KNOCK-INPUT\n"));
     }
