@@ -425,10 +425,11 @@ fn restore_rules(config_path: &Path, state_dir: Option<std::path::PathBuf>) -> R
         ))
     })?;
     eprintln!(
-        "{PROGRAM}: restored the {} rules saved in {}: {} closed, knock port udp/{} dropped",
+        "{PROGRAM}: restored the {} rules saved in {}: {} closed (refuse = \"{}\"), knock port udp/{}",
         firewall.name(),
         saved_rules::path(&state_dir).display(),
         port_list(saved.policy.protected()),
+        saved.policy.refusal.name(),
         saved.policy.knock_port
     );
     Ok(())
