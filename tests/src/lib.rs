@@ -996,3 +996,28 @@ pub fn nmap_scan(ns: &Ns, scan: &str, target: IpAddr, ports: &[u16], extra: &[&s
         states,
     }
 }
+
+/// Runs each named behaviour once per firewall backend, as
+/// `nftables::NAME` and `iptables::NAME`: each `NAME` is a function of the
+/// test file that takes the backend's name.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod nftables {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test("nftables");
+                }
+            )*
+        }
+        mod iptables {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test("iptables");
+                }
+            )*
+        }
+    };
+}

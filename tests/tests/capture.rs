@@ -210,21 +210,7 @@ fn interface_deleted_and_recreated(firewall: &str) {
     assert!(status.contains(&format!("live on {dev}")), "{status}");
 }
 
-macro_rules! per_backend {
-    ($($name:ident => $firewall:literal),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                interface_deleted_and_recreated($firewall);
-            }
-        )*
-    };
-}
-
-per_backend! {
-    nftables_interface_deleted_and_recreated => "nftables",
-    iptables_interface_deleted_and_recreated => "iptables",
-}
+on_both_backends!(interface_deleted_and_recreated);
 
 /// `interface` names an interface that does not exist yet (a VPN that comes
 /// up later, a slow driver at boot): the server installs its rules, waits

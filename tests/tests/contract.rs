@@ -369,32 +369,10 @@ fn ipv6_end_to_end_and_answers_like_a_closed_port(firewall: &str) {
     );
 }
 
-macro_rules! backend_suite {
-    ($module:ident, $firewall:literal) => {
-        mod $module {
-            #[test]
-            fn sender_only_and_permitted_ports_only() {
-                super::sender_only_and_permitted_ports_only($firewall);
-            }
-            #[test]
-            fn expiry_keeps_established_connections() {
-                super::expiry_keeps_established_connections($firewall);
-            }
-            #[test]
-            fn sigkill_expiry_and_restart_without_duplicates() {
-                super::sigkill_expiry_and_restart_without_duplicates($firewall);
-            }
-            #[test]
-            fn replays_open_nothing() {
-                super::replays_open_nothing($firewall);
-            }
-            #[test]
-            fn ipv6_end_to_end_and_answers_like_a_closed_port() {
-                super::ipv6_end_to_end_and_answers_like_a_closed_port($firewall);
-            }
-        }
-    };
-}
-
-backend_suite!(nftables, "nftables");
-backend_suite!(iptables, "iptables");
+on_both_backends!(
+    sender_only_and_permitted_ports_only,
+    expiry_keeps_established_connections,
+    sigkill_expiry_and_restart_without_duplicates,
+    replays_open_nothing,
+    ipv6_end_to_end_and_answers_like_a_closed_port,
+);

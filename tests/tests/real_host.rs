@@ -815,31 +815,12 @@ fn iptables_missing_ip6tables_installs_nothing() {
     drop(server);
 }
 
-macro_rules! backend_suite {
-    ($module:ident, $firewall:literal) => {
-        mod $module {
-            #[test]
-            fn sessions_that_predate_us_survive() {
-                super::sessions_that_predate_us_survive($firewall);
-            }
-            #[test]
-            fn only_tcp_protected_tracks_no_flow() {
-                super::only_tcp_protected_tracks_no_flow($firewall);
-            }
-            #[test]
-            fn forwarded_port_is_protected() {
-                super::forwarded_port_is_protected($firewall);
-            }
-            #[test]
-            fn other_tables_do_not_weaken_protection() {
-                super::other_tables_do_not_weaken_protection($firewall);
-            }
-        }
-    };
-}
-
-backend_suite!(nftables, "nftables");
-backend_suite!(iptables, "iptables");
+on_both_backends!(
+    sessions_that_predate_us_survive,
+    only_tcp_protected_tracks_no_flow,
+    forwarded_port_is_protected,
+    other_tables_do_not_weaken_protection,
+);
 
 #[test]
 fn iptables_missing_ip6tables_cmd_installs_nothing() {

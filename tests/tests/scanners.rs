@@ -422,28 +422,9 @@ fn default_drop_ack_scan_sees_only_filtered_ports(firewall: &str) {
     drop(server);
 }
 
-macro_rules! backend_suite {
-    ($module:ident, $firewall:literal) => {
-        mod $module {
-            #[test]
-            fn bare_host_scans_see_only_closed_ports() {
-                super::bare_host_scans_see_only_closed_ports($firewall);
-            }
-            #[test]
-            fn bare_host_stray_segments_see_no_listener() {
-                super::bare_host_stray_segments_see_no_listener($firewall);
-            }
-            #[test]
-            fn default_drop_scans_see_only_filtered_ports() {
-                super::default_drop_scans_see_only_filtered_ports($firewall);
-            }
-            #[test]
-            fn default_drop_ack_scan_sees_only_filtered_ports() {
-                super::default_drop_ack_scan_sees_only_filtered_ports($firewall);
-            }
-        }
-    };
-}
-
-backend_suite!(nftables, "nftables");
-backend_suite!(iptables, "iptables");
+on_both_backends!(
+    bare_host_scans_see_only_closed_ports,
+    bare_host_stray_segments_see_no_listener,
+    default_drop_scans_see_only_filtered_ports,
+    default_drop_ack_scan_sees_only_filtered_ports,
+);
