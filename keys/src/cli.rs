@@ -2,6 +2,7 @@
 //! with exit status 2, and failures as one line with status 1 or 2.
 
 use std::fmt::Display;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 /// Exit status for a runtime failure.
@@ -34,7 +35,8 @@ impl Failure {
     /// Prints the message as one line on stderr and returns the exit status.
     pub fn report(&self, program: &str) -> ExitCode {
         let one_line = bounded(&self.message.replace('\n', " "));
-        eprintln!("{program}: error: {one_line}");
+        // Never a panic, even with stderr gone (a closed terminal).
+        let _ = writeln!(std::io::stderr(), "{program}: error: {one_line}");
         ExitCode::from(self.code)
     }
 }

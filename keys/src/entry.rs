@@ -35,6 +35,19 @@ struct RawEntry {
 impl ClientEntry {
     /// Reads `clients.d/NAME.toml`; it must be 0600 or stricter.
     pub fn load(path: &Path) -> Result<Self, FileError> {
+        Self::load_with_text(path).map(|(entry, _)| entry)
+    }
+
+    /// Like [`load`](Self::load), and also returns the file's text as read,
+    /// for a record of exactly what was loaded.
+    pub fn load_with_text(path: &Path) -> Result<(Self, Zeroizing<String>), FileError> {
+        let text = read_secret(path)?;
+        let entry = Self::parse(path, &text)?;
+        Ok((entry, text))
+    }
+
+    /// Checks `text` as the file `path` (whose name gives the client's).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, FileError> {
         let name = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -47,9 +60,7 @@ impl ClientEntry {
                 )
             })?
             .to_owned();
-        let text = read_secret(path)?;
-        let raw: RawEntry =
-            toml::from_str(&text).map_err(|e| FileError::syntax(path, &text, &e))?;
+        let raw: RawEntry = toml::from_str(text).map_err(|e| FileError::syntax(path, text, &e))?;
         let secret = decode_base64(&raw.key)
             .and_then(|bytes| ClientSecret::from_slice(&bytes))
             .ok_or_else(|| FileError::field(path, "key", "must be 32 bytes of base64"))?;
@@ -80,7 +91,7 @@ impl ClientEntry {
         let ports: Vec<String> = self.ports.iter().map(|p| format!("\"{p}\"")).collect();
         let mut text = format!(
             "# knock client \"{}\": the server's copy of its secret. Delete this file to revoke it\n\
-             # (then send knock-server SIGHUP).\n\
+             # (then run knock-server apply).\n\
              key = \"{}\"\n\
              ports = [{}]\n",
             self.name,

@@ -76,6 +76,18 @@ fn read_limited(path: &Path, file: File, len: u64) -> Result<Zeroizing<String>, 
 /// Writes `contents` to `path` with mode 0600, atomically. Unless `replace`,
 /// an existing file is an error.
 pub fn write_private(path: &Path, contents: &[u8], replace: bool) -> Result<(), FileError> {
+    write_with_mode(path, contents, 0o600, replace)
+}
+
+/// Writes `contents` to `path` with `mode`, atomically (a temporary file,
+/// fsync, rename): readers see the old file or the new, never half. Unless
+/// `replace`, an existing file is an error.
+pub fn write_with_mode(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    replace: bool,
+) -> Result<(), FileError> {
     let write_err = |source| FileError::Write {
         path: path.into(),
         source,
@@ -96,10 +108,10 @@ pub fn write_private(path: &Path, contents: &[u8], replace: bool) -> Result<(), 
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&temp)?;
-        // The umask cannot widen 0600, but an inherited ACL default could.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        // The umask may narrow `mode` and an inherited ACL default widen it.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&temp, path)?;

@@ -14,7 +14,7 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::capture::{Capture, CaptureError, Link, Next};
-use crate::clients::load_clients;
+use crate::control::{ControlSocket, ReloadReport, Request};
 use crate::firewall::{
     iptables, nftables, Firewall, FirewallError, Policy, Settings, SettingsChange,
 };
@@ -22,8 +22,10 @@ use crate::health::RulesKeeper;
 use crate::pipeline::{honour, Outcome};
 use crate::privileges;
 use crate::rejections::RejectionLog;
+use crate::running_config::{ConfigFiles, Loaded};
+use crate::sanity;
 use crate::state::StateFile;
-use crate::status::{Published, StatusFile, PUBLISH_EVERY};
+use crate::status::{LastReload, Published, StatusFile, PUBLISH_EVERY};
 use crate::timers::{unix_ms, watchdog_interval, Every};
 use crate::verify::{Grant, Verifier};
 
@@ -89,6 +91,8 @@ pub struct Daemon {
     pub keeper: RulesKeeper,
     pub capture: Capture,
     pub signals: Signals,
+    /// Where `knock-server reload` and `apply` ask for reloads.
+    pub control: ControlSocket,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -142,6 +146,9 @@ struct Watch {
     publish_failing: bool,
     kernel_drops: u64,
     watchdog: Option<Every>,
+    last_reload: Option<LastReload>,
+    /// Refusals counted in the status file last written.
+    published_refusals: u64,
 }
 
 impl Watch {
@@ -158,6 +165,8 @@ impl Watch {
             publish_failing: false,
             kernel_drops: 0,
             watchdog: None,
+            last_reload: None,
+            published_refusals: 0,
         }
     }
 }
@@ -187,18 +196,27 @@ impl Daemon {
         } else {
             self.say_waiting(watch.link);
         }
-        self.publish(&status, &mut watch);
+        self.publish(&status, &mut watch, &log);
 
         let exit = loop {
             if self.signals.terminate.load(Ordering::Relaxed) {
                 break None;
             }
-            if self.signals.reload.swap(false, Ordering::Relaxed) {
-                self.reload(watch.ready);
-                // A reload may have moved capture to another interface.
-                if self.follow_capture(&mut watch, None, Instant::now()) {
-                    self.publish(&status, &mut watch);
+            // Each request gets its own reload, which reads the files after
+            // the request came: a signal sent meanwhile is answered by it too.
+            let mut requests = Vec::new();
+            while let Some(Request::Reload(reply)) = self.control.next() {
+                requests.push(reply);
+            }
+            let signalled = self.signals.reload.swap(false, Ordering::Relaxed);
+            if signalled || !requests.is_empty() {
+                let report = self.reload(&mut watch);
+                for reply in requests {
+                    let _ = reply.send(report.clone());
                 }
+                // A reload may have moved capture to another interface.
+                self.follow_capture(&mut watch, None, Instant::now());
+                self.publish(&status, &mut watch, &log);
             }
             if let Some(reason) = self.keeper.fatal() {
                 break Some(reason);
@@ -238,7 +256,7 @@ impl Daemon {
             let due = tick.due(now);
             if due || read_error.is_some() {
                 if self.follow_capture(&mut watch, read_error.as_ref(), now) {
-                    self.publish(&status, &mut watch);
+                    self.publish(&status, &mut watch, &log);
                 }
                 if read_error.is_some() && watch.link == Link::Live {
                     // An error the interface does not explain: do not spin
@@ -257,8 +275,11 @@ impl Daemon {
                 }
                 log.maybe_summarise(now);
             }
-            if publish.due(now) {
-                self.publish(&status, &mut watch);
+            // New refusals are in the status file within a tick, for an
+            // operator asking why a knock did nothing; a flood costs at most
+            // one small write per tick.
+            if publish.due(now) || (due && log.total() != watch.published_refusals) {
+                self.publish(&status, &mut watch, &log);
             }
             if watch.watchdog.as_mut().is_some_and(|w| w.due(now)) {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
@@ -266,6 +287,7 @@ impl Daemon {
         };
 
         log.summarise(Instant::now());
+        self.control.remove();
         // Gone at once, rather than stale after a while: `status` then says
         // "not running" right away.
         if let Err(err) = status.remove() {
@@ -393,7 +415,7 @@ impl Daemon {
 
     /// Rewrites the status file; a failure is said once, and never stops
     /// the loop.
-    fn publish(&self, status: &StatusFile, watch: &mut Watch) {
+    fn publish(&self, status: &StatusFile, watch: &mut Watch, log: &RejectionLog) {
         let published = Published {
             pid: std::process::id(),
             started_at: watch.started_unix,
@@ -403,7 +425,15 @@ impl Daemon {
             capture: watch.link,
             capture_since: watch.since_unix,
             kernel_drops: watch.kernel_drops,
+            clients: self.verifier.client_count(),
+            refused: log
+                .totals()
+                .iter()
+                .map(|(reason, n)| ((*reason).to_owned(), *n))
+                .collect(),
+            last_reload: watch.last_reload.clone(),
         };
+        watch.published_refusals = log.total();
         match status.write(&published) {
             Ok(()) => watch.publish_failing = false,
             Err(err) if !watch.publish_failing => {
@@ -436,24 +466,49 @@ impl Daemon {
         Exit::Terminated
     }
 
-    /// SIGHUP: re-read configuration and clients. On any error keep running
-    /// on the old configuration. Live grants are never touched. Before
-    /// `ready`, systemd hears nothing of it: READY must wait for capture.
-    fn reload(&mut self, ready: bool) {
-        if ready {
+    /// SIGHUP or a control request: re-read configuration and clients. On
+    /// any error keep running on the old configuration. Live grants are
+    /// never touched. Before `ready`, systemd hears nothing of it: READY must
+    /// wait for capture.
+    fn reload(&mut self, watch: &mut Watch) -> ReloadReport {
+        if watch.ready {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
         }
-        match self.try_reload() {
-            Ok(summary) => info!("reloaded: {summary}"),
-            Err(err) => error!("reload failed, still running on the previous configuration: {err}"),
-        }
-        if ready {
+        let report = match self.try_reload() {
+            Ok((summary, warnings)) => {
+                info!("reloaded: {summary}");
+                for warning in &warnings {
+                    warn!("{warning}");
+                }
+                ReloadReport {
+                    warnings,
+                    outcome: Ok(summary),
+                }
+            }
+            Err(err) => {
+                error!("reload failed, still running on the previous configuration: {err}");
+                ReloadReport {
+                    warnings: Vec::new(),
+                    outcome: Err(err.to_string()),
+                }
+            }
+        };
+        watch.last_reload = Some(LastReload {
+            at: unix_ms() / 1000,
+            outcome: report.outcome.clone(),
+        });
+        if watch.ready {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         }
+        report
     }
 
-    fn try_reload(&mut self) -> Result<String, ReloadError> {
-        let config = ServerConfig::load(&self.config.path)?;
+    fn try_reload(&mut self) -> Result<(String, Vec<String>), ReloadError> {
+        let Loaded {
+            config,
+            clients,
+            files,
+        } = Loaded::from_disk(&self.config.path)?;
         if self.config.state_dir != config.state_dir {
             return Err(ReloadError::NeedsRestart("state_dir"));
         }
@@ -465,7 +520,6 @@ impl Daemon {
         // ports for everyone: every grant would then be in vain.
         let settings = firewall_settings(&config);
         self.settings.change_to(&settings)?;
-        let clients = load_clients(&config.clients_dir)?;
         // Open the new capture before the firewall changes: a reload that
         // fails there (an interface that does not exist) must leave the
         // firewall as the old configuration had it.
@@ -505,8 +559,20 @@ impl Daemon {
             clients.len(),
             port_list(&config.protected)
         );
+        let warnings = sanity::warnings(&config, &clients);
+        record_running(&config.state_dir, &files);
         self.config = config;
-        Ok(summary)
+        Ok((summary, warnings))
+    }
+}
+
+/// Records what the server now runs, for `knock-server apply` to roll back
+/// to. If that fails, the record is removed rather than left stale: `apply`
+/// then refuses to start instead of restoring something older.
+pub fn record_running(state_dir: &std::path::Path, files: &ConfigFiles) {
+    if let Err(err) = files.save(state_dir, unix_ms() / 1000) {
+        let _ = ConfigFiles::forget(state_dir);
+        warn!("{err}; `knock-server apply` cannot roll back until the next successful reload");
     }
 }
 

@@ -8,16 +8,25 @@
 //! [`health`] keeps our firewall rules in place beside it, and
 //! [`saved_rules`] remembers them for the next boot; [`status`] is what the
 //! loop publishes for `knock-server status`.
+//!
+//! Changes: the loop answers reload requests on the [`control`] socket and
+//! records what it loaded ([`running_config`]), which is what [`apply`]
+//! restores when a change is not confirmed; [`sanity`] says what in a
+//! configuration that loads is doubtful.
 #![deny(unsafe_code)]
 
+pub mod apply;
 pub mod capture;
 pub mod clients;
+pub mod control;
 pub mod daemon;
 pub mod firewall;
 pub mod health;
 pub mod pipeline;
 pub mod privileges;
 pub mod rejections;
+pub mod running_config;
+pub mod sanity;
 pub mod saved_rules;
 pub mod state;
 pub mod status;

@@ -1,24 +1,28 @@
-//! knock-server: `run`, `check`, `status`, `restore-rules`, `remove-rules`.
+//! knock-server: `run`, `check`, `status`, `reload`, `apply`, `confirm`,
+//! `restore-rules`, `remove-rules`.
 
 mod cli;
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use cli::{Args, Command};
+use cli::{Args, Command, StatusFormat};
 
 use knock_keys::cli::{parse_args, Failure};
 use knock_keys::config::ServerConfig;
 use knock_keys::identity;
 use knock_proto::port_list;
+use knock_server::apply;
 use knock_server::capture::{filter, Capture};
-use knock_server::clients::load_clients;
+use knock_server::control::{ControlSocket, ANSWER_WITHIN};
 use knock_server::daemon::{
-    firewall_settings, policy, window_ms, Daemon, Exit, Signals, POLL_EVERY,
+    firewall_settings, policy, record_running, window_ms, Daemon, Exit, Signals, POLL_EVERY,
 };
 use knock_server::firewall::{self, Policy, Refusal, Settings};
 use knock_server::health::RulesKeeper;
 use knock_server::privileges;
+use knock_server::running_config::Loaded;
+use knock_server::sanity;
 use knock_server::saved_rules;
 use knock_server::state::{ReplayStore, Restored, StateFile, StateLock};
 use knock_server::status::json_string;
@@ -40,7 +44,14 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Run { config } => run(&config),
         Command::Check { config, json } => check(&config, json),
-        Command::Status { config, json } => status(&config, json),
+        Command::Status {
+            config,
+            json,
+            format,
+        } => status(&config, if json { StatusFormat::Json } else { format }),
+        Command::Reload { config } => reload(&config),
+        Command::Apply { config, timeout } => apply_command(&config, &timeout),
+        Command::Confirm { config } => confirm(&config),
         Command::RestoreRules { config, state_dir } => restore_rules(&config, state_dir),
         Command::RemoveRules { config } => remove_rules(&config),
     };
@@ -70,7 +81,11 @@ fn init_logging() {
 fn run(config_path: &Path) -> Result<(), Failure> {
     init_logging();
     let started_at_ms = unix_ms();
-    let config = ServerConfig::load(config_path)?;
+    let Loaded {
+        config,
+        clients,
+        files,
+    } = Loaded::from_disk(config_path)?;
     let settings = firewall_settings(&config);
     settings.resolve().map_err(Failure::usage)?;
     // The identity is never created here: every profile is bound to it, so
@@ -91,12 +106,8 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         )));
     }
     let server_id = identity::load(&config.identity_file)?;
-    let clients = load_clients(&config.clients_dir)?;
-    if clients.is_empty() {
-        warn!(
-            "no clients in {}: nobody can knock yet (see knock-keygen)",
-            config.clients_dir.display()
-        );
+    for warning in sanity::warnings(&config, &clients) {
+        warn!("{warning}");
     }
 
     // Before the firewall or the replay state is touched: a second server on
@@ -157,6 +168,10 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     .map_err(|e| Failure::runtime(format!("starting the rules keeper: {e}")))?;
     let signals =
         Signals::install().map_err(|e| Failure::runtime(format!("signal handlers: {e}")))?;
+    let control = ControlSocket::listen(store.dir(), ANSWER_WITHIN).map_err(|e| {
+        Failure::runtime(format!("control socket in {}: {e}", store.dir().display()))
+    })?;
+    record_running(store.dir(), &files);
     let verifier = Verifier::new(
         server_id,
         &clients,
@@ -176,6 +191,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         keeper,
         capture,
         signals,
+        control,
     };
     match daemon.run() {
         Exit::Terminated => Ok(()),
@@ -232,7 +248,7 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     } else {
         "missing (knock-keygen creates it; the packaged unit cannot write /etc/knock)".to_owned()
     };
-    let clients = load_clients(&config.clients_dir)?;
+    let clients = knock_server::clients::load_clients(&config.clients_dir)?;
     let settings = firewall_settings(&config);
     settings.resolve().map_err(Failure::usage)?;
     let mut firewall = settings.build();
@@ -240,7 +256,8 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     let plan = firewall.plan(&policy);
     // Reading others' rules needs privileges `check` may not have; then
     // there is nothing to warn about that we could see.
-    let mut warnings = firewall.audit(&policy).unwrap_or_default();
+    let mut warnings = sanity::warnings(&config, &clients);
+    warnings.extend(firewall.audit(&policy).unwrap_or_default());
     let host = firewall::host::closed_ports();
     let refusal = policy.refusal;
     if host.refusal != refusal {
@@ -326,24 +343,38 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
+fn status(config_path: &Path, format: StatusFormat) -> Result<(), Failure> {
     let config = ServerConfig::load(config_path)?;
     let mut firewall = firewall_settings(&config).build();
-    firewall.verify(&policy(&config)).map_err(|e| {
-        Failure::runtime(format!(
-            "{} rules are not installed ({e}); is knock-server running?",
-            firewall.name()
-        ))
-    })?;
-    let mut grants = firewall
-        .grants()
-        .map_err(|e| Failure::runtime(format!("reading grants: {e}")))?;
-    grants.sort_by_key(|g| (g.addr, g.port));
+    let grants = firewall
+        .verify(&policy(&config))
+        .map_err(|e| {
+            format!(
+                "{} rules are not installed ({e}); is knock-server running?",
+                firewall.name()
+            )
+        })
+        .and_then(|()| {
+            firewall
+                .grants()
+                .map_err(|e| format!("reading grants: {e}"))
+        });
     // What the daemon says of itself; a missing or stale file is reported,
-    // not an error: the kernel's grants above are the truth either way.
+    // not an error: the kernel's grants are the truth either way.
     let now = unix_ms() / 1000;
     let daemon = Assessment::of(StatusFile::in_dir(&config.state_dir).read(), now);
-    if json {
+    if format == StatusFormat::Prometheus {
+        // A scrape always gets an answer: rules that are missing are a
+        // metric (knock_rules_installed 0), not a failure.
+        print!(
+            "{}",
+            daemon.prometheus(grants.as_ref().ok().map(|grants| grants.len()))
+        );
+        return Ok(());
+    }
+    let mut grants = grants.map_err(Failure::runtime)?;
+    grants.sort_by_key(|g| (g.addr, g.port));
+    if format == StatusFormat::Json {
         let items: Vec<String> = grants
             .iter()
             .map(|g| {
@@ -380,6 +411,50 @@ fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
     for (label, text) in daemon.lines(now) {
         println!("{label:<14} {text}");
     }
+    Ok(())
+}
+
+/// The state directory of the server that `config_path` configures. A
+/// configuration that cannot be read is the answer to a reload already (the
+/// server would refuse it); the server that runs from the default state
+/// directory is still asked, so that its log and status say so too.
+fn state_dir_for_reload(config_path: &Path) -> Result<std::path::PathBuf, Failure> {
+    match ServerConfig::load(config_path) {
+        Ok(config) => Ok(config.state_dir),
+        Err(err) => {
+            let default = Path::new(DEFAULT_STATE_DIR);
+            if default.join(knock_server::control::SOCKET_NAME).exists() {
+                Ok(default.to_path_buf())
+            } else {
+                Err(Failure::usage(format!("reload refused: {err}")))
+            }
+        }
+    }
+}
+
+fn reload(config_path: &Path) -> Result<(), Failure> {
+    let state_dir = state_dir_for_reload(config_path)?;
+    let summary = apply::reload(&state_dir)?;
+    println!("reloaded: {summary}");
+    Ok(())
+}
+
+fn apply_command(config_path: &Path, timeout: &str) -> Result<(), Failure> {
+    let timeout = knock_keys::duration::parse_duration(timeout)
+        .ok()
+        .filter(|t| !t.is_zero() && t.as_secs() <= 24 * 3600)
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "--timeout {timeout:?}: give a duration from 1s to 24h, like 60s or 5m"
+            ))
+        })?;
+    apply::apply(config_path, timeout)
+}
+
+fn confirm(config_path: &Path) -> Result<(), Failure> {
+    let config = ServerConfig::load(config_path)?;
+    let pid = apply::confirm(&config.state_dir).map_err(Failure::runtime)?;
+    println!("confirmed: `knock-server apply` (pid {pid}) keeps the new configuration");
     Ok(())
 }
 

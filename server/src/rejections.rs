@@ -22,6 +22,8 @@ const DETAILED_REJECTIONS: u32 = 20;
 #[derive(Debug)]
 pub struct RejectionLog {
     counts: BTreeMap<&'static str, u64>,
+    /// Since start, never reset: for `knock-server status`.
+    totals: BTreeMap<&'static str, u64>,
     detailed: u32,
     kernel_drops: u64,
     since: Instant,
@@ -31,6 +33,7 @@ impl Default for RejectionLog {
     fn default() -> Self {
         Self {
             counts: BTreeMap::new(),
+            totals: BTreeMap::new(),
             detailed: 0,
             kernel_drops: 0,
             since: Instant::now(),
@@ -40,7 +43,7 @@ impl Default for RejectionLog {
 
 impl RejectionLog {
     pub fn record(&mut self, rejection: &Rejection) {
-        *self.counts.entry(rejection.reason()).or_default() += 1;
+        self.count(rejection.reason());
         if rejection.is_authentic() && self.detailed < DETAILED_REJECTIONS {
             self.detailed += 1;
             warn!("knock refused ({}): {rejection}", rejection.reason());
@@ -48,7 +51,22 @@ impl RejectionLog {
     }
 
     pub fn record_other(&mut self, reason: &'static str) {
+        self.count(reason);
+    }
+
+    fn count(&mut self, reason: &'static str) {
         *self.counts.entry(reason).or_default() += 1;
+        *self.totals.entry(reason).or_default() += 1;
+    }
+
+    /// Refusals since start, all reasons.
+    pub fn total(&self) -> u64 {
+        self.totals.values().sum()
+    }
+
+    /// Refusals by reason since start.
+    pub fn totals(&self) -> &BTreeMap<&'static str, u64> {
+        &self.totals
     }
 
     /// Counts datagrams the kernel dropped on the capture socket.
@@ -126,6 +144,15 @@ mod tests {
         assert_eq!(log.counts.len(), 2, "not yet due");
         log.maybe_summarise(start + Duration::from_secs(10));
         assert!(log.counts.is_empty());
+        log.record(&Rejection::UnknownClient);
+        assert_eq!(
+            log.totals()
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect::<Vec<_>>(),
+            [("malformed-packet", 1), ("unknown-client", 3)],
+            "totals count since start, across summaries"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! empty, which readers report as such), and nothing on the knock path
 //! waits for it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -50,6 +51,21 @@ pub struct Published {
     /// Knock-port datagrams the kernel dropped on our full receive queue
     /// since start.
     pub kernel_drops: u64,
+    /// Clients loaded.
+    pub clients: usize,
+    /// Refusals by reason since start.
+    pub refused: BTreeMap<String, u64>,
+    /// The last reload, if there was one.
+    pub last_reload: Option<LastReload>,
+}
+
+/// When the server last reloaded and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReload {
+    /// Unix seconds.
+    pub at: u64,
+    /// `Ok(summary)` when loaded, `Err(reason)` when refused.
+    pub outcome: Result<String, String>,
 }
 
 impl Published {
@@ -66,6 +82,10 @@ impl Published {
             ("capture", Value::String(self.capture.name().to_owned())),
             ("capture_since", int(self.capture_since)),
             ("kernel_drops", int(self.kernel_drops)),
+            (
+                "clients",
+                int(u64::try_from(self.clients).unwrap_or(u64::MAX)),
+            ),
         ];
         let mut text = String::from(
             "# knock-server's status, rewritten every 10 s while it runs; see OPERATIONS.md\n",
@@ -73,6 +93,21 @@ impl Published {
         for (key, value) in fields {
             // Value's Display quotes and escapes strings as TOML wants.
             let _ = writeln!(text, "{key} = {value}");
+        }
+        if let Some(reload) = &self.last_reload {
+            let (outcome, message) = match &reload.outcome {
+                Ok(summary) => ("loaded", summary),
+                Err(reason) => ("refused", reason),
+            };
+            let _ = writeln!(text, "\n[last_reload]");
+            let _ = writeln!(text, "at = {}", int(reload.at));
+            let _ = writeln!(text, "outcome = {}", Value::String(outcome.to_owned()));
+            let _ = writeln!(text, "message = {}", Value::String(message.clone()));
+        }
+        // Keys are reasons (`bad-mac`, `replayed`, ...): bare TOML keys.
+        let _ = writeln!(text, "\n[refused]");
+        for (reason, count) in &self.refused {
+            let _ = writeln!(text, "{reason} = {}", int(*count));
         }
         text
     }
@@ -177,6 +212,26 @@ impl Snapshot {
         self.table.get(key).and_then(Value::as_str)
     }
 
+    /// Refusals by reason since start.
+    fn refused(&self) -> Vec<(String, u64)> {
+        let Some(table) = self.table.get("refused").and_then(Value::as_table) else {
+            return Vec::new();
+        };
+        table
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), u64::try_from(v.as_integer()?).ok()?)))
+            .collect()
+    }
+
+    /// The last reload: when, whether it loaded, and its summary or reason.
+    fn last_reload(&self) -> Option<(u64, bool, &str)> {
+        let table = self.table.get("last_reload")?.as_table()?;
+        let at = u64::try_from(table.get("at")?.as_integer()?).ok()?;
+        let loaded = table.get("outcome")?.as_str()? == "loaded";
+        let message = table.get("message").and_then(Value::as_str).unwrap_or("");
+        Some((at, loaded, message))
+    }
+
     /// Seconds since the daemon wrote the file (0 if its clock is ahead).
     pub fn age(&self, now: u64) -> u64 {
         now.saturating_sub(self.int("written_at").unwrap_or(0))
@@ -252,7 +307,130 @@ impl Assessment {
         if let Some(drops) = snapshot.int("kernel_drops") {
             lines.push(("kernel drops", format!("{drops} since start")));
         }
+        if let Some(clients) = snapshot.int("clients") {
+            lines.push(("clients", format!("{clients} loaded")));
+        }
+        let refused = snapshot.refused();
+        let total: u64 = refused.iter().map(|(_, n)| n).sum();
+        let detail: Vec<String> = refused.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        lines.push((
+            "refused",
+            if total == 0 {
+                "nothing since start".to_owned()
+            } else {
+                format!("{total} since start: {}", detail.join(" "))
+            },
+        ));
+        let reload = match snapshot.last_reload() {
+            None => "none since start".to_owned(),
+            Some((at, true, message)) => {
+                format!("loaded {} ago: {message}", duration(now.saturating_sub(at)))
+            }
+            Some((at, false, message)) => format!(
+                "REFUSED {} ago, still running the configuration before it: {message}",
+                duration(now.saturating_sub(at))
+            ),
+        };
+        lines.push(("last reload", reload));
         lines
+    }
+
+    /// The Prometheus text format, for node-exporter's textfile collector.
+    /// `rules` is what the kernel says: whether our rules are in place, and
+    /// how many grants are live.
+    pub fn prometheus(&self, rules: Option<usize>) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP knock_{name} {help}");
+            let _ = writeln!(out, "# TYPE knock_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "knock_{name}{labels} {value}");
+            }
+        };
+        let one = |v: u64| vec![(String::new(), v)];
+        metric(
+            "rules_installed",
+            "gauge",
+            "Whether knock's firewall rules are in place (1) or not (0).",
+            &one(u64::from(rules.is_some())),
+        );
+        metric(
+            "live_grants",
+            "gauge",
+            "Grants live in the kernel (source and port pairs).",
+            &one(rules.unwrap_or(0) as u64),
+        );
+        let snapshot = match self {
+            Self::Running(snapshot) => Some(snapshot),
+            Self::Stale(_) | Self::Unknown(_) => None,
+        };
+        metric(
+            "up",
+            "gauge",
+            "Whether knock-server runs (its status file is fresh).",
+            &one(u64::from(snapshot.is_some())),
+        );
+        let Some(snapshot) = snapshot else {
+            return out;
+        };
+        let flag =
+            |key: &str| u64::from(snapshot.table.get(key).and_then(Value::as_bool) == Some(true));
+        metric(
+            "ready",
+            "gauge",
+            "Whether knock-server said ready.",
+            &one(flag("ready")),
+        );
+        metric(
+            "capture_live",
+            "gauge",
+            "Whether capture on the knock interface is live.",
+            &one(u64::from(snapshot.text("capture") == Some("live"))),
+        );
+        metric(
+            "start_time_seconds",
+            "gauge",
+            "When knock-server started, Unix seconds.",
+            &one(snapshot.int("started_at").unwrap_or(0)),
+        );
+        metric(
+            "clients",
+            "gauge",
+            "Clients loaded.",
+            &one(snapshot.int("clients").unwrap_or(0)),
+        );
+        metric(
+            "kernel_drops_total",
+            "counter",
+            "Knock-port datagrams the kernel dropped on the capture socket's full queue.",
+            &one(snapshot.int("kernel_drops").unwrap_or(0)),
+        );
+        let refused: Vec<(String, u64)> = snapshot
+            .refused()
+            .into_iter()
+            .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n))
+            .collect();
+        metric(
+            "refused_total",
+            "counter",
+            "Datagrams to the knock port refused, by reason.",
+            &refused,
+        );
+        if let Some((at, loaded, _)) = snapshot.last_reload() {
+            metric(
+                "last_reload_timestamp_seconds",
+                "gauge",
+                "When knock-server last reloaded, Unix seconds.",
+                &one(at),
+            );
+            metric(
+                "last_reload_success",
+                "gauge",
+                "Whether the last reload loaded (1) or was refused (0).",
+                &one(u64::from(loaded)),
+            );
+        }
+        out
     }
 
     /// One JSON object: `state` (`running`, `stale` or `unknown`), `age_s`,
@@ -354,6 +532,14 @@ mod tests {
             capture: Link::Missing,
             capture_since: 1_700_000_040,
             kernel_drops: 17,
+            clients: 3,
+            refused: [("bad-mac".to_owned(), 5), ("replayed".to_owned(), 2)]
+                .into_iter()
+                .collect(),
+            last_reload: Some(LastReload {
+                at: 1_700_000_090,
+                outcome: Err("alice.toml: readable by others".into()),
+            }),
         }
     }
 
@@ -378,8 +564,32 @@ mod tests {
                     "waiting for interface we\"ird0 to appear, for 1m 5s".to_owned()
                 ),
                 ("kernel drops", "17 since start".to_owned()),
+                ("clients", "3 loaded".to_owned()),
+                ("refused", "7 since start: bad-mac=5 replayed=2".to_owned()),
+                (
+                    "last reload",
+                    "REFUSED 15s ago, still running the configuration before it: alice.toml: readable by others"
+                        .to_owned()
+                ),
             ]
         );
+        let metrics = status.prometheus(Some(2));
+        for line in [
+            "knock_up 1",
+            "knock_ready 1",
+            "knock_rules_installed 1",
+            "knock_live_grants 2",
+            "knock_capture_live 0",
+            "knock_clients 3",
+            "knock_kernel_drops_total 17",
+            "# TYPE knock_refused_total counter",
+            "knock_refused_total{reason=\"bad-mac\"} 5",
+            "knock_refused_total{reason=\"replayed\"} 2",
+            "knock_last_reload_timestamp_seconds 1700000090",
+            "knock_last_reload_success 0",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line:?} in\n{metrics}");
+        }
         let json = status.json(now);
         assert!(
             json.starts_with("{\"state\":\"running\",\"age_s\":5,"),
@@ -398,6 +608,10 @@ mod tests {
         assert!(stale.lines(late)[0].1.starts_with("not running?"));
         assert!(stale.json(late).starts_with("{\"state\":\"stale\""));
 
+        assert!(stale.prometheus(None).contains("\nknock_up 0\n"));
+        assert!(stale
+            .prometheus(None)
+            .contains("\nknock_rules_installed 0\n"));
         let missing = Assessment::of(Err(StatusError::Missing("/x/status".into())), late);
         assert_eq!(
             missing.lines(late),
@@ -425,13 +639,17 @@ mod tests {
     #[test]
     fn unknown_keys_are_kept_for_json() {
         let text = format!(
-            "{}future = 3\n[refused]\nbad-mac = 2\n",
+            "future = 3\n{}[future_table]\nx = 2\n",
             published().render()
         );
         let snapshot = Snapshot::parse(&text).expect("parses");
         let json = Assessment::of(Ok(snapshot), 1_700_000_100).json(1_700_000_100);
         assert!(json.contains("\"future\":3"), "{json}");
-        assert!(json.contains("\"refused\":{\"bad-mac\":2}"), "{json}");
+        assert!(json.contains("\"future_table\":{\"x\":2}"), "{json}");
+        assert!(
+            json.contains("\"refused\":{\"bad-mac\":5,\"replayed\":2}"),
+            "{json}"
+        );
     }
 
     #[test]

@@ -154,6 +154,8 @@ fn run(args: Args) -> Result<(), Failure> {
             out.display().to_string()
         },
     );
-    eprintln!("{PROGRAM}: send knock-server SIGHUP (systemctl reload knock-server) to load it");
+    eprintln!(
+        "{PROGRAM}: load it with `knock-server apply` (kept only if you confirm), or `knock-server reload`"
+    );
     Ok(())
 }

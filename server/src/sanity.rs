@@ -1,0 +1,94 @@
+//! Configurations that load but cannot be what the operator meant: said by
+//! `check`, `apply` and every reload, never refused (an operator may be half
+//! way through a change, or mean it).
+
+use knock_keys::config::ServerConfig;
+use knock_keys::entry::ClientEntry;
+use knock_proto::port_list;
+
+/// One line per doubtful point, in a stable order.
+pub fn warnings(config: &ServerConfig, clients: &[ClientEntry]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if clients.is_empty() {
+        warnings.push(format!(
+            "no clients in {}: nobody can knock (create one with knock-keygen NAME --host THIS-HOST)",
+            config.clients_dir.display()
+        ));
+        return warnings;
+    }
+    for port in &config.protected {
+        if !clients.iter().any(|c| c.ports.contains(port)) {
+            warnings.push(format!(
+                "protected port {port} is permitted to no client: nobody can open it (add it to a client's ports, or knock-keygen NAME --host HOST --ports {port})"
+            ));
+        }
+    }
+    for client in clients {
+        let unprotected: Vec<_> = client
+            .ports
+            .iter()
+            .filter(|p| !config.protected.contains(p))
+            .copied()
+            .collect();
+        if !unprotected.is_empty() {
+            warnings.push(format!(
+                "client {} is permitted {}, not in protected: its knocks for {} are refused (port-not-permitted)",
+                client.name,
+                port_list(&unprotected),
+                if unprotected.len() == 1 { "it" } else { "them" }
+            ));
+        }
+    }
+    warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knock_proto::{ClientSecret, PortSpec};
+    use std::path::Path;
+
+    fn config(protected: &str) -> ServerConfig {
+        let text = format!("protected = [{protected}]\nclients_dir = \"/etc/knock/clients.d\"\n");
+        ServerConfig::parse(Path::new("/etc/knock/server.toml"), &text).expect("config")
+    }
+
+    fn client(name: &str, ports: &[&str], key: u8) -> ClientEntry {
+        ClientEntry {
+            name: name.into(),
+            secret: ClientSecret::from_slice(&[key; 32]).expect("secret"),
+            ports: ports
+                .iter()
+                .map(|p| p.parse::<PortSpec>().expect("port"))
+                .collect(),
+            max_open_for: None,
+        }
+    }
+
+    #[test]
+    fn a_consistent_configuration_has_nothing_to_say() {
+        let config = config("\"tcp/22\", \"tcp/4992\"");
+        let clients = [
+            client("alice", &["tcp/22"], 1),
+            client("bob", &["tcp/4992"], 2),
+        ];
+        assert_eq!(warnings(&config, &clients), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_doubtful_point_is_said() {
+        let config = config("\"tcp/22\", \"tcp/4992\"");
+        assert_eq!(
+            warnings(&config, &[]),
+            ["no clients in /etc/knock/clients.d: nobody can knock (create one with knock-keygen NAME --host THIS-HOST)"]
+        );
+        let clients = [client("alice", &["tcp/22", "udp/53", "tcp/80"], 1)];
+        assert_eq!(
+            warnings(&config, &clients),
+            [
+                "protected port tcp/4992 is permitted to no client: nobody can open it (add it to a client's ports, or knock-keygen NAME --host HOST --ports tcp/4992)",
+                "client alice is permitted udp/53,tcp/80, not in protected: its knocks for them are refused (port-not-permitted)",
+            ]
+        );
+    }
+}
