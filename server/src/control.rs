@@ -17,7 +17,7 @@
 //! answers between two packets.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -75,6 +75,8 @@ impl ControlSocket {
             Err(_) => {}
         }
         let listener = UnixListener::bind(&path)?;
+        // Whatever the umask: connecting needs write permission, root's alone.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let (sender, requests) = mpsc::channel();
         std::thread::Builder::new()
             .name("control".into())

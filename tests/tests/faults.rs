@@ -220,9 +220,10 @@ fn full_disk_means_no_grant_and_no_corruption() {
     ));
     assert_eq!(
         after,
-        // Besides the state: the lock, the rules saved at start, and
-        // `status`, the daemon's status file, written at start.
-        format!("{before}fill\nlock\nreplay.state\nrules\nstatus\n"),
+        // Besides the state: the control socket, the lock, the rules saved
+        // at start, the record of the configuration it runs, and `status`,
+        // the daemon's status file, written at start.
+        format!("{before}control\nfill\nlock\nreplay.state\nrules\nrunning-config\nstatus\n"),
         "the state file changed or a temporary file was left"
     );
 

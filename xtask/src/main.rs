@@ -56,13 +56,13 @@ fn programs() -> Vec<Program> {
                         "/etc/knock/server.toml: the configuration (see the commented default installed with the package).",
                         "/etc/knock/server.id: the server identity that client profiles are bound to; kept with the configuration, not with the state.",
                         "/etc/knock/clients.d/NAME.toml: one entry per authorised client, mode 0600, written by knock-keygen(1).",
-                        "/var/lib/knock/ (state_dir): replay.state, the replay state; rules, the firewall rules installed last, which restore-rules installs at boot (knock-server-restore.service); lock, held by the one running server, with its PID.",
+                        "/var/lib/knock/ (state_dir): replay.state, the replay state; rules, the firewall rules installed last, which restore-rules installs at boot (knock-server-restore.service); lock, held by the one running server, with its PID; status, what the running server says of itself (knock-server status); control, the socket on which reload and apply ask it to reload; running-config, the configuration and clients it loaded last (mode 0600), which apply restores when a change is not confirmed.",
                     ],
                 ),
                 (
                     "SIGNALS",
                     vec![
-                        "SIGHUP reloads the configuration and the clients without dropping live grants (systemctl reload knock-server).",
+                        "SIGHUP reloads the configuration and the clients without dropping live grants, and says nothing back; knock-server reload (what systemctl reload knock-server runs) does the same and exits 2 with the reason when the server refuses the new configuration.",
                         "SIGTERM exits 0. With on_exit = \"stay-closed\" (the default) the firewall rules stay and protected ports stay closed; with on_exit = \"remove-rules\" they are removed.",
                     ],
                 ),
