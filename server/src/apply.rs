@@ -183,6 +183,9 @@ enum Decision {
 
 /// `knock-server apply`.
 pub fn apply(config_path: &Path, timeout: Duration) -> Result<(), Failure> {
+    // Before anything is loaded: from then on a hang-up must not kill us
+    // before the rollback.
+    let interrupted = catch_signals();
     // What is on disk, checked the way the server checks it: nothing is
     // changed when it is wrong.
     // Absolute, as the server has it: the files are named in what `apply`
@@ -244,7 +247,7 @@ pub fn apply(config_path: &Path, timeout: Duration) -> Result<(), Failure> {
     };
     say(&format!("the running server loaded it: {loaded}"));
 
-    let decision = wait_for_confirmation(&trial, &state_dir, timeout);
+    let decision = wait_for_confirmation(&trial, &state_dir, timeout, &interrupted);
     let decision = match (trial.close(), decision) {
         // `confirm` won the race with the deadline (or with ^C).
         (Closed::Confirmed, Decision::Confirmed(how)) => Decision::Confirmed(how),
@@ -333,18 +336,29 @@ fn warn(line: &str) {
     let _ = writeln!(io::stderr(), "knock-server: warning: {line}");
 }
 
-/// Waits for a confirmation until `timeout`. On a terminal it asks, with a
-/// countdown; anywhere, `knock-server confirm` answers.
-fn wait_for_confirmation(trial: &Trial, state_dir: &Path, timeout: Duration) -> Decision {
+/// SIGINT and SIGTERM set the flag returned (roll back now). SIGHUP is
+/// caught and ignored: the terminal going away is the lock-out `apply`
+/// guards against, and the rollback must still happen on time.
+fn catch_signals() -> Arc<AtomicBool> {
     let interrupted = Arc::new(AtomicBool::new(false));
-    // SIGHUP is caught and ignored: the terminal going away is the lock-out
-    // this waits for, and the rollback must still happen on time.
-    let hung_up = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(signal, Arc::clone(&interrupted));
     }
-    let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hung_up));
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(AtomicBool::new(false)),
+    );
+    interrupted
+}
 
+/// Waits for a confirmation until `timeout`. On a terminal it asks, with a
+/// countdown; anywhere, `knock-server confirm` answers.
+fn wait_for_confirmation(
+    trial: &Trial,
+    state_dir: &Path,
+    timeout: Duration,
+    interrupted: &AtomicBool,
+) -> Decision {
     let mut terminal = (io::stdin().is_terminal() && io::stdout().is_terminal()).then(ask);
     say(&format!(
         "Now open a NEW session through a fresh knock (knock-client open HOST PORT, then ssh).\n\

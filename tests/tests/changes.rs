@@ -129,6 +129,16 @@ impl Apply {
         }
     }
 
+    /// What the apply's terminal going away does to it.
+    fn hang_up(&self) {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
     fn output(&self) -> String {
         self.out.lock().unwrap().clone()
     }
@@ -241,7 +251,8 @@ fn apply_confirmed_is_kept() {
 /// opens both ports and the old one nothing; afterwards the old profile
 /// opens again, the new one does not, the second port is no longer
 /// protected, and the unconfirmed files are kept aside. A grant made before
-/// the change outlives both reloads.
+/// the change outlives both reloads. The apply's session hanging up changes
+/// nothing of this.
 fn apply_unconfirmed_rolls_back(firewall: &str) {
     let w = world(firewall);
     let server = Server::start(&w.hosts.server, &w.setup.config);
@@ -280,6 +291,9 @@ fn apply_unconfirmed_rolls_back(firewall: &str) {
 
     let apply = w.apply("6s");
     apply.wait_for("the running server loaded it: 2 clients, protecting tcp/4992,tcp/2222");
+    // The session that ran apply dies (the lock-out this guards against):
+    // the rollback must still happen.
+    apply.hang_up();
     let (code, out) = w.knock(&w.alice, &["4992"]);
     assert_eq!(code, 1, "the old profile opened during the trial: {out}");
     let (code, out) = w.knock(&new_alice, &["4992", "2222"]);
