@@ -43,21 +43,18 @@ fuzz_target!(|datagram: &[u8]| {
         );
 
         let now = server.now_ms;
-        let mut guard = ReplayGuard::new(WINDOW_MS, now - WINDOW_MS);
-        if let Ok(fresh) = guard.check(&client.name, opened.timestamp_ms, now) {
-            guard.commit(fresh);
+        let key = client.keys.replay_id();
+        let mut guard = ReplayGuard::first_start(WINDOW_MS, now - WINDOW_MS);
+        if let Ok(fresh) = guard.check(key, opened.timestamp_ms, now) {
+            guard.commit(fresh, now);
             assert_eq!(
-                guard.check(&client.name, opened.timestamp_ms, now),
+                guard.check(key, opened.timestamp_ms, now),
                 Err(ReplayError::Replay)
             );
-            let restored = ReplayGuard::restore(WINDOW_MS, now, &guard.encode()).unwrap();
-            assert!(restored
-                .check(&client.name, opened.timestamp_ms, now + 1)
-                .is_err());
-            let lost = ReplayGuard::new(WINDOW_MS, now + 1);
-            assert!(lost
-                .check(&client.name, opened.timestamp_ms, now + 1)
-                .is_err());
+            let restored = ReplayGuard::restore(WINDOW_MS, now, &guard.encode(), None).unwrap();
+            assert!(restored.check(key, opened.timestamp_ms, now + 1).is_err());
+            let lost = ReplayGuard::after_state_loss(WINDOW_MS, now + 1, None);
+            assert!(lost.check(key, opened.timestamp_ms, now + 1).is_err());
         }
     }
 });

@@ -47,12 +47,13 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(canonical, body, "accepted a non-canonical plaintext");
 
     let now = server.now_ms;
-    let mut guard = ReplayGuard::new(WINDOW_MS, now.saturating_sub(WINDOW_MS));
+    let key = client.keys.replay_id();
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, now.saturating_sub(WINDOW_MS));
     for when in [now, opened.timestamp_ms, u64::MAX, 0] {
-        if let Ok(fresh) = guard.check(&client.name, opened.timestamp_ms, when) {
-            guard.commit(fresh);
+        if let Ok(fresh) = guard.check(key, opened.timestamp_ms, when) {
+            guard.commit(fresh, when);
             assert_eq!(
-                guard.check(&client.name, opened.timestamp_ms, when),
+                guard.check(key, opened.timestamp_ms, when),
                 Err(ReplayError::Replay)
             );
         }

@@ -36,9 +36,9 @@ fuzz_target!(|bytes: &[u8]| {
         assert_eq!(again.ports, profile.ports);
     }
 
-    if let Ok(guard) = ReplayGuard::restore(30_000, 0, bytes) {
+    if let Ok(guard) = ReplayGuard::restore(30_000, 0, bytes, None) {
         let encoded = guard.encode();
-        let again = ReplayGuard::restore(30_000, 0, &encoded).expect("own encoding restores");
+        let again = ReplayGuard::restore(30_000, 0, &encoded, None).expect("own encoding restores");
         assert_eq!(again.encode(), encoded);
     }
 });

@@ -179,7 +179,8 @@ pub fn seal_plaintext(
     out
 }
 
-/// The canonical plaintext of a request (docs/PROTOCOL.md, "The plaintext").
+/// The canonical plaintext of a request (docs/PROTOCOL.md, "The plaintext"),
+/// with `padding` random bytes beyond the length of the longest request.
 pub fn plaintext(
     request: &Request,
     server: &ServerId,
@@ -205,6 +206,8 @@ pub fn plaintext(
         Some(IpAddr::V4(a)) => p.extend_from_slice(&a.octets()),
         Some(IpAddr::V6(a)) => p.extend_from_slice(&a.octets()),
     }
-    p.resize(p.len() + padding, 0);
+    // Padded to the longest request (16 ports, an IPv6 address: 95 bytes),
+    // then by `padding` more.
+    p.resize(p.len().max(95) + padding, 0);
     p
 }

@@ -124,6 +124,9 @@ pub struct ServerConfig {
     pub ip6tables_cmd: String,
     /// Seconds between watchdog checks that our rules are still in place.
     pub verify_every: Duration,
+    /// Knocks must be bound to their source (`--allow-ip`): an unbound one
+    /// is refused, whoever sent it.
+    pub require_bound_addr: bool,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +149,7 @@ struct RawConfig {
     iptables_cmd: Option<String>,
     ip6tables_cmd: Option<String>,
     verify_every: Option<String>,
+    require_bound_addr: Option<bool>,
 }
 
 impl ServerConfig {
@@ -314,6 +318,7 @@ impl ServerConfig {
             iptables_cmd,
             ip6tables_cmd,
             verify_every,
+            require_bound_addr: raw.require_bound_addr.unwrap_or(false),
         })
     }
 }

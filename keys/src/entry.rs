@@ -9,6 +9,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::duration::{format_duration, parse_duration};
+use crate::policy::{Cidr, Expiry};
 use crate::secret_file::read_secret;
 use crate::{decode_base64, encode_base64, parse_ports, FileError};
 
@@ -22,6 +23,13 @@ pub struct ClientEntry {
     /// The longest window this client may ask for; `None` means the server's
     /// `open_for`.
     pub max_open_for: Option<Duration>,
+    /// Knocks are honoured only from sources in these blocks (empty: from
+    /// anywhere).
+    pub allow_from: Vec<Cidr>,
+    /// From then on, this client is refused.
+    pub expires: Option<Expiry>,
+    /// This client's knocks must be bound to their source (`--allow-ip`).
+    pub require_bound_addr: bool,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +38,10 @@ struct RawEntry {
     key: Zeroizing<String>,
     ports: Vec<String>,
     max_open_for: Option<String>,
+    allow_from: Option<Vec<String>>,
+    /// A string, or a TOML date or date-time.
+    expires: Option<toml::Value>,
+    require_bound_addr: Option<bool>,
 }
 
 impl ClientEntry {
@@ -78,11 +90,40 @@ impl ClientEntry {
                 parse_duration(&text).map_err(|m| FileError::field(path, "max_open_for", m))
             })
             .transpose()?;
+        let allow_from = match raw.allow_from {
+            None => Vec::new(),
+            Some(blocks) if blocks.is_empty() => return Err(FileError::field(
+                path,
+                "allow_from",
+                "empty: this client could knock from nowhere; remove the key to allow any source",
+            )),
+            Some(blocks) => blocks
+                .iter()
+                .map(|b| b.parse::<Cidr>())
+                .collect::<Result<_, _>>()
+                .map_err(|m| FileError::field(path, "allow_from", m))?,
+        };
+        let expires = match raw.expires {
+            None => None,
+            Some(toml::Value::String(text)) => Some(text.parse::<Expiry>()),
+            Some(toml::Value::Datetime(datetime)) => {
+                Some(Expiry::from_datetime(&datetime, &datetime.to_string()))
+            }
+            Some(_) => Some(Err(
+                "must be a date like \"2027-06-30\" or a date-time like \"2027-06-30T18:00:00Z\""
+                    .to_owned(),
+            )),
+        }
+        .transpose()
+        .map_err(|m| FileError::field(path, "expires", m))?;
         Ok(Self {
             name,
             secret,
             ports,
             max_open_for,
+            allow_from,
+            expires,
+            require_bound_addr: raw.require_bound_addr.unwrap_or(false),
         })
     }
 
@@ -100,6 +141,16 @@ impl ClientEntry {
         );
         if let Some(max) = self.max_open_for {
             text.push_str(&format!("max_open_for = \"{}\"\n", format_duration(max)));
+        }
+        if !self.allow_from.is_empty() {
+            let blocks: Vec<String> = self.allow_from.iter().map(|b| format!("\"{b}\"")).collect();
+            text.push_str(&format!("allow_from = [{}]\n", blocks.join(", ")));
+        }
+        if let Some(expires) = &self.expires {
+            text.push_str(&format!("expires = \"{expires}\"\n"));
+        }
+        if self.require_bound_addr {
+            text.push_str("require_bound_addr = true\n");
         }
         Zeroizing::new(text)
     }

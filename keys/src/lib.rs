@@ -13,6 +13,7 @@ pub mod config;
 pub mod duration;
 pub mod entry;
 pub mod identity;
+pub mod policy;
 pub mod profile;
 pub mod secret_file;
 

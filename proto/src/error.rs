@@ -40,8 +40,10 @@ pub enum ReplayError {
     TooOld { age_ms: u64 },
     #[error("from the future: stamped {ahead_ms} ms after now")]
     FromFuture { ahead_ms: u64 },
-    #[error("stamped before this server started")]
-    BeforeStart,
+    #[error("stamped before the server's floor minus the window (its clock stepped back, or the window widened); the floor is {floor_ms} ms")]
+    BeforeFloor { floor_ms: u64 },
+    #[error("stamped before the replay state was lost; knocks are refused until {until_ms} ms")]
+    StateLost { until_ms: u64 },
     #[error("replay: not newer than the last accepted knock of this client")]
     Replay,
 }

@@ -50,7 +50,7 @@ impl KeyHint {
 pub struct HintIndex<T> {
     first_slot: u64,
     last_slot: u64,
-    by_hint: HashMap<KeyHint, T>,
+    by_hint: HashMap<KeyHint, (T, u64)>,
 }
 
 impl<T: Clone> HintIndex<T> {
@@ -69,7 +69,7 @@ impl<T: Clone> HintIndex<T> {
                 // pair; the later one would then be looked up, and the earlier
                 // one's knock would fail its MAC check and be retried by the
                 // client in the next slot.
-                by_hint.insert(KeyHint::for_slot(keys, slot), client.clone());
+                by_hint.insert(KeyHint::for_slot(keys, slot), (client.clone(), slot));
             }
         }
         Self {
@@ -87,7 +87,13 @@ impl<T: Clone> HintIndex<T> {
 
     /// The only client this hint can belong to, if any.
     pub fn lookup(&self, hint: &KeyHint) -> Option<&T> {
-        self.by_hint.get(hint)
+        self.by_hint.get(hint).map(|(client, _)| client)
+    }
+
+    /// The only client this hint can belong to, and the slot it is the hint
+    /// of.
+    pub fn lookup_with_slot(&self, hint: &KeyHint) -> Option<(&T, u64)> {
+        self.by_hint.get(hint).map(|(client, slot)| (client, *slot))
     }
 
     pub fn len(&self) -> usize {
@@ -99,7 +105,9 @@ impl<T: Clone> HintIndex<T> {
     }
 }
 
-fn slot_range(now_ms: u64, window_ms: u64) -> (u64, u64) {
+/// The first and last slot a knock stamped within `window_ms` of `now_ms`
+/// can fall in.
+pub fn slot_range(now_ms: u64, window_ms: u64) -> (u64, u64) {
     (
         now_ms.saturating_sub(window_ms) / SLOT_MS,
         now_ms.saturating_add(window_ms) / SLOT_MS,

@@ -8,7 +8,12 @@
 //! prk       = HKDF-Extract(salt = "knock/v1", ikm = client secret)
 //! aead key  = HKDF-Expand(prk, "knock/v1 aead", 32)   XChaCha20-Poly1305
 //! hint key  = HKDF-Expand(prk, "knock/v1 hint", 32)   HMAC-SHA256
+//! replay id = HKDF-Expand(prk, "knock/v1 replay id", 32)[..16]
 //! ```
+//!
+//! The replay id names the key in the server's replay memory: it follows the
+//! key, not the file name, so a renamed client keeps its history, and it
+//! reveals nothing of the key.
 
 use ring::{hkdf, hmac};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -21,6 +26,9 @@ pub const SERVER_ID_LEN: usize = 16;
 const HKDF_SALT: &[u8] = b"knock/v1";
 const INFO_AEAD: &[u8] = b"knock/v1 aead";
 const INFO_HINT: &[u8] = b"knock/v1 hint";
+const INFO_REPLAY_ID: &[u8] = b"knock/v1 replay id";
+/// Length of a [`ReplayId`].
+pub const REPLAY_ID_LEN: usize = 16;
 
 /// The secret shared by one client and the server. Zeroized on drop.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
@@ -47,13 +55,20 @@ impl ClientSecret {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&self.0);
         let mut aead = [0u8; 32];
         let mut hint = [0u8; 32];
+        let mut id = [0u8; 32];
         expand(&prk, INFO_AEAD, &mut aead);
         expand(&prk, INFO_HINT, &mut hint);
+        expand(&prk, INFO_REPLAY_ID, &mut id);
         let hint_key = hmac::Key::new(hmac::HMAC_SHA256, &hint);
         hint.zeroize();
+        let mut replay_id = [0u8; REPLAY_ID_LEN];
+        for (out, byte) in replay_id.iter_mut().zip(id) {
+            *out = byte;
+        }
         KnockKeys {
             aead,
             hint: hint_key,
+            replay_id: ReplayId(replay_id),
         }
     }
 }
@@ -90,6 +105,45 @@ fn expand(prk: &hkdf::Prk, info: &[u8], out: &mut [u8; 32]) {
 pub struct KnockKeys {
     pub(crate) aead: [u8; 32],
     pub(crate) hint: hmac::Key,
+    replay_id: ReplayId,
+}
+
+impl KnockKeys {
+    /// The name of this key in the replay memory.
+    pub fn replay_id(&self) -> ReplayId {
+        self.replay_id
+    }
+}
+
+/// Names one client key in the server's replay memory (see the module
+/// documentation). Not secret, but not a key either.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplayId(pub [u8; REPLAY_ID_LEN]);
+
+impl ReplayId {
+    /// Lower-case hex, as in the state file.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses [`Self::to_hex`]'s output.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 2 * REPLAY_ID_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut id = [0u8; REPLAY_ID_LEN];
+        for (out, pair) in id.iter_mut().zip(text.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *out = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(Self(id))
+    }
+}
+
+impl std::fmt::Debug for ReplayId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplayId({})", self.to_hex())
+    }
 }
 
 impl Drop for KnockKeys {

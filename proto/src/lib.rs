@@ -25,9 +25,11 @@ mod request;
 mod wire;
 
 pub use error::{OpenError, ParseError, PortSpecError, ReplayError, SealError};
-pub use hint::{HintIndex, KeyHint, SLOT_MS};
-pub use keys::{ClientSecret, KnockKeys, ServerId, CLIENT_SECRET_LEN, SERVER_ID_LEN};
-pub use replay::{FreshKnock, ReplayGuard, StateDecodeError};
+pub use hint::{slot_range, HintIndex, KeyHint, SLOT_MS};
+pub use keys::{
+    ClientSecret, KnockKeys, ReplayId, ServerId, CLIENT_SECRET_LEN, REPLAY_ID_LEN, SERVER_ID_LEN,
+};
+pub use replay::{FreshKnock, ReplayGuard, StateDecodeError, Tick};
 pub use request::{port_list, PortSpec, Transport, MAX_PORTS};
 pub use wire::{
     open, seal, KnockBytes, OpenedKnock, Request, SealRandomness, MAX_KNOCK_LEN, MAX_PADDING,

@@ -1,46 +1,64 @@
 //! The replay guard: every knock is honoured at most once, ever.
 //!
-//! A knock stamped `t` from client `c` is fresh at server time `now` when all
-//! of these hold:
+//! A knock stamped `t` with the key whose replay id is `k` is fresh at server
+//! time `now` when all of these hold:
 //!
 //! 1. `now - window <= t <= now + window` (freshness, default ±30 s);
-//! 2. `t >= start`, the time this server process started;
-//! 3. `t > last[c]`, the newest stamp accepted from `c` (strictly increasing).
+//! 2. `t >= horizon`: nothing stamped before the horizon is accepted. The
+//!    horizon is `floor - window`, where the floor is the highest server time
+//!    the guard has ever seen (raised on every [`ReplayGuard::tick`], kept in
+//!    the state across restarts), and it never moves back: not when the
+//!    window widens, not when the clock steps back;
+//! 3. `t > refused_through` after a loss of the state: every knock accepted
+//!    before was stamped at most `window` after the moment it was accepted,
+//!    which was before the restart, so `refused_through = start + window`;
+//! 4. `t > last[k]`, the newest stamp accepted with that key.
 //!
-//! Rule 3 makes every accepted knock unusable afterwards: a replay carries the
-//! same stamp, which is no longer newer. Rule 1 bounds how long `last[c]` must
-//! be remembered: an entry older than the window can be forgotten, because
-//! every knock it would refuse is already too old. Rule 2 covers a lost state
-//! file: every knock accepted by an earlier process was stamped before this one
-//! started (unless that client's clock ran ahead of the server's; see
-//! docs/PROTOCOL.md), so it is refused even with `last` empty.
+//! Rule 4 makes every accepted knock unusable afterwards: a replay carries the
+//! same stamp, which is no longer newer. Rules 1 and 2 bound how long
+//! `last[k]` must be remembered: an entry older than the horizon can be
+//! forgotten, because rule 2 refuses everything it would. Rule 2 also keeps a
+//! clock that steps back from making a knock fresh again: one accepted before
+//! and forgotten, or one held back by an eavesdropper that expired unused.
+//! The price of a server clock that steps back by more than the window is
+//! that knocks are refused until the clock has caught up with the floor.
+//! Rule 3 is the price of a lost state: one window of refusals, never paid
+//! on a first start (the initial state is written before the first knock can
+//! be accepted: [`ReplayGuard::first_start`]).
 //!
 //! `last` is written to disk, and made durable, before any grant: the state is
-//! O(clients active within the window) and serialises to a few lines.
-//!
-//! Forgetting is safe only while the window does not widen and the clock does
-//! not step back, so [`ReplayGuard::prune`] also raises a floor: a knock
-//! stamped before the horizon of the last prune is refused as too old, even
-//! under a wider window or an earlier `now` than the prune saw.
+//! O(keys active within the window) and serialises to a few lines. Stored
+//! stamps are clamped to the ceiling, the latest stamp any knock could have
+//! been accepted with (`floor + window`, at the widest window the guard has
+//! used): a later one (a damaged or forged file) would lock its client out.
 
 use std::collections::HashMap;
 
 use thiserror::Error;
 
 use crate::error::ReplayError;
-use crate::valid_client_name;
+use crate::keys::ReplayId;
 
-const STATE_HEADER: &str = "knock-replay-state v1";
+const STATE_HEADER: &str = "knock-replay-state v2";
 
-/// Remembers, per client, the newest stamp it accepted.
+/// Remembers, per key, the newest stamp it accepted.
 #[derive(Debug, Clone)]
 pub struct ReplayGuard {
     window_ms: u64,
-    started_at_ms: u64,
-    /// The horizon of the latest [`Self::prune`]: nothing stamped before it
-    /// is remembered, so nothing stamped before it is accepted.
-    forgotten_before_ms: u64,
-    last: HashMap<String, u64>,
+    /// The highest server time seen.
+    floor_ms: u64,
+    /// Rule 2: nothing stamped before it is accepted.
+    horizon_ms: u64,
+    /// Rule 3: nothing stamped at or before it is accepted (0: no state was
+    /// lost, or the horizon has passed it).
+    refused_through_ms: u64,
+    /// The floor when the state was found lost: a window widened later
+    /// moves `refused_through_ms` on (knocks accepted before the loss may
+    /// have used it).
+    lost_at_ms: u64,
+    /// The latest stamp any knock could have been accepted with.
+    ceiling_ms: u64,
+    last: HashMap<ReplayId, u64>,
 }
 
 /// An authentic knock that the guard found fresh. Only [`ReplayGuard::check`]
@@ -48,13 +66,13 @@ pub struct ReplayGuard {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "a fresh knock must be committed before it is honoured"]
 pub struct FreshKnock {
-    client: String,
+    key: ReplayId,
     timestamp_ms: u64,
 }
 
 impl FreshKnock {
-    pub fn client(&self) -> &str {
-        &self.client
+    pub fn key(&self) -> ReplayId {
+        self.key
     }
 
     pub fn timestamp_ms(&self) -> u64 {
@@ -66,52 +84,117 @@ impl FreshKnock {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum StateDecodeError {
-    #[error("not a knock replay state file (missing header)")]
+    #[error(
+        "not a knock replay state file of this version (the first line is not `{STATE_HEADER}`)"
+    )]
     Header,
-    #[error("line {0}: expected `CLIENT TIMESTAMP_MS`")]
+    #[error("line {0}: expected `floor MS`, `horizon MS`, `ceiling MS`, `refused-through MS`, `lost-at MS` or `REPLAY-ID MS`")]
     Line(usize),
+    #[error("it records no floor")]
+    NoFloor,
+}
+
+/// What [`ReplayGuard::tick`] noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// The clock moved forward (or stood still).
+    Forward,
+    /// The clock is behind the floor by this much: knocks stamped before
+    /// `floor - window` stay refused until it catches up.
+    BehindFloor { by_ms: u64 },
 }
 
 impl ReplayGuard {
-    /// A guard with no memory, for a server process that started at
-    /// `started_at_ms`.
-    pub fn new(window_ms: u64, started_at_ms: u64) -> Self {
+    /// The guard of a server that has never accepted a knock: what
+    /// `knock-keygen` writes as the initial state, so that the first start
+    /// pays no state-loss price.
+    pub fn first_start(window_ms: u64, now_ms: u64) -> Self {
         Self {
             window_ms,
-            started_at_ms,
-            forgotten_before_ms: 0,
+            floor_ms: now_ms,
+            horizon_ms: now_ms.saturating_sub(window_ms),
+            refused_through_ms: 0,
+            lost_at_ms: 0,
+            ceiling_ms: now_ms.saturating_add(window_ms),
             last: HashMap::new(),
         }
     }
 
-    /// A guard that remembers what an earlier process wrote with [`Self::encode`].
+    /// The guard of a server whose state was lost (missing, unreadable):
+    /// nothing stamped up to one window after `now_ms` (or after
+    /// `known_floor_ms`, if a floor survived elsewhere) is accepted.
+    pub fn after_state_loss(window_ms: u64, now_ms: u64, known_floor_ms: Option<u64>) -> Self {
+        let floor_ms = now_ms.max(known_floor_ms.unwrap_or(0));
+        Self {
+            window_ms,
+            floor_ms,
+            horizon_ms: floor_ms.saturating_sub(window_ms),
+            refused_through_ms: floor_ms.saturating_add(window_ms),
+            lost_at_ms: floor_ms,
+            ceiling_ms: floor_ms.saturating_add(window_ms),
+            last: HashMap::new(),
+        }
+    }
+
+    /// A guard that remembers what an earlier process wrote with
+    /// [`Self::encode`], at `now_ms`. `extra_floor_ms` is a floor recorded
+    /// elsewhere since (it may be newer than the state's).
     pub fn restore(
         window_ms: u64,
-        started_at_ms: u64,
+        now_ms: u64,
         encoded: &[u8],
+        extra_floor_ms: Option<u64>,
     ) -> Result<Self, StateDecodeError> {
         let text = std::str::from_utf8(encoded).map_err(|_| StateDecodeError::Header)?;
         let mut lines = text.lines();
         if lines.next() != Some(STATE_HEADER) {
             return Err(StateDecodeError::Header);
         }
-        let mut guard = Self::new(window_ms, started_at_ms);
+        let mut floor = None;
+        let mut horizon = 0;
+        let mut refused_through = 0;
+        let mut ceiling = 0;
+        let mut lost_at = 0;
+        let mut last = HashMap::new();
         for (index, line) in lines.enumerate() {
             if line.is_empty() {
                 continue;
             }
-            let (name, stamp) = line
-                .split_once(' ')
-                .ok_or(StateDecodeError::Line(index + 2))?;
-            let stamp: u64 = stamp
-                .parse()
-                .map_err(|_| StateDecodeError::Line(index + 2))?;
-            if !valid_client_name(name) {
-                return Err(StateDecodeError::Line(index + 2));
+            let bad = || StateDecodeError::Line(index + 2);
+            let (key, value) = line.split_once(' ').ok_or_else(bad)?;
+            let value: u64 = value.parse().map_err(|_| bad())?;
+            match key {
+                "floor" => floor = Some(value),
+                "horizon" => horizon = value,
+                "refused-through" => refused_through = value,
+                "ceiling" => ceiling = value,
+                "lost-at" => lost_at = value,
+                id => {
+                    let id = ReplayId::from_hex(id).ok_or_else(bad)?;
+                    let entry = last.entry(id).or_insert(value);
+                    *entry = (*entry).max(value);
+                }
             }
-            let entry = guard.last.entry(name.to_owned()).or_insert(stamp);
-            *entry = (*entry).max(stamp);
         }
+        let floor_ms = floor
+            .ok_or(StateDecodeError::NoFloor)?
+            .max(now_ms)
+            .max(extra_floor_ms.unwrap_or(0));
+        let mut guard = Self {
+            window_ms,
+            floor_ms,
+            horizon_ms: horizon.max(floor_ms.saturating_sub(window_ms)),
+            refused_through_ms: refused_through,
+            lost_at_ms: lost_at,
+            ceiling_ms: ceiling.max(floor_ms.saturating_add(window_ms)),
+            last,
+        };
+        let ceiling = guard.ceiling_ms;
+        for stamp in guard.last.values_mut() {
+            *stamp = (*stamp).min(ceiling);
+        }
+        guard.extend_refusal();
+        guard.forget_old();
         Ok(guard)
     }
 
@@ -119,17 +202,75 @@ impl ReplayGuard {
         self.window_ms
     }
 
-    /// Changes the freshness window (on reload) without forgetting anything.
-    pub fn set_window_ms(&mut self, window_ms: u64) {
-        self.window_ms = window_ms;
+    /// The highest server time seen.
+    pub fn floor_ms(&self) -> u64 {
+        self.floor_ms
     }
 
-    /// Is a knock from `client`, stamped `timestamp_ms`, fresh at `now_ms`?
-    /// Checking changes nothing: a knock that a later step refuses (a source
-    /// mismatch, say) is not consumed.
+    /// Until when knocks are refused after a state loss (0 if none was lost).
+    pub fn refused_through_ms(&self) -> u64 {
+        self.refused_through_ms
+    }
+
+    /// Changes the freshness window (on reload) without forgetting anything:
+    /// the horizon does not move back.
+    pub fn set_window_ms(&mut self, window_ms: u64) {
+        self.window_ms = window_ms;
+        self.horizon_ms = self.horizon_ms.max(self.floor_ms.saturating_sub(window_ms));
+        self.raise_ceiling();
+        self.extend_refusal();
+    }
+
+    /// After a state loss, knocks accepted before it may have been stamped
+    /// up to the widest window since; once the horizon has passed the
+    /// refusal, rule 2 covers it and it is dropped.
+    fn extend_refusal(&mut self) {
+        if self.refused_through_ms == 0 {
+            return;
+        }
+        if self.horizon_ms > self.refused_through_ms {
+            self.refused_through_ms = 0;
+            self.lost_at_ms = 0;
+        } else {
+            self.refused_through_ms = self
+                .refused_through_ms
+                .max(self.lost_at_ms.saturating_add(self.window_ms));
+        }
+    }
+
+    fn raise_ceiling(&mut self) {
+        self.ceiling_ms = self
+            .ceiling_ms
+            .max(self.floor_ms.saturating_add(self.window_ms));
+    }
+
+    /// Learns the time: raises the floor and the horizon, and forgets what
+    /// the horizon has made useless. Call it regularly (the server does every
+    /// half second) and before [`Self::encode`].
+    pub fn tick(&mut self, now_ms: u64) -> Tick {
+        let tick = if now_ms < self.floor_ms {
+            Tick::BehindFloor {
+                by_ms: self.floor_ms - now_ms,
+            }
+        } else {
+            Tick::Forward
+        };
+        self.floor_ms = self.floor_ms.max(now_ms);
+        self.horizon_ms = self
+            .horizon_ms
+            .max(self.floor_ms.saturating_sub(self.window_ms));
+        self.raise_ceiling();
+        self.extend_refusal();
+        self.forget_old();
+        tick
+    }
+
+    /// Is a knock sealed with the key `key`, stamped `timestamp_ms`, fresh at
+    /// `now_ms`? Checking changes nothing: a knock that a later step refuses
+    /// (a source mismatch, say) is not consumed.
     pub fn check(
         &self,
-        client: &str,
+        key: ReplayId,
         timestamp_ms: u64,
         now_ms: u64,
     ) -> Result<FreshKnock, ReplayError> {
@@ -143,45 +284,43 @@ impl ReplayGuard {
                 ahead_ms: timestamp_ms - now_ms,
             });
         }
-        if timestamp_ms < self.started_at_ms {
-            return Err(ReplayError::BeforeStart);
-        }
-        if timestamp_ms < self.forgotten_before_ms {
-            // Only reachable after the window widened or the clock stepped
-            // back since a prune: `last` may have held this client's entry.
-            return Err(ReplayError::TooOld {
-                age_ms: now_ms.saturating_sub(timestamp_ms),
+        if timestamp_ms < self.horizon_ms {
+            // The clock stepped back, or the window widened, since the
+            // floor was raised: the knock may have been accepted and
+            // forgotten, or may have expired unused.
+            return Err(ReplayError::BeforeFloor {
+                floor_ms: self.floor_ms,
             });
         }
-        if let Some(&last) = self.last.get(client) {
+        if timestamp_ms <= self.refused_through_ms {
+            return Err(ReplayError::StateLost {
+                until_ms: self.refused_through_ms,
+            });
+        }
+        if let Some(&last) = self.last.get(&key) {
             if timestamp_ms <= last {
                 return Err(ReplayError::Replay);
             }
         }
-        Ok(FreshKnock {
-            client: client.to_owned(),
-            timestamp_ms,
-        })
+        Ok(FreshKnock { key, timestamp_ms })
     }
 
-    /// Consumes a fresh knock: from now on it, and everything its client
-    /// stamped before it, is a replay. Persist [`Self::encode`] before granting.
-    pub fn commit(&mut self, fresh: FreshKnock) {
-        let entry = self.last.entry(fresh.client).or_insert(fresh.timestamp_ms);
-        *entry = (*entry).max(fresh.timestamp_ms);
+    /// Consumes a fresh knock at `now_ms`: from now on it, and everything its
+    /// key stamped before it, is a replay. Persist [`Self::encode`] before
+    /// granting.
+    pub fn commit(&mut self, fresh: FreshKnock, now_ms: u64) {
+        self.tick(now_ms);
+        let stamp = fresh.timestamp_ms.min(self.ceiling_ms);
+        let entry = self.last.entry(fresh.key).or_insert(stamp);
+        *entry = (*entry).max(stamp);
     }
 
-    /// Forgets entries that can no longer refuse anything: every knock they
-    /// would refuse is older than the window already. Knocks stamped before
-    /// the horizon stay refused even if the window is widened or the clock
-    /// steps back afterwards.
-    pub fn prune(&mut self, now_ms: u64) {
-        let horizon = now_ms.saturating_sub(self.window_ms);
-        self.forgotten_before_ms = self.forgotten_before_ms.max(horizon);
+    fn forget_old(&mut self) {
+        let horizon = self.horizon_ms;
         self.last.retain(|_, &mut last| last >= horizon);
     }
 
-    /// Number of clients remembered.
+    /// Number of keys remembered.
     pub fn len(&self) -> usize {
         self.last.len()
     }
@@ -195,13 +334,18 @@ impl ReplayGuard {
     pub fn encode(&self) -> Vec<u8> {
         let mut entries: Vec<_> = self.last.iter().collect();
         entries.sort();
-        let mut text = String::from(STATE_HEADER);
-        text.push('\n');
-        for (name, stamp) in entries {
-            text.push_str(name);
-            text.push(' ');
-            text.push_str(&stamp.to_string());
-            text.push('\n');
+        let mut text = format!(
+            "{STATE_HEADER}\nfloor {}\nhorizon {}\nceiling {}\n",
+            self.floor_ms, self.horizon_ms, self.ceiling_ms
+        );
+        if self.refused_through_ms > 0 {
+            text.push_str(&format!(
+                "refused-through {}\nlost-at {}\n",
+                self.refused_through_ms, self.lost_at_ms
+            ));
+        }
+        for (id, stamp) in entries {
+            text.push_str(&format!("{} {stamp}\n", id.to_hex()));
         }
         text.into_bytes()
     }

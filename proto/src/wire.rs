@@ -11,11 +11,15 @@
 //!           || port_count(1)       1..=16
 //!           || port_count × (ip_proto(1) || port(2, BE))
 //!           || bound address (0, 4 or 16 bytes)
-//!           || padding (0..=63 zero bytes)
+//!           || padding (zero bytes: up to the longest request, then 0..=63 more)
 //! ```
 //!
 //! Nothing outside the ciphertext is constant: the hint rotates and looks
-//! random, the nonce is random, and the padding makes the length vary.
+//! random, the nonce is random, and the padding makes the length vary. The
+//! length says nothing about the request: every request is first padded to
+//! the length of the longest one (16 ports, bound to an IPv6 address), then
+//! by a uniformly random 0..=63 bytes, so every request's lengths follow the
+//! same distribution.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -30,15 +34,18 @@ use crate::request::{PortSpec, Transport, MAX_PORTS};
 /// Length of the random XChaCha20 nonce.
 pub const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
-/// At most this many bytes of padding inside the ciphertext.
+/// At most this many bytes of random padding on top of the longest request.
 pub const MAX_PADDING: usize = 63;
 
 const VERSION: u8 = 1;
 const FLAG_BOUND: u8 = 0b01;
 const FLAG_BOUND_V6: u8 = 0b10;
 const FIXED_PLAINTEXT: usize = 1 + 1 + 8 + SERVER_ID_LEN + 4 + 1;
-const MIN_PLAINTEXT: usize = FIXED_PLAINTEXT + 3;
-const MAX_PLAINTEXT: usize = FIXED_PLAINTEXT + 3 * MAX_PORTS + 16 + MAX_PADDING;
+/// The plaintext of the longest request, before random padding: what every
+/// request is padded to.
+const LONGEST_REQUEST: usize = FIXED_PLAINTEXT + 3 * MAX_PORTS + 16;
+const MIN_PLAINTEXT: usize = LONGEST_REQUEST;
+const MAX_PLAINTEXT: usize = LONGEST_REQUEST + MAX_PADDING;
 const OVERHEAD: usize = HINT_LEN + NONCE_LEN + TAG_LEN;
 
 /// The shortest datagram that can be a knock.
@@ -63,7 +70,8 @@ pub struct Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealRandomness {
     pub nonce: [u8; NONCE_LEN],
-    /// Reduced modulo `MAX_PADDING + 1` to the number of padding bytes.
+    /// Reduced modulo `MAX_PADDING + 1` to the number of random padding
+    /// bytes.
     pub padding: u8,
 }
 
@@ -88,7 +96,7 @@ pub fn seal(
     if request.ports.iter().any(|spec| spec.port == 0) {
         return Err(SealError::PortZero);
     }
-    let padding = usize::from(randomness.padding) % (MAX_PADDING + 1);
+    let random_padding = usize::from(randomness.padding) % (MAX_PADDING + 1);
     let hint = KeyHint::at(keys, timestamp_ms);
 
     let mut out = Vec::with_capacity(MAX_KNOCK_LEN);
@@ -116,7 +124,11 @@ pub fn seal(
         Some(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
         Some(IpAddr::V6(a)) => out.extend_from_slice(&a.octets()),
     }
-    out.resize(out.len() + padding, 0);
+    let plaintext_len = out.len() - body_start;
+    out.resize(
+        body_start + LONGEST_REQUEST.max(plaintext_len) + random_padding,
+        0,
+    );
 
     let cipher = XChaCha20Poly1305::new(Key::from_slice(&keys.aead));
     let body = out.get_mut(body_start..).ok_or(SealError::Encryption)?;
@@ -235,7 +247,8 @@ fn decode_plaintext(server: &ServerId, plaintext: &[u8]) -> Result<OpenedKnock, 
     } else {
         Some(IpAddr::V6(Ipv6Addr::from(reader.array::<16>()?)))
     };
-    if reader.0.len() > MAX_PADDING || reader.0.iter().any(|&b| b != 0) {
+    // The length was bounded by `KnockBytes::parse`.
+    if reader.0.iter().any(|&b| b != 0) {
         return Err(OpenError::Malformed("padding"));
     }
     Ok(OpenedKnock {

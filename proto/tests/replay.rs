@@ -1,4 +1,5 @@
-//! The replay guard: every knock honoured at most once, ever.
+//! The replay guard: every knock honoured at most once, ever: across
+//! restarts, state loss, clocks that step either way and windows that change.
 // Helpers outside #[test] fns assert with unwrap/panic too (clippy.toml only
 // exempts the #[test] fns themselves).
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -8,443 +9,526 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use knock_proto::{open, seal, KnockBytes, ReplayError, ReplayGuard, StateDecodeError};
+use knock_proto::{
+    open, seal, KnockBytes, ReplayError, ReplayGuard, ReplayId, StateDecodeError, Tick,
+};
 use proptest::prelude::*;
 
 const START: u64 = T0;
 
-fn accept(guard: &mut ReplayGuard, client: &str, stamp: u64, now: u64) {
-    let fresh = guard.check(client, stamp, now).unwrap();
-    assert_eq!((fresh.client(), fresh.timestamp_ms()), (client, stamp));
-    guard.commit(fresh);
+fn id(n: u8) -> ReplayId {
+    ReplayId([n; 16])
+}
+
+fn accept(guard: &mut ReplayGuard, key: ReplayId, stamp: u64, now: u64) {
+    let fresh = guard.check(key, stamp, now).unwrap();
+    assert_eq!((fresh.key(), fresh.timestamp_ms()), (key, stamp));
+    guard.commit(fresh, now);
 }
 
 #[test]
 fn accepts_a_knock_once() {
-    let mut guard = ReplayGuard::new(WINDOW_MS, START);
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
     let now = START + 60_000;
-    accept(&mut guard, "alice", now - 1_000, now);
+    accept(&mut guard, id(1), now - 1_000, now);
     assert_eq!(
-        guard.check("alice", now - 1_000, now),
+        guard.check(id(1), now - 1_000, now),
         Err(ReplayError::Replay)
     );
     assert_eq!(
-        guard.check("alice", now - 1_000, now + 5_000),
+        guard.check(id(1), now - 1_000, now + 5_000),
         Err(ReplayError::Replay)
     );
-    // Other clients are not affected.
-    accept(&mut guard, "bob", now - 1_000, now);
+    // Other keys are not affected.
+    accept(&mut guard, id(2), now - 1_000, now);
 }
 
 #[test]
 fn older_stamp_than_the_last_accepted_is_a_replay() {
-    let mut guard = ReplayGuard::new(WINDOW_MS, START);
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
     let now = START + 60_000;
-    accept(&mut guard, "alice", now, now);
-    assert_eq!(guard.check("alice", now - 1, now), Err(ReplayError::Replay));
+    accept(&mut guard, id(1), now, now);
+    assert_eq!(guard.check(id(1), now - 1, now), Err(ReplayError::Replay));
     assert_eq!(
-        guard.check("alice", now - 20_000, now + 1),
+        guard.check(id(1), now - 20_000, now + 1),
         Err(ReplayError::Replay)
     );
-    accept(&mut guard, "alice", now + 1, now + 1);
+    accept(&mut guard, id(1), now + 1, now + 1);
 }
 
 #[test]
 fn freshness_window_is_enforced_both_ways() {
-    let guard = ReplayGuard::new(WINDOW_MS, START);
+    let guard = ReplayGuard::first_start(WINDOW_MS, START);
     let now = START + 100_000;
-    assert!(guard.check("a", now - WINDOW_MS, now).is_ok());
-    assert!(guard.check("a", now + WINDOW_MS, now).is_ok());
+    assert!(guard.check(id(1), now - WINDOW_MS, now).is_ok());
+    assert!(guard.check(id(1), now + WINDOW_MS, now).is_ok());
     assert_eq!(
-        guard.check("a", now - WINDOW_MS - 1, now),
+        guard.check(id(1), now - WINDOW_MS - 1, now),
         Err(ReplayError::TooOld {
             age_ms: WINDOW_MS + 1
         })
     );
     assert_eq!(
-        guard.check("a", now + WINDOW_MS + 1, now),
+        guard.check(id(1), now + WINDOW_MS + 1, now),
         Err(ReplayError::FromFuture {
             ahead_ms: WINDOW_MS + 1
         })
     );
     // Extremes do not overflow.
     assert!(matches!(
-        guard.check("a", 0, u64::MAX),
+        guard.check(id(1), 0, u64::MAX),
         Err(ReplayError::TooOld { .. })
     ));
     assert!(matches!(
-        guard.check("a", u64::MAX, 0),
+        guard.check(id(1), u64::MAX, 0),
         Err(ReplayError::FromFuture { .. })
     ));
-    assert!(matches!(
-        guard.check("a", u64::MAX, u64::MAX),
-        Err(ReplayError::BeforeStart) | Ok(_)
-    ));
+    assert!(guard.check(id(1), u64::MAX, u64::MAX).is_ok());
 }
 
+/// A first start (the state knock-keygen writes) pays nothing: a knock
+/// stamped right after it is welcome.
 #[test]
-fn stamp_before_start_is_refused() {
-    let guard = ReplayGuard::new(WINDOW_MS, START);
-    assert_eq!(
-        guard.check("a", START - 1, START + 1_000),
-        Err(ReplayError::BeforeStart)
-    );
-    assert!(guard.check("a", START, START + 1_000).is_ok());
+fn a_first_start_accepts_at_once() {
+    let guard = ReplayGuard::first_start(WINDOW_MS, START);
+    assert!(guard.check(id(1), START - 5_000, START + 10).is_ok());
+    let restored = ReplayGuard::restore(WINDOW_MS, START + 10, &guard.encode(), None).unwrap();
+    assert!(restored.check(id(1), START, START + 20).is_ok());
+    assert_eq!(restored.refused_through_ms(), 0);
 }
 
 #[test]
 fn check_does_not_consume() {
-    let mut guard = ReplayGuard::new(WINDOW_MS, START);
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
     let now = START + 10_000;
     // A later step (a source-address mismatch, say) refuses the knock: it
     // was checked, never committed, and stays acceptable.
-    let _refused_later = guard.check("alice", now, now).unwrap();
-    let _again = guard.check("alice", now, now).unwrap();
+    let _refused_later = guard.check(id(1), now, now).unwrap();
+    let _again = guard.check(id(1), now, now).unwrap();
     assert!(guard.is_empty());
-    accept(&mut guard, "alice", now, now);
+    accept(&mut guard, id(1), now, now);
     assert_eq!(guard.len(), 1);
 }
 
 #[test]
 fn commit_keeps_the_newest_stamp() {
-    let mut guard = ReplayGuard::new(WINDOW_MS, START);
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
     let now = START + 10_000;
-    let older = guard.check("alice", now - 5, now).unwrap();
-    let newer = guard.check("alice", now, now).unwrap();
-    guard.commit(newer);
-    guard.commit(older); // out of order: must not move `last` back
-    assert_eq!(guard.check("alice", now - 1, now), Err(ReplayError::Replay));
-    assert_eq!(guard.check("alice", now, now), Err(ReplayError::Replay));
+    let older = guard.check(id(1), now - 5, now).unwrap();
+    let newer = guard.check(id(1), now, now).unwrap();
+    guard.commit(newer, now);
+    guard.commit(older, now); // out of order: must not move `last` back
+    assert_eq!(guard.check(id(1), now - 1, now), Err(ReplayError::Replay));
+    assert_eq!(guard.check(id(1), now, now), Err(ReplayError::Replay));
 }
 
 #[test]
 fn encode_restore_round_trip() {
-    let mut guard = ReplayGuard::new(WINDOW_MS, START);
-    let now = START + 10_000;
-    for (i, name) in ["zed", "alice", "bob.laptop", "c-1_2"].iter().enumerate() {
-        accept(&mut guard, name, now + i as u64, now + i as u64);
+    let mut guard = ReplayGuard::after_state_loss(WINDOW_MS, START, None);
+    let now = START + WINDOW_MS + 10_000;
+    for n in [9u8, 1, 5, 3] {
+        accept(&mut guard, id(n), now + u64::from(n), now + u64::from(n));
     }
     let encoded = guard.encode();
     let text = String::from_utf8(encoded.clone()).unwrap();
-    assert!(text.starts_with("knock-replay-state v1\n"), "{text}");
-    assert_eq!(text.lines().count(), 5);
-    let restored = ReplayGuard::restore(WINDOW_MS, START, &encoded).unwrap();
+    assert_eq!(
+        text.lines().take(5).collect::<Vec<_>>(),
+        [
+            "knock-replay-state v2",
+            &format!("floor {}", now + 9),
+            &format!("horizon {}", now + 9 - WINDOW_MS),
+            &format!("ceiling {}", now + 9 + WINDOW_MS),
+            &format!("refused-through {}", START + WINDOW_MS),
+        ],
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 10);
+    assert!(text.contains(&format!("{} {}\n", id(1).to_hex(), now + 1)));
+    let restored = ReplayGuard::restore(WINDOW_MS, now + 9, &encoded, None).unwrap();
     assert_eq!(restored.encode(), encoded);
-    assert_eq!(restored.len(), 4);
-    for (i, name) in ["zed", "alice", "bob.laptop", "c-1_2"].iter().enumerate() {
-        let stamp = now + i as u64;
+    for n in [9u8, 1, 5, 3] {
+        let stamp = now + u64::from(n);
         assert_eq!(
-            restored.check(name, stamp, now + 5),
+            restored.check(id(n), stamp, now + 10),
             Err(ReplayError::Replay)
         );
-        assert!(restored.check(name, stamp + 1, now + 5).is_ok());
+        assert!(restored.check(id(n), stamp + 1, now + 10).is_ok());
     }
     // Equal states encode to equal bytes, whatever the order of commits.
-    let mut other = ReplayGuard::new(WINDOW_MS, START);
-    for (i, name) in ["zed", "alice", "bob.laptop", "c-1_2"]
-        .iter()
-        .enumerate()
-        .rev()
-    {
-        accept(&mut other, name, now + i as u64, now + i as u64);
+    let mut other = ReplayGuard::after_state_loss(WINDOW_MS, START, None);
+    for n in [3u8, 5, 1, 9] {
+        accept(&mut other, id(n), now + u64::from(n), now + u64::from(n));
     }
+    other.tick(now + 9);
     assert_eq!(other.encode(), encoded);
-    // An empty state round-trips too.
-    let empty = ReplayGuard::new(WINDOW_MS, START).encode();
-    assert!(ReplayGuard::restore(WINDOW_MS, START, &empty)
-        .unwrap()
-        .is_empty());
 }
 
 #[test]
 fn restore_rejects_garbage() {
-    let header = "knock-replay-state v1\n";
+    let header = "knock-replay-state v2\nfloor 1000\n";
     for (input, expected) in [
         (&b""[..], StateDecodeError::Header),
         (b"\xff\xfe", StateDecodeError::Header),
         (
-            b"knock-replay-state v2\nalice 1\n",
+            b"knock-replay-state v1\nalice 1\n",
             StateDecodeError::Header,
         ),
-        (b"alice 1\n", StateDecodeError::Header),
-        (b" knock-replay-state v1\n", StateDecodeError::Header),
+        (b"floor 1\n", StateDecodeError::Header),
+        (b" knock-replay-state v2\n", StateDecodeError::Header),
+        (b"knock-replay-state v2\n", StateDecodeError::NoFloor),
+        (
+            b"knock-replay-state v2\nhorizon 5\n",
+            StateDecodeError::NoFloor,
+        ),
     ] {
         assert_eq!(
-            ReplayGuard::restore(WINDOW_MS, START, input).unwrap_err(),
+            ReplayGuard::restore(WINDOW_MS, START, input, None).unwrap_err(),
             expected
         );
     }
+    let hex = id(7).to_hex();
     for (body, line) in [
-        ("alice\n", 2),
-        ("alice 1\nbob\n", 3),
-        ("alice -1\n", 2),
-        ("alice 1.5\n", 2),
-        ("alice 18446744073709551616\n", 2),
-        ("alice  1\n", 2),
-        ("alice 1 2\n", 2),
-        ("al ice 1\n", 2),
-        (".hidden 1\n", 2),
-        ("../x 1\n", 2),
-        (" 1\n", 2),
-        ("alice 0x10\n", 2),
+        ("alice 1\n".to_owned(), 3),
+        (format!("{hex}\n"), 3),
+        (format!("{hex} 1\nbob\n"), 4),
+        (format!("{hex} -1\n"), 3),
+        (format!("{hex} 1.5\n"), 3),
+        (format!("{hex} 18446744073709551616\n"), 3),
+        (format!("{hex}  1\n"), 3),
+        (format!("{hex} 1 2\n"), 3),
+        (format!("{} 1\n", &hex[1..]), 3),
+        (format!("+{} 1\n", &hex[1..]), 3),
+        (format!("{hex}0 1\n"), 3),
+        ("floor x\n".to_owned(), 3),
+        (" 1\n".to_owned(), 3),
+        (format!("{hex} 0x10\n"), 3),
     ] {
         let input = format!("{header}{body}");
         assert_eq!(
-            ReplayGuard::restore(WINDOW_MS, START, input.as_bytes()).unwrap_err(),
+            ReplayGuard::restore(WINDOW_MS, START, input.as_bytes(), None).unwrap_err(),
             StateDecodeError::Line(line),
             "{body:?}"
         );
     }
     // Blank lines are tolerated; duplicates keep the newest stamp.
-    let ok = format!("{header}\nalice 5\nalice 9\n\nalice 7\n");
-    let guard = ReplayGuard::restore(WINDOW_MS, 0, ok.as_bytes()).unwrap();
+    let ok = format!("{header}\n{hex} 1005\n{hex} 1009\n\n{hex} 1007\n");
+    let guard = ReplayGuard::restore(WINDOW_MS, 1_000, ok.as_bytes(), None).unwrap();
     assert_eq!(guard.len(), 1);
-    assert_eq!(guard.check("alice", 9, 10), Err(ReplayError::Replay));
-    assert!(guard.check("alice", 10, 10).is_ok());
+    assert_eq!(guard.check(id(7), 1_009, 1_010), Err(ReplayError::Replay));
+    assert!(guard.check(id(7), 1_010, 1_010).is_ok());
 }
 
 #[test]
-fn prune_drops_only_entries_older_than_the_window() {
-    let mut guard = ReplayGuard::new(WINDOW_MS, START);
+fn tick_forgets_only_what_the_horizon_refuses() {
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
     let now = START + 100_000;
-    accept(&mut guard, "old", now - 60_000, now - 60_000);
-    accept(&mut guard, "edge", now - WINDOW_MS, now - WINDOW_MS);
-    accept(&mut guard, "new", now, now);
-    guard.prune(now);
+    accept(&mut guard, id(1), now - 60_000, now - 60_000);
+    accept(&mut guard, id(2), now - WINDOW_MS, now - WINDOW_MS);
+    accept(&mut guard, id(3), now, now);
+    assert_eq!(guard.tick(now), Tick::Forward);
     assert_eq!(guard.len(), 2);
     let kept = String::from_utf8(guard.encode()).unwrap();
     assert!(
-        kept.contains("edge ") && kept.contains("new ") && !kept.contains("old "),
+        kept.contains(&id(2).to_hex())
+            && kept.contains(&id(3).to_hex())
+            && !kept.contains(&id(1).to_hex()),
         "{kept}"
     );
-    // The pruned entry could only refuse knocks that are too old anyway.
+    // The forgotten entry could only refuse knocks that are too old anyway.
     assert!(matches!(
-        guard.check("old", now - 60_000, now),
+        guard.check(id(1), now - 60_000, now),
         Err(ReplayError::TooOld { .. })
     ));
     assert_eq!(
-        guard.check("edge", now - WINDOW_MS, now),
+        guard.check(id(2), now - WINDOW_MS, now),
         Err(ReplayError::Replay)
     );
 }
 
-/// Widening the window (on reload) after a prune must not bring back a knock
-/// that the pruned entry used to refuse.
+/// Widening the window (on reload) after a tick must not bring back a knock
+/// that the forgotten entry used to refuse.
 #[test]
-fn widening_the_window_after_prune_does_not_reopen_replays() {
-    let mut guard = ReplayGuard::new(WINDOW_MS, START);
+fn widening_the_window_does_not_reopen_replays() {
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
     let stamp = START + 10_000;
-    accept(&mut guard, "alice", stamp, stamp);
+    accept(&mut guard, id(1), stamp, stamp);
     let now = stamp + WINDOW_MS + 1;
-    guard.prune(now);
+    guard.tick(now);
+    assert!(guard.is_empty());
     guard.set_window_ms(4 * WINDOW_MS);
     assert_eq!(guard.window_ms(), 4 * WINDOW_MS);
-    assert!(guard.check("alice", stamp, now).is_err());
+    assert!(matches!(
+        guard.check(id(1), stamp, now),
+        Err(ReplayError::BeforeFloor { .. })
+    ));
     // Knocks newer than anything forgotten are still accepted.
-    assert!(guard.check("alice", now, now).is_ok());
+    assert!(guard.check(id(1), now, now).is_ok());
 }
 
-/// A wall clock stepped back after a prune must not bring back a knock that
-/// the pruned entry used to refuse.
+/// The clock steps back within one process: a knock accepted and forgotten,
+/// and one an eavesdropper held back until it expired unused, both stay
+/// refused; the tick says how far behind the floor the clock is.
 #[test]
-fn clock_stepping_back_after_prune_does_not_reopen_replays() {
-    let mut guard = ReplayGuard::new(WINDOW_MS, START);
-    let stamp = START + 10_000;
-    accept(&mut guard, "alice", stamp, stamp);
-    guard.prune(stamp + WINDOW_MS + 1);
-    assert!(guard.check("alice", stamp, stamp + 1_000).is_err());
-}
-
-/// The state file is lost and the server restarts: a knock accepted by the
-/// previous process is refused by the new one, whose memory is empty, because
-/// it was stamped before the new process started.
-#[test]
-fn knock_accepted_before_state_loss_is_refused_after_restart() {
-    let k = keys(3);
-    let mut rng = SplitMix(20);
-    let stamp = START + 5_000;
-    let datagram = seal_simple(&k, stamp, &mut rng);
-    let knock = KnockBytes::parse(&datagram).unwrap();
-    let opened = open(&k, &SERVER, &knock).unwrap();
-
-    let mut first = ReplayGuard::new(WINDOW_MS, START);
-    let arrival = stamp + 200;
-    accept(&mut first, "alice", opened.timestamp_ms, arrival);
-
-    // The state directory is wiped; the server restarts a second later, well
-    // within the window of the knock.
-    let restart = arrival + 1_000;
-    let second = ReplayGuard::new(WINDOW_MS, restart);
-    assert!(second.is_empty());
+fn a_clock_stepping_back_reopens_nothing() {
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
+    let accepted = START + 10_000;
+    accept(&mut guard, id(1), accepted, accepted);
+    let held = START + 12_000; // sealed, never delivered
+    let later = held + WINDOW_MS + 5_000;
+    assert_eq!(guard.tick(later), Tick::Forward);
+    let stepped = held + 1_000; // both stamps fresh again by the clock alone
     assert_eq!(
-        second.check("alice", opened.timestamp_ms, restart + 10),
-        Err(ReplayError::BeforeStart)
+        guard.tick(stepped),
+        Tick::BehindFloor {
+            by_ms: later - stepped
+        }
     );
-    // With the state file kept, the restored guard refuses it as a replay.
-    let restored = ReplayGuard::restore(WINDOW_MS, restart, &first.encode()).unwrap();
-    assert!(restored
-        .check("alice", opened.timestamp_ms, restart + 10)
-        .is_err());
-    // A new knock from the client is welcome in the new process.
-    let fresh = seal_simple(&k, restart + 20, &mut rng);
-    let fresh = open(&k, &SERVER, &KnockBytes::parse(&fresh).unwrap()).unwrap();
-    assert!(second
-        .check("alice", fresh.timestamp_ms, restart + 30)
+    for (key, stamp) in [(id(1), accepted), (id(2), held)] {
+        assert_eq!(
+            guard.check(key, stamp, stepped),
+            Err(ReplayError::BeforeFloor { floor_ms: later })
+        );
+    }
+    // The price: knocks stamped by the stepped clock wait for it to catch up.
+    assert!(guard.check(id(3), stepped, stepped).is_err());
+    assert!(guard
+        .check(id(3), later - WINDOW_MS, later - WINDOW_MS)
         .is_ok());
 }
 
-/// The residual of the start-time floor, as documented: a client whose clock
-/// runs ahead of the server's can stamp a knock after the next start; if that
-/// knock is accepted, the state is lost and the server restarts before its
-/// stamp, it is accepted again. The test pins the behaviour so the
-/// documentation stays honest.
+/// The same across a restart: the floor is in the state.
 #[test]
-fn residual_client_clock_ahead_across_state_loss() {
-    let mut first = ReplayGuard::new(WINDOW_MS, START);
-    let server_now = START + 1_000;
-    let stamp = server_now + 20_000; // client clock 20 s ahead
-    accept(&mut first, "alice", stamp, server_now);
-    let restart = server_now + 5_000; // state lost, restarted before `stamp`
-    let second = ReplayGuard::new(WINDOW_MS, restart);
-    assert!(second.check("alice", stamp, restart + 1).is_ok());
+fn a_clock_stepped_back_across_a_restart_reopens_nothing() {
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
+    let accepted = START + 10_000;
+    accept(&mut guard, id(1), accepted, accepted);
+    let later = accepted + WINDOW_MS + 5_000;
+    guard.tick(later);
+    let state = guard.encode();
+    let restart = accepted + 1_000;
+    let restored = ReplayGuard::restore(WINDOW_MS, restart, &state, None).unwrap();
+    assert_eq!(
+        restored.floor_ms(),
+        later,
+        "the floor is the later of the two"
+    );
+    assert!(matches!(
+        restored.check(id(1), accepted, restart),
+        Err(ReplayError::BeforeFloor { .. })
+    ));
+    // A floor recorded elsewhere after the state was written counts too.
+    let newer = later + 60_000;
+    let restored = ReplayGuard::restore(WINDOW_MS, restart, &state, Some(newer)).unwrap();
+    assert_eq!(restored.floor_ms(), newer);
+}
+
+/// The state file is lost and the server restarts: a knock accepted by the
+/// previous process is refused by the new one, even from a client whose
+/// clock ran ahead by up to the window; fresh knocks are welcome again one
+/// window later.
+#[test]
+fn knocks_accepted_before_a_state_loss_are_refused_after_it() {
+    let k = keys(3);
+    let mut rng = SplitMix(20);
+    let server_now = START + 5_000;
+    let mut first = ReplayGuard::first_start(WINDOW_MS, START);
+    let mut accepted = Vec::new();
+    // On time, and from a client whose clock runs a whole window ahead.
+    for stamp in [server_now, server_now + WINDOW_MS] {
+        let datagram = seal_simple(&k, stamp, &mut rng);
+        let opened = open(&k, &SERVER, &KnockBytes::parse(&datagram).unwrap()).unwrap();
+        accept(&mut first, k.replay_id(), opened.timestamp_ms, server_now);
+        accepted.push(opened.timestamp_ms);
+    }
+    // The state directory is wiped; the server restarts a second later.
+    let restart = server_now + 1_000;
+    let second = ReplayGuard::after_state_loss(WINDOW_MS, restart, None);
+    assert!(second.is_empty());
+    for &stamp in &accepted {
+        for now in [restart, stamp] {
+            assert_eq!(
+                second.check(k.replay_id(), stamp, now),
+                Err(ReplayError::StateLost {
+                    until_ms: restart + WINDOW_MS
+                }),
+                "stamp {stamp} at {now}"
+            );
+        }
+    }
+    // With the state file kept, the restored guard refuses them as replays.
+    let restored = ReplayGuard::restore(WINDOW_MS, restart, &first.encode(), None).unwrap();
+    for &stamp in &accepted {
+        assert_eq!(
+            restored.check(k.replay_id(), stamp, restart),
+            Err(ReplayError::Replay)
+        );
+    }
+    // One window later, new knocks pass.
+    let later = restart + WINDOW_MS + 1;
+    let fresh = seal_simple(&k, later, &mut rng);
+    let fresh = open(&k, &SERVER, &KnockBytes::parse(&fresh).unwrap()).unwrap();
+    assert!(second
+        .check(k.replay_id(), fresh.timestamp_ms, later)
+        .is_ok());
+}
+
+/// A stamp far in the future in the state (a damaged file, a server clock
+/// that was far ahead) is clamped to the latest any accepted knock can have:
+/// it does not lock its key out until real time catches up.
+#[test]
+fn stored_stamps_are_clamped() {
+    let state = format!(
+        "knock-replay-state v2\nfloor {START}\n{} {}\n",
+        id(1).to_hex(),
+        START + 365 * 86_400_000
+    );
+    let guard = ReplayGuard::restore(WINDOW_MS, START, state.as_bytes(), None).unwrap();
+    let clamp = START + WINDOW_MS;
+    assert_eq!(guard.check(id(1), clamp, START), Err(ReplayError::Replay));
+    let later = clamp + 1;
+    assert!(guard.check(id(1), later, later).is_ok());
 }
 
 #[test]
 fn a_knock_seals_and_passes_the_guard_once_end_to_end() {
     let k = keys(4);
     let mut rng = SplitMix(21);
-    let mut guard = ReplayGuard::new(WINDOW_MS, START);
+    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
     let stamp = START + 42_000;
     let datagram = seal(&k, &SERVER, &simple_request(), stamp, &randomness(&mut rng)).unwrap();
     for attempt in 0..3 {
         let opened = open(&k, &SERVER, &KnockBytes::parse(&datagram).unwrap()).unwrap();
-        let verdict = guard.check("alice", opened.timestamp_ms, stamp + 100 + attempt);
+        let now = stamp + 100 + attempt;
+        let verdict = guard.check(k.replay_id(), opened.timestamp_ms, now);
         if attempt == 0 {
-            guard.commit(verdict.unwrap());
+            guard.commit(verdict.unwrap(), now);
         } else {
             assert_eq!(verdict, Err(ReplayError::Replay));
         }
     }
 }
 
+#[test]
+fn replay_ids_follow_the_key_and_read_back() {
+    assert_eq!(keys(1).replay_id(), keys(1).replay_id());
+    assert_ne!(keys(1).replay_id(), keys(2).replay_id());
+    let id = keys(1).replay_id();
+    assert_eq!(ReplayId::from_hex(&id.to_hex()), Some(id));
+    assert_eq!(ReplayId::from_hex(&id.to_hex().to_uppercase()), Some(id));
+    for bad in [
+        "",
+        "00",
+        &"g".repeat(32),
+        &"0".repeat(33),
+        &format!("+{}", "0".repeat(31)),
+    ] {
+        assert_eq!(ReplayId::from_hex(bad), None, "{bad:?}");
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
-    /// A knock from client `c` stamped `now + offset - window`.
-    Knock {
-        c: u8,
-        offset: u64,
-    },
+    /// A knock with key `k` stamped `now + offset - window`.
+    Knock { k: u8, offset: u64 },
     /// A replay of the `i`-th knock accepted so far.
-    Replay {
-        i: prop::sample::Index,
-    },
-    Prune,
+    Replay { i: prop::sample::Index },
     /// Time moves forward.
-    Tick {
-        ms: u64,
-    },
+    Forward { ms: u64 },
+    /// The clock steps back.
+    Back { ms: u64 },
+    /// A reload with another window.
+    Window { ms: u64 },
+    /// A restart with the state kept.
+    Restart,
+    /// A restart with the replay state lost: the whole state directory, or
+    /// only `replay.state`, with the floor kept beside it.
+    StateLost { floor_kept: bool },
+    /// The server learns the time.
+    Tick,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..4u8, 0..=2 * WINDOW_MS).prop_map(|(c, offset)| Op::Knock { c, offset }),
-        3 => any::<prop::sample::Index>().prop_map(|i| Op::Replay { i }),
-        2 => Just(Op::Prune),
-        3 => (0..=45_000u64).prop_map(|ms| Op::Tick { ms }),
+        6 => (0..4u8, 0..=2 * WINDOW_MS).prop_map(|(k, offset)| Op::Knock { k, offset }),
+        4 => any::<prop::sample::Index>().prop_map(|i| Op::Replay { i }),
+        3 => (0..=45_000u64).prop_map(|ms| Op::Forward { ms }),
+        1 => (0..=90_000u64).prop_map(|ms| Op::Back { ms }),
+        1 => (1_000..=120_000u64).prop_map(|ms| Op::Window { ms }),
+        1 => Just(Op::Restart),
+        1 => any::<bool>().prop_map(|floor_kept| Op::StateLost { floor_kept }),
+        2 => Just(Op::Tick),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Prune is invisible: a guard that prunes and one that never does make
-    /// the same decision on every knock, and no accepted knock is ever
-    /// accepted again, at any later time.
+    /// No knock is ever accepted twice, whatever happens between: ticks that
+    /// forget, reloads that change the window, a clock that steps either
+    /// way, restarts with the state kept or lost. A knock accepted before a
+    /// state loss may have been stamped up to one window ahead of the
+    /// server's clock at the time.
+    ///
+    /// Two cases are out of reach and left out (docs/PROTOCOL.md): the whole
+    /// state directory lost while the clock is behind the highest time it
+    /// had seen, and lost while the window is narrower than one used within
+    /// the last window. Nothing then remembers how far ahead it had been, or
+    /// how wide the window was: the model loses the state with the widest
+    /// window it used.
     #[test]
-    fn prune_never_makes_a_replay_acceptable(ops in proptest::collection::vec(op(), 1..80)) {
-        let mut now = START + 1;
-        let mut pruned = ReplayGuard::new(WINDOW_MS, START);
-        let mut reference = ReplayGuard::new(WINDOW_MS, START);
-        let mut accepted: Vec<(String, u64)> = Vec::new();
-        let mut last_of: HashMap<String, u64> = HashMap::new();
+    fn no_knock_is_accepted_twice(ops in proptest::collection::vec(op(), 1..100)) {
+        let mut now = START + 200_000;
+        let mut highest = now;
+        let mut window = WINDOW_MS;
+        let mut widest = window;
+        let mut guard = ReplayGuard::first_start(window, now);
+        let mut accepted: Vec<(u8, u64)> = Vec::new();
+        let mut newest: HashMap<u8, u64> = HashMap::new();
         for op in ops {
             let candidate = match op {
-                Op::Knock { c, offset } => {
-                    Some((format!("client{c}"), (now + offset).saturating_sub(WINDOW_MS)))
-                }
-                Op::Replay { i } if !accepted.is_empty() => Some(accepted[i.index(accepted.len())].clone()),
+                Op::Knock { k, offset } => Some((k, (now + offset).saturating_sub(window))),
+                Op::Replay { i } if !accepted.is_empty() => Some(accepted[i.index(accepted.len())]),
                 Op::Replay { .. } => None,
-                Op::Prune => { pruned.prune(now); None }
-                Op::Tick { ms } => { now += ms; None }
-            };
-            if let Some((client, stamp)) = candidate {
-                let a = pruned.check(&client, stamp, now);
-                let b = reference.check(&client, stamp, now);
-                prop_assert_eq!(&a, &b);
-                if let Ok(fresh) = a {
-                    prop_assert!(!accepted.contains(&(client.clone(), stamp)), "accepted twice");
-                    prop_assert!(last_of.get(&client).is_none_or(|&l| stamp > l));
-                    accepted.push((client.clone(), stamp));
-                    last_of.insert(client, stamp);
-                    pruned.commit(fresh);
-                    reference.commit(b.unwrap());
+                Op::Forward { ms } => { now += ms; highest = highest.max(now); None }
+                Op::Back { ms } => { now -= ms; None }
+                Op::Window { ms } => {
+                    window = ms;
+                    widest = widest.max(ms);
+                    guard.set_window_ms(ms);
+                    None
                 }
-            }
-            // Every knock accepted so far is refused now.
-            for (client, stamp) in &accepted {
-                prop_assert!(pruned.check(client, *stamp, now).is_err());
-            }
-            prop_assert!(pruned.len() <= reference.len());
-        }
-        // After a final prune, only clients seen within the window remain.
-        pruned.prune(now);
-        let horizon = now.saturating_sub(WINDOW_MS);
-        prop_assert_eq!(pruned.len(), last_of.values().filter(|&&l| l >= horizon).count());
-    }
-
-    /// With reloads that change the window and a wall clock that steps back
-    /// as well as forward, prune still never lets a knock be accepted twice.
-    #[test]
-    fn no_knock_is_accepted_twice_under_reloads_and_clock_steps(
-        ops in proptest::collection::vec(
-            (op(), 0..8u8, 0..=120_000u64, 0..=60_000u64), 1..80)
-    ) {
-        let mut now = START + 200_000;
-        let mut guard = ReplayGuard::new(WINDOW_MS, START);
-        let mut accepted: Vec<(String, u64)> = Vec::new();
-        for (op, twist, window, back) in ops {
-            match twist {
-                0 => guard.set_window_ms(window),
-                1 => now -= back.min(now - START),
-                _ => {}
-            }
-            let candidate = match op {
-                Op::Knock { c, offset } => {
-                    Some((format!("client{c}"), (now + offset).saturating_sub(WINDOW_MS)))
+                Op::Restart => {
+                    guard = ReplayGuard::restore(window, now, &guard.encode(), None).unwrap();
+                    None
                 }
-                Op::Replay { i } if !accepted.is_empty() => Some(accepted[i.index(accepted.len())].clone()),
-                Op::Replay { .. } => None,
-                Op::Prune => { guard.prune(now); None }
-                Op::Tick { ms } => { now += ms; None }
+                Op::StateLost { floor_kept } => {
+                    let floor = (floor_kept || now < highest).then(|| guard.floor_ms());
+                    guard = ReplayGuard::after_state_loss(widest, now, floor);
+                    guard.set_window_ms(window);
+                    None
+                }
+                Op::Tick => { guard.tick(now); None }
             };
-            if let Some((client, stamp)) = candidate {
-                if let Ok(fresh) = guard.check(&client, stamp, now) {
-                    prop_assert!(!accepted.contains(&(client.clone(), stamp)), "accepted twice");
-                    accepted.push((client, stamp));
-                    guard.commit(fresh);
+            if let Some((k, stamp)) = candidate {
+                if let Ok(fresh) = guard.check(id(k), stamp, now) {
+                    prop_assert!(!accepted.contains(&(k, stamp)), "accepted twice");
+                    prop_assert!(newest.get(&k).is_none_or(|&n| stamp > n), "not newer");
+                    accepted.push((k, stamp));
+                    newest.insert(k, stamp);
+                    guard.commit(fresh, now);
                 }
             }
         }
     }
 
-    /// Restore never panics, whatever the file holds.
+    /// Restore never panics, whatever the file holds, and what it accepts
+    /// re-encodes to itself.
     #[test]
     fn restore_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), with_header in any::<bool>()) {
-        let mut input = if with_header { b"knock-replay-state v1\n".to_vec() } else { Vec::new() };
+        let mut input = if with_header { b"knock-replay-state v2\nfloor 5\n".to_vec() } else { Vec::new() };
         input.extend_from_slice(&bytes);
-        if let Ok(guard) = ReplayGuard::restore(WINDOW_MS, START, &input) {
-            // Whatever was accepted re-encodes to something that restores.
-            let again = ReplayGuard::restore(WINDOW_MS, START, &guard.encode()).unwrap();
+        if let Ok(guard) = ReplayGuard::restore(WINDOW_MS, START, &input, None) {
+            let again = ReplayGuard::restore(WINDOW_MS, START, &guard.encode(), None).unwrap();
             prop_assert_eq!(again.encode(), guard.encode());
         }
     }

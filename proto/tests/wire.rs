@@ -53,13 +53,9 @@ fn verdict(
     }
 }
 
-fn expected_len(request: &knock_proto::Request, padding: u8) -> usize {
-    let addr = match request.bound_addr {
-        None => 0,
-        Some(std::net::IpAddr::V4(_)) => 4,
-        Some(std::net::IpAddr::V6(_)) => 16,
-    };
-    MIN_KNOCK_LEN + 3 * (request.ports.len() - 1) + addr + usize::from(padding) % (MAX_PADDING + 1)
+/// Every request is as long as the longest, plus the random padding.
+fn expected_len(_request: &knock_proto::Request, padding: u8) -> usize {
+    MIN_KNOCK_LEN + usize::from(padding) % (MAX_PADDING + 1)
 }
 
 proptest! {
@@ -161,12 +157,13 @@ proptest! {
             prop_assert_eq!(v, Verdict::Open(OpenError::BadMac));
         }
         // The replay guard takes any stamp and time without panicking.
-        let guard = ReplayGuard::new(WINDOW_MS, T0);
+        let guard = ReplayGuard::first_start(WINDOW_MS, T0);
         let stamp = u64::from_le_bytes(bytes.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0xff; 8]));
-        let _ = guard.check("c", stamp, T0 - WINDOW_MS + now_offset);
-        let _ = guard.check("c", stamp, stamp);
-        let _ = guard.check("c", u64::MAX, 0);
-        let _ = guard.check("c", 0, u64::MAX);
+        let key = knock_proto::ReplayId([7; 16]);
+        let _ = guard.check(key, stamp, T0 - WINDOW_MS + now_offset);
+        let _ = guard.check(key, stamp, stamp);
+        let _ = guard.check(key, u64::MAX, 0);
+        let _ = guard.check(key, 0, u64::MAX);
     }
 
     /// Authentic (correctly sealed) but arbitrary plaintexts never panic
@@ -329,7 +326,7 @@ fn seal_refuses_bad_port_counts() {
     );
     request.ports.pop();
     let datagram = seal(&k, &SERVER, &request, T0, &rand).unwrap();
-    assert_eq!(datagram.len(), MIN_KNOCK_LEN + 3 * (MAX_PORTS - 1));
+    assert_eq!(datagram.len(), MIN_KNOCK_LEN);
 }
 
 #[test]
@@ -364,10 +361,10 @@ fn length_bounds_are_the_extremes_of_seal() {
     )
     .unwrap();
     assert_eq!(longest.len(), MAX_KNOCK_LEN);
-    assert_eq!((MIN_KNOCK_LEN, MAX_KNOCK_LEN), (82, 206));
+    assert_eq!((MIN_KNOCK_LEN, MAX_KNOCK_LEN), (143, 206));
     assert_eq!(
         KnockBytes::parse(&shortest[..MIN_KNOCK_LEN - 1]).err(),
-        Some(ParseError::TooShort(81))
+        Some(ParseError::TooShort(142))
     );
     let mut too_long = longest.clone();
     too_long.push(0);
@@ -375,4 +372,37 @@ fn length_bounds_are_the_extremes_of_seal() {
         KnockBytes::parse(&too_long).err(),
         Some(ParseError::TooLong(207))
     );
+}
+
+/// The length says nothing about the request: over every value of the
+/// padding randomness, the lengths of the shortest request (one port,
+/// unbound) and of a long one (eight ports, bound to an IPv6 address) are
+/// the same multiset, uniform over 64 lengths.
+#[test]
+fn the_length_distribution_does_not_depend_on_the_request() {
+    let k = keys(1);
+    let short = simple_request();
+    let long = knock_proto::Request {
+        ports: (1..=8).map(knock_proto::PortSpec::tcp).collect(),
+        duration_s: 7,
+        bound_addr: Some("2001:db8::7".parse().unwrap()),
+    };
+    let lengths = |request: &knock_proto::Request| {
+        let mut counts = std::collections::BTreeMap::new();
+        for padding in 0..=u8::MAX {
+            let rand = SealRandomness {
+                nonce: [padding; 24],
+                padding,
+            };
+            let len = seal(&k, &SERVER, request, T0, &rand).unwrap().len();
+            *counts.entry(len).or_insert(0u32) += 1;
+        }
+        counts
+    };
+    let (a, b) = (lengths(&short), lengths(&long));
+    assert_eq!(a, b);
+    assert_eq!(a.len(), MAX_PADDING + 1);
+    assert!(a.values().all(|&n| n == 4), "{a:?}");
+    assert_eq!(a.keys().next(), Some(&MIN_KNOCK_LEN));
+    assert_eq!(a.keys().last(), Some(&MAX_KNOCK_LEN));
 }

@@ -196,7 +196,7 @@ pub fn apply(config_path: &Path, timeout: Duration) -> Result<(), Failure> {
     firewall_settings(&new.config)
         .resolve()
         .map_err(Failure::usage)?;
-    for warning in sanity::warnings(&new.config, &new.clients) {
+    for warning in sanity::warnings(&new.config, &new.clients, crate::timers::unix_ms()) {
         warn(&warning);
     }
     let state_dir = new.config.state_dir.clone();

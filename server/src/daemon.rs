@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use knock_keys::config::{OnExit, ServerConfig};
 use knock_keys::FileError;
-use knock_proto::port_list;
+use knock_proto::{port_list, Tick};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
@@ -27,13 +27,15 @@ use crate::sanity;
 use crate::state::StateFile;
 use crate::status::{LastReload, Published, StatusFile, PUBLISH_EVERY};
 use crate::timers::{unix_ms, watchdog_interval, Every};
-use crate::verify::{Grant, Verifier};
+use crate::verify::{Grant, ServerPolicy, Verifier};
 
 /// How long one wait for a packet may last before we look at signals and
 /// timers.
 pub const POLL_EVERY: Duration = Duration::from_millis(200);
 /// How often the hint index and the replay guard learn the time.
 const TICK_EVERY: Duration = Duration::from_millis(500);
+/// The replay floor is recorded (without fsync) when it has risen this much.
+const FLOOR_EVERY_MS: u64 = 1_000;
 
 /// The firewall backend the configuration asks for, with its own settings.
 pub fn firewall_settings(config: &ServerConfig) -> Settings {
@@ -47,6 +49,16 @@ pub fn firewall_settings(config: &ServerConfig) -> Settings {
             ip6tables: config.ip6tables_cmd.clone(),
             mark: config.iptables_mark,
         }),
+    }
+}
+
+/// What the configuration asks the verifier to enforce besides each
+/// client's own policy.
+pub fn server_policy(config: &ServerConfig) -> ServerPolicy {
+    ServerPolicy {
+        protected: config.protected.clone(),
+        open_for: config.open_for,
+        require_bound_addr: config.require_bound_addr,
     }
 }
 
@@ -149,6 +161,10 @@ struct Watch {
     last_reload: Option<LastReload>,
     /// Refusals counted in the status file last written.
     published_refusals: u64,
+    /// How far the clock is behind the replay floor, if it is.
+    behind_floor: Option<u64>,
+    /// The floor last recorded beside the replay state.
+    floor_recorded: u64,
 }
 
 impl Watch {
@@ -167,6 +183,8 @@ impl Watch {
             watchdog: None,
             last_reload: None,
             published_refusals: 0,
+            behind_floor: None,
+            floor_recorded: 0,
         }
     }
 }
@@ -265,7 +283,7 @@ impl Daemon {
                 }
             }
             if due {
-                self.verifier.tick(unix_ms());
+                self.learn_time(&mut watch, unix_ms());
                 match self.capture.take_kernel_drops() {
                     Ok(drops) => {
                         watch.kernel_drops = watch.kernel_drops.saturating_add(drops);
@@ -297,6 +315,37 @@ impl Daemon {
             None => self.shutdown(),
             Some(reason) => Exit::Fatal(reason),
         }
+    }
+
+    /// Tells the verifier the time, says when the clock is behind the
+    /// replay guard's floor (and when it has caught up), and records the
+    /// floor about once a second.
+    fn learn_time(&mut self, watch: &mut Watch, now_ms: u64) {
+        let behind = match self.verifier.tick(now_ms) {
+            Tick::Forward => None,
+            Tick::BehindFloor { by_ms } => Some(by_ms),
+        };
+        match (behind, watch.behind_floor) {
+            (Some(by_ms), None) => warn!(
+                "the clock is {}s behind the latest time this server has seen (it stepped back): knocks stamped before {}s ago by the old clock are refused until the clock catches up",
+                by_ms / 1000,
+                self.verifier_window_s()
+            ),
+            (None, Some(_)) => info!("the clock has caught up with the latest time this server had seen"),
+            _ => {}
+        }
+        watch.behind_floor = behind;
+        let floor = self.verifier.floor_ms();
+        if floor >= watch.floor_recorded.saturating_add(FLOOR_EVERY_MS) {
+            match self.store.record_floor(floor) {
+                Ok(()) => watch.floor_recorded = floor,
+                Err(err) => debug!("cannot record the replay floor: {err}"),
+            }
+        }
+    }
+
+    fn verifier_window_s(&self) -> u64 {
+        self.config.max_clock_skew.as_secs()
     }
 
     /// A grant found our rules gone (another tool flushed them a moment
@@ -432,6 +481,9 @@ impl Daemon {
                 .map(|(reason, n)| ((*reason).to_owned(), *n))
                 .collect(),
             last_reload: watch.last_reload.clone(),
+            expired: self.verifier.expired(unix_ms()),
+            refusing_until: self.verifier.refused_through_ms().div_ceil(1000),
+            clock_behind_s: watch.behind_floor.unwrap_or(0) / 1000,
         };
         watch.published_refusals = log.total();
         match status.write(&published) {
@@ -549,8 +601,7 @@ impl Daemon {
         }
         self.verifier.reconfigure(
             &clients,
-            config.protected.clone(),
-            config.open_for,
+            server_policy(&config),
             window_ms(&config),
             unix_ms(),
         );
@@ -559,7 +610,7 @@ impl Daemon {
             clients.len(),
             port_list(&config.protected)
         );
-        let warnings = sanity::warnings(&config, &clients);
+        let warnings = sanity::warnings(&config, &clients, unix_ms());
         record_running(&config.state_dir, &files);
         self.config = config;
         Ok((summary, warnings))

@@ -16,7 +16,8 @@ use knock_server::apply;
 use knock_server::capture::{filter, Capture};
 use knock_server::control::{ControlSocket, ANSWER_WITHIN};
 use knock_server::daemon::{
-    firewall_settings, policy, record_running, window_ms, Daemon, Exit, Signals, POLL_EVERY,
+    firewall_settings, policy, record_running, server_policy, window_ms, Daemon, Exit, Signals,
+    POLL_EVERY,
 };
 use knock_server::firewall::{self, Policy, Refusal, Settings};
 use knock_server::health::RulesKeeper;
@@ -106,7 +107,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         )));
     }
     let server_id = identity::load(&config.identity_file)?;
-    for warning in sanity::warnings(&config, &clients) {
+    for warning in sanity::warnings(&config, &clients, unix_ms()) {
         warn!("{warning}");
     }
 
@@ -118,14 +119,18 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     let (guard, restored) = store
         .load_guard(window, started_at_ms)
         .map_err(|e| Failure::runtime(format!("{}: {e}", store.path().display())))?;
+    let refused_for_s = guard
+        .refused_through_ms()
+        .saturating_sub(started_at_ms)
+        .div_ceil(1000);
     match restored {
-        Restored::Previous(n) => info!("replay state restored ({n} recent clients)"),
-        Restored::Missing => info!(
-            "no replay state at {}; knocks stamped before this start are refused",
+        Restored::Previous(n) => info!("replay state restored ({n} recent keys)"),
+        Restored::Missing => warn!(
+            "no replay state at {} (the state directory was lost; knock-keygen writes one for a new server): knocks are refused for the next {refused_for_s}s, so that none honoured before can be honoured again",
             store.path().display()
         ),
         Restored::Corrupt(err) => warn!(
-            "replay state {} was unreadable ({err}); set aside as replay.corrupt; knocks stamped before this start are refused",
+            "replay state {} was unreadable ({err}); set aside as replay.corrupt: knocks are refused for the next {refused_for_s}s, so that none honoured before can be honoured again",
             store.path().display()
         ),
     }
@@ -175,8 +180,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     let verifier = Verifier::new(
         server_id,
         &clients,
-        config.protected.clone(),
-        config.open_for,
+        server_policy(&config),
         guard,
         unix_ms(),
     );
@@ -256,7 +260,7 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     let plan = firewall.plan(&policy);
     // Reading others' rules needs privileges `check` may not have; then
     // there is nothing to warn about that we could see.
-    let mut warnings = sanity::warnings(&config, &clients);
+    let mut warnings = sanity::warnings(&config, &clients, unix_ms());
     warnings.extend(firewall.audit(&policy).unwrap_or_default());
     let host = firewall::host::closed_ports();
     let refusal = policy.refusal;
@@ -274,13 +278,19 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     let program = filter::knock_filter(config.knock_port);
     if json {
         let names: Vec<String> = clients.iter().map(|c| json_string(&c.name)).collect();
+        let now = unix_ms();
+        let expired: Vec<String> = clients
+            .iter()
+            .filter(|c| c.expires.as_ref().is_some_and(|e| e.has_passed(now)))
+            .map(|c| json_string(&c.name))
+            .collect();
         let protected: Vec<String> = config
             .protected
             .iter()
             .map(|p| json_string(&p.to_string()))
             .collect();
         println!(
-            "{{\"config\":{},\"interface\":{},\"knock_port\":{},\"firewall\":{},\"refuse\":{},\"host_calls_for\":{},\"protected\":[{}],\"open_for_s\":{},\"clients\":[{}],\"identity\":{},\"rules\":{}}}",
+            "{{\"config\":{},\"interface\":{},\"knock_port\":{},\"firewall\":{},\"refuse\":{},\"host_calls_for\":{},\"protected\":[{}],\"open_for_s\":{},\"require_bound_addr\":{},\"clients\":[{}],\"expired\":[{}],\"identity\":{},\"rules\":{}}}",
             json_string(&config.path.display().to_string()),
             json_string(&config.interface),
             config.knock_port,
@@ -289,7 +299,9 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
             json_string(host.refusal.name()),
             protected.join(","),
             config.open_for.as_secs(),
+            config.require_bound_addr,
             names.join(","),
+            expired.join(","),
             json_string(&identity),
             json_string(&plan)
         );
@@ -317,6 +329,9 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
         host.refusal.name()
     );
     println!("open_for       {}s", config.open_for.as_secs());
+    if config.require_bound_addr {
+        println!("binding        required: unbound knocks are refused (require_bound_addr)");
+    }
     println!("clock skew     ±{}s", config.max_clock_skew.as_secs());
     println!("state_dir      {}", config.state_dir.display());
     println!(
@@ -328,8 +343,27 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
         clients.len(),
         config.clients_dir.display()
     );
+    let now = unix_ms();
     for client in &clients {
-        println!("  {:<20} {}", client.name, port_list(&client.ports));
+        let mut policy = Vec::new();
+        if client.require_bound_addr {
+            policy.push("must bind".to_owned());
+        }
+        if !client.allow_from.is_empty() {
+            let blocks: Vec<String> = client.allow_from.iter().map(ToString::to_string).collect();
+            policy.push(format!("from {}", blocks.join(",")));
+        }
+        match &client.expires {
+            Some(e) if e.has_passed(now) => policy.push(format!("EXPIRED ({e})")),
+            Some(e) => policy.push(format!("expires {e}")),
+            None => {}
+        }
+        let policy = if policy.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", policy.join("; "))
+        };
+        println!("  {:<20} {}{policy}", client.name, port_list(&client.ports));
     }
     println!();
     println!("# {} rules that `run` installs:", firewall.name());

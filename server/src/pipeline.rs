@@ -53,7 +53,7 @@ mod tests {
 
     use super::*;
     use crate::firewall::memory::MemoryFirewall;
-    use crate::verify::fixtures::{addr, client, knock, verifier, NOW, SERVER};
+    use crate::verify::fixtures::{addr, client, knock, policy, verifier, NOW, SERVER};
 
     #[derive(Default)]
     struct MemoryStore {
@@ -219,13 +219,7 @@ mod tests {
             honour(&mut v, &mut store, &mut fw, &used, a, NOW),
             Outcome::Granted(_)
         ));
-        v.reconfigure(
-            &[alice],
-            vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
-            Duration::from_secs(30),
-            30_000,
-            NOW,
-        );
+        v.reconfigure(&[alice], policy(), 30_000, NOW);
         match honour(
             &mut v,
             &mut store,

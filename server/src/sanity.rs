@@ -6,8 +6,8 @@ use knock_keys::config::ServerConfig;
 use knock_keys::entry::ClientEntry;
 use knock_proto::port_list;
 
-/// One line per doubtful point, in a stable order.
-pub fn warnings(config: &ServerConfig, clients: &[ClientEntry]) -> Vec<String> {
+/// One line per doubtful point at `now_ms`, in a stable order.
+pub fn warnings(config: &ServerConfig, clients: &[ClientEntry], now_ms: u64) -> Vec<String> {
     let mut warnings = Vec::new();
     if clients.is_empty() {
         warnings.push(format!(
@@ -24,6 +24,12 @@ pub fn warnings(config: &ServerConfig, clients: &[ClientEntry]) -> Vec<String> {
         }
     }
     for client in clients {
+        if let Some(expires) = client.expires.as_ref().filter(|e| e.has_passed(now_ms)) {
+            warnings.push(format!(
+                "client {} expired ({expires}): its knocks are refused (expired); remove its file, or move its expires",
+                client.name
+            ));
+        }
         let unprotected: Vec<_> = client
             .ports
             .iter()
@@ -62,7 +68,25 @@ mod tests {
                 .map(|p| p.parse::<PortSpec>().expect("port"))
                 .collect(),
             max_open_for: None,
+            allow_from: Vec::new(),
+            expires: None,
+            require_bound_addr: false,
         }
+    }
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn an_expired_client_is_said() {
+        let config = config("\"tcp/22\"");
+        let mut old = client("carol", &["tcp/22"], 1);
+        old.expires = Some("2020-01-01".parse().expect("date"));
+        let mut later = client("dave", &["tcp/22"], 2);
+        later.expires = Some("2099-01-01".parse().expect("date"));
+        assert_eq!(
+            warnings(&config, &[old, later], NOW),
+            ["client carol expired (2020-01-01): its knocks are refused (expired); remove its file, or move its expires"]
+        );
     }
 
     #[test]
@@ -72,19 +96,19 @@ mod tests {
             client("alice", &["tcp/22"], 1),
             client("bob", &["tcp/4992"], 2),
         ];
-        assert_eq!(warnings(&config, &clients), Vec::<String>::new());
+        assert_eq!(warnings(&config, &clients, NOW), Vec::<String>::new());
     }
 
     #[test]
     fn each_doubtful_point_is_said() {
         let config = config("\"tcp/22\", \"tcp/4992\"");
         assert_eq!(
-            warnings(&config, &[]),
+            warnings(&config, &[], NOW),
             ["no clients in /etc/knock/clients.d: nobody can knock (create one with knock-keygen NAME --host THIS-HOST)"]
         );
         let clients = [client("alice", &["tcp/22", "udp/53", "tcp/80"], 1)];
         assert_eq!(
-            warnings(&config, &clients),
+            warnings(&config, &clients, NOW),
             [
                 "protected port tcp/4992 is permitted to no client: nobody can open it (add it to a client's ports, or knock-keygen NAME --host HOST --ports tcp/4992)",
                 "client alice is permitted udp/53,tcp/80, not in protected: its knocks for them are refused (port-not-permitted)",

@@ -178,16 +178,22 @@ pub trait ReplayStore {
 /// What was found on disk at start.
 #[derive(Debug)]
 pub enum Restored {
-    /// The state of the previous run, with this many clients.
+    /// The state of the previous run (or the initial state knock-keygen
+    /// wrote), with this many keys remembered.
     Previous(usize),
-    /// No state file: first start, or the state directory was lost.
+    /// No state file: the state directory was lost (a first start finds
+    /// the state knock-keygen wrote).
     Missing,
     /// Unreadable state: set aside as `*.corrupt`, started without it.
     Corrupt(StateDecodeError),
 }
 
 /// The replay state's file name in the state directory.
-const REPLAY_STATE: &str = "replay.state";
+pub const REPLAY_STATE: &str = "replay.state";
+/// The floor (the highest time the guard has seen), rewritten often and
+/// without fsync beside the durable state: it survives the loss of
+/// `replay.state` alone, and is newer than the floor in it.
+const FLOOR: &str = "floor";
 
 /// `state_dir/replay.state`, used under the state directory's lock.
 #[derive(Debug)]
@@ -215,25 +221,22 @@ impl StateFile {
         &self.path
     }
 
-    /// The replay guard for a process that started at `started_at_ms`:
-    /// restored from disk where possible. Without state, the start-time rule
-    /// of the guard still refuses every knock an earlier process honoured.
-    pub fn load_guard(
-        &self,
-        window_ms: u64,
-        started_at_ms: u64,
-    ) -> io::Result<(ReplayGuard, Restored)> {
+    /// The replay guard at `now_ms`: restored from disk where possible.
+    /// Without a readable state, the guard refuses for one window every
+    /// knock that an earlier process could have honoured.
+    pub fn load_guard(&self, window_ms: u64, now_ms: u64) -> io::Result<(ReplayGuard, Restored)> {
+        let floor = self.recorded_floor();
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 return Ok((
-                    ReplayGuard::new(window_ms, started_at_ms),
+                    ReplayGuard::after_state_loss(window_ms, now_ms, floor),
                     Restored::Missing,
                 ))
             }
             Err(err) => return Err(err),
         };
-        match ReplayGuard::restore(window_ms, started_at_ms, &bytes) {
+        match ReplayGuard::restore(window_ms, now_ms, &bytes, floor) {
             Ok(guard) => {
                 let count = guard.len();
                 Ok((guard, Restored::Previous(count)))
@@ -241,11 +244,30 @@ impl StateFile {
             Err(err) => {
                 let _ = fs::rename(&self.path, self.path.with_extension("corrupt"));
                 Ok((
-                    ReplayGuard::new(window_ms, started_at_ms),
+                    ReplayGuard::after_state_loss(window_ms, now_ms, floor),
                     Restored::Corrupt(err),
                 ))
             }
         }
+    }
+
+    /// The floor file's value, if it holds one.
+    fn recorded_floor(&self) -> Option<u64> {
+        fs::read_to_string(self.lock.dir().join(FLOOR))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Records the guard's floor, cheaply (no fsync): called often.
+    pub fn record_floor(&self, floor_ms: u64) -> io::Result<()> {
+        replace_file(
+            self.lock.dir(),
+            FLOOR,
+            format!("{floor_ms}\n").as_bytes(),
+            Sync::Advisory,
+        )
     }
 }
 
@@ -270,18 +292,30 @@ mod tests {
     fn persists_and_restores() {
         let dir = scratch("state");
         let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
-        let (mut guard, restored) = store.load_guard(30_000, 1_000).unwrap();
+        let key = knock_proto::ReplayId([1; 16]);
+        let (guard, restored) = store.load_guard(30_000, 1_000).unwrap();
         assert!(matches!(restored, Restored::Missing));
-        let fresh = guard.check("alice", 5_000, 5_000).unwrap();
-        guard.commit(fresh);
+        assert!(
+            guard.check(key, 5_000, 5_000).is_err(),
+            "one window refused"
+        );
+        let mut guard = ReplayGuard::first_start(30_000, 1_000);
+        let fresh = guard.check(key, 5_000, 5_000).unwrap();
+        guard.commit(fresh, 5_000);
         store.persist(&guard.encode()).unwrap();
         let (again, restored) = store.load_guard(30_000, 1_000).unwrap();
         assert!(matches!(restored, Restored::Previous(1)));
-        assert!(again.check("alice", 5_000, 5_000).is_err());
+        assert!(again.check(key, 5_000, 5_000).is_err());
+        assert!(again.check(key, 5_001, 5_001).is_ok());
+        // A newer floor beside the state counts.
+        store.record_floor(100_000).unwrap();
+        let (again, _) = store.load_guard(30_000, 1_000).unwrap();
+        assert_eq!(again.floor_ms(), 100_000);
         fs::write(store.path(), b"garbage").unwrap();
-        let (_, restored) = store.load_guard(30_000, 1_000).unwrap();
+        let (lost, restored) = store.load_guard(30_000, 1_000).unwrap();
         assert!(matches!(restored, Restored::Corrupt(_)));
         assert!(dir.join("replay.corrupt").exists());
+        assert_eq!(lost.refused_through_ms(), 130_000, "from the kept floor");
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -57,6 +57,14 @@ pub struct Published {
     pub refused: BTreeMap<String, u64>,
     /// The last reload, if there was one.
     pub last_reload: Option<LastReload>,
+    /// Clients whose `expires` has passed, with it.
+    pub expired: Vec<(String, String)>,
+    /// After a lost replay state: every knock is refused until then (Unix
+    /// seconds); 0 when not.
+    pub refusing_until: u64,
+    /// How far the clock is behind the latest time the server has seen, in
+    /// seconds (it stepped back); 0 when not.
+    pub clock_behind_s: u64,
 }
 
 /// When the server last reloaded and what came of it.
@@ -86,6 +94,8 @@ impl Published {
                 "clients",
                 int(u64::try_from(self.clients).unwrap_or(u64::MAX)),
             ),
+            ("refusing_until", int(self.refusing_until)),
+            ("clock_behind_s", int(self.clock_behind_s)),
         ];
         let mut text = String::from(
             "# knock-server's status, rewritten every 10 s while it runs; see OPERATIONS.md\n",
@@ -103,6 +113,18 @@ impl Published {
             let _ = writeln!(text, "at = {}", int(reload.at));
             let _ = writeln!(text, "outcome = {}", Value::String(outcome.to_owned()));
             let _ = writeln!(text, "message = {}", Value::String(message.clone()));
+        }
+        if !self.expired.is_empty() {
+            let _ = writeln!(text, "\n[expired]");
+            for (name, expires) in &self.expired {
+                // A dot in a bare key would nest: client names are quoted.
+                let _ = writeln!(
+                    text,
+                    "{} = {}",
+                    Value::String(name.clone()),
+                    Value::String(expires.clone())
+                );
+            }
         }
         // Keys are reasons (`bad-mac`, `replayed`, ...): bare TOML keys.
         let _ = writeln!(text, "\n[refused]");
@@ -332,6 +354,36 @@ impl Assessment {
             ),
         };
         lines.push(("last reload", reload));
+        if let Some(table) = snapshot.table.get("expired").and_then(Value::as_table) {
+            let names: Vec<String> = table
+                .iter()
+                .map(|(name, at)| format!("{name} ({})", at.as_str().unwrap_or("?")))
+                .collect();
+            if !names.is_empty() {
+                lines.push((
+                    "expired",
+                    format!("{} (their knocks are refused)", names.join(", ")),
+                ));
+            }
+        }
+        if let Some(until) = snapshot.int("refusing_until").filter(|&u| u > now) {
+            lines.push((
+                "replay state",
+                format!(
+                    "lost: every knock is refused for {} more, so that none honoured before can be honoured again",
+                    duration(until - now)
+                ),
+            ));
+        }
+        if let Some(behind) = snapshot.int("clock_behind_s").filter(|&b| b > 0) {
+            lines.push((
+                "clock",
+                format!(
+                    "{} behind the latest time this server has seen (it stepped back): knocks are refused until it catches up",
+                    duration(behind)
+                ),
+            ));
+        }
         lines
     }
 
@@ -540,6 +592,9 @@ mod tests {
                 at: 1_700_000_090,
                 outcome: Err("alice.toml: readable by others".into()),
             }),
+            expired: vec![("carol.old".into(), "2020-01-01".into())],
+            refusing_until: 1_700_000_125,
+            clock_behind_s: 0,
         }
     }
 
@@ -570,6 +625,14 @@ mod tests {
                     "last reload",
                     "REFUSED 15s ago, still running the configuration before it: alice.toml: readable by others"
                         .to_owned()
+                ),
+                (
+                    "expired",
+                    "carol.old (2020-01-01) (their knocks are refused)".to_owned()
+                ),
+                (
+                    "replay state",
+                    "lost: every knock is refused for 20s more, so that none honoured before can be honoured again".to_owned()
                 ),
             ]
         );

@@ -2,18 +2,22 @@
 //! [`PendingGrant`] or a [`Rejection`] out. No sockets, no firewall, no files,
 //! so every step is unit-tested without root.
 //!
-//! Steps, cheapest first: length → key hint → AEAD → freshness and replay →
-//! source binding → the client's policy. A knock is consumed only by
-//! [`Verifier::consume`], after every check has passed, so a copy raced from
-//! another address (refused at source binding) never burns the real one.
+//! Steps, cheapest first: length → key hint (a hint kept only to diagnose
+//! clock skew is opened at most once a second) → AEAD → freshness and replay
+//! → expiry → source binding → the client's policy. A knock is consumed only
+//! by [`Verifier::consume`], after every check has passed, so a copy raced
+//! from another address (refused at source binding) never burns the real
+//! one.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use knock_keys::entry::ClientEntry;
+use knock_keys::policy::{Cidr, Expiry};
 use knock_proto::{
-    open, FreshKnock, HintIndex, KnockBytes, KnockKeys, OpenError, ParseError, PortSpec,
-    ReplayError, ReplayGuard, ServerId,
+    open, slot_range, FreshKnock, HintIndex, KeyHint, KnockBytes, KnockKeys, OpenError, ParseError,
+    PortSpec, ReplayError, ReplayGuard, ReplayId, ServerId, Tick,
 };
 use thiserror::Error;
 
@@ -40,6 +44,19 @@ pub enum Rejection {
     ImplausibleSource { client: String, sender: IpAddr },
     #[error("client {client}: {port} is not permitted for this client")]
     PortNotPermitted { client: String, port: PortSpec },
+    #[error(
+        "client {client}: not bound to its source (--allow-ip), which {by} requires; not consumed"
+    )]
+    Unbound { client: String, by: &'static str },
+    #[error("client {client}: sent from {sender}, outside its allow_from; not consumed")]
+    NotAllowedFrom { client: String, sender: IpAddr },
+    #[error("client {client}: expired ({expires})")]
+    Expired { client: String, expires: String },
+    /// A hint kept only to diagnose clock skew, seen again within a second:
+    /// refused without opening it, so that a copied one costs no more than
+    /// junk.
+    #[error("a stale key hint, opened less than a second ago")]
+    StaleHint,
 }
 
 impl Rejection {
@@ -66,13 +83,21 @@ impl Rejection {
                 ..
             } => "from-future",
             Rejection::Replay {
-                reason: ReplayError::BeforeStart,
+                reason: ReplayError::BeforeFloor { .. },
                 ..
-            } => "before-start",
+            } => "before-floor",
+            Rejection::Replay {
+                reason: ReplayError::StateLost { .. },
+                ..
+            } => "state-lost",
             Rejection::Replay { .. } => "replay",
             Rejection::SourceMismatch { .. } => "source-mismatch",
             Rejection::ImplausibleSource { .. } => "implausible-source",
             Rejection::PortNotPermitted { .. } => "port-not-permitted",
+            Rejection::Unbound { .. } => "unbound",
+            Rejection::NotAllowedFrom { .. } => "not-allowed-from",
+            Rejection::Expired { .. } => "expired",
+            Rejection::StaleHint => "stale-hint",
         }
     }
 
@@ -83,6 +108,7 @@ impl Rejection {
             self,
             Rejection::Length(_)
                 | Rejection::UnknownClient
+                | Rejection::StaleHint
                 | Rejection::Open {
                     reason: OpenError::BadMac,
                     ..
@@ -114,8 +140,25 @@ pub struct Grant {
 struct Client {
     name: String,
     keys: KnockKeys,
+    /// Its key's name in the replay memory: a renamed file keeps it.
+    replay_id: ReplayId,
     ports: Vec<PortSpec>,
     max_open_for: Option<Duration>,
+    allow_from: Vec<Cidr>,
+    expires: Option<Expiry>,
+    require_bound_addr: bool,
+}
+
+/// A hint outside the freshness window is opened at most this often.
+const STALE_HINT_EVERY_MS: u64 = 1_000;
+
+/// The server-wide policy a verifier applies besides each client's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerPolicy {
+    pub protected: Vec<PortSpec>,
+    pub open_for: Duration,
+    /// `require_bound_addr` in server.toml.
+    pub require_bound_addr: bool,
 }
 
 /// The server's verifier: clients, their hint index and the replay guard.
@@ -124,8 +167,9 @@ pub struct Verifier {
     clients: Vec<Client>,
     index: HintIndex<usize>,
     guard: ReplayGuard,
-    protected: Vec<PortSpec>,
-    open_for: Duration,
+    policy: ServerPolicy,
+    /// When each stale hint was last opened.
+    stale_opened: HashMap<KeyHint, u64>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -140,8 +184,7 @@ impl Verifier {
     pub fn new(
         server_id: ServerId,
         entries: &[ClientEntry],
-        protected: Vec<PortSpec>,
-        open_for: Duration,
+        policy: ServerPolicy,
         guard: ReplayGuard,
         now_ms: u64,
     ) -> Self {
@@ -152,8 +195,8 @@ impl Verifier {
             clients,
             index,
             guard,
-            protected,
-            open_for,
+            policy,
+            stale_opened: HashMap::new(),
         }
     }
 
@@ -161,21 +204,21 @@ impl Verifier {
     pub fn reconfigure(
         &mut self,
         entries: &[ClientEntry],
-        protected: Vec<PortSpec>,
-        open_for: Duration,
+        policy: ServerPolicy,
         window_ms: u64,
         now_ms: u64,
     ) {
         self.clients = to_clients(entries);
-        self.protected = protected;
-        self.open_for = open_for;
+        self.policy = policy;
         self.guard.set_window_ms(window_ms);
         self.index = build_index(&self.clients, now_ms, window_ms);
+        self.stale_opened.clear();
     }
 
-    /// Keeps the hint index covering the current time; call at least once per
-    /// second. Cheap when nothing changed.
-    pub fn tick(&mut self, now_ms: u64) {
+    /// Keeps the hint index covering the current time and tells the replay
+    /// guard the time; call at least once per second. Cheap when nothing
+    /// changed.
+    pub fn tick(&mut self, now_ms: u64) -> Tick {
         let window = self.guard.window_ms();
         if !self
             .index
@@ -183,25 +226,70 @@ impl Verifier {
         {
             self.index = build_index(&self.clients, now_ms, window);
         }
+        self.stale_opened
+            .retain(|_, &mut at| now_ms.saturating_sub(at) < STALE_HINT_EVERY_MS && at <= now_ms);
+        self.guard.tick(now_ms)
+    }
+
+    /// The replay state to make durable (after a tick, say).
+    pub fn replay_state(&self) -> Vec<u8> {
+        self.guard.encode()
+    }
+
+    /// The replay guard's floor: the highest time it has seen.
+    pub fn floor_ms(&self) -> u64 {
+        self.guard.floor_ms()
+    }
+
+    /// Until when knocks are refused after a lost state (0 if none).
+    pub fn refused_through_ms(&self) -> u64 {
+        self.guard.refused_through_ms()
+    }
+
+    /// The clients whose `expires` has passed at `now_ms`, with it.
+    pub fn expired(&self, now_ms: u64) -> Vec<(String, String)> {
+        self.clients
+            .iter()
+            .filter_map(|c| {
+                let expires = c.expires.as_ref()?;
+                expires
+                    .has_passed(now_ms)
+                    .then(|| (c.name.clone(), expires.to_string()))
+            })
+            .collect()
     }
 
     pub fn client_count(&self) -> usize {
         self.clients.len()
     }
 
-    /// Runs every check on one datagram from `source` at `now_ms`. Changes
-    /// nothing.
+    /// Runs every check on one datagram from `source` at `now_ms`. Consumes
+    /// nothing (it only notes when a stale hint was opened).
     pub fn verify(
-        &self,
+        &mut self,
         payload: &[u8],
         source: IpAddr,
         now_ms: u64,
     ) -> Result<PendingGrant, Rejection> {
         let knock = KnockBytes::parse(payload).map_err(Rejection::Length)?;
-        let &index = self
+        let (&index, slot) = self
             .index
-            .lookup(knock.hint())
+            .lookup_with_slot(knock.hint())
             .ok_or(Rejection::UnknownClient)?;
+        let (first, last) = slot_range(now_ms, self.guard.window_ms());
+        if !(first..=last).contains(&slot) {
+            // Only a knock from a client whose clock is off by more than
+            // the window carries this hint, or a copy of an old knock: one
+            // opening a second names the client in the log, no more.
+            match self.stale_opened.get(knock.hint()) {
+                Some(&at) if now_ms.saturating_sub(at) < STALE_HINT_EVERY_MS && at <= now_ms => {
+                    return Err(Rejection::StaleHint)
+                }
+                _ => {
+                    self.stale_opened.insert(*knock.hint(), now_ms);
+                }
+            }
+        }
         let client = self.clients.get(index).ok_or(Rejection::UnknownClient)?;
         let name = || client.name.clone();
         let opened =
@@ -211,11 +299,17 @@ impl Verifier {
             })?;
         let fresh = self
             .guard
-            .check(&client.name, opened.timestamp_ms, now_ms)
+            .check(client.replay_id, opened.timestamp_ms, now_ms)
             .map_err(|reason| Rejection::Replay {
                 client: name(),
                 reason,
             })?;
+        if let Some(expires) = client.expires.as_ref().filter(|e| e.has_passed(now_ms)) {
+            return Err(Rejection::Expired {
+                client: name(),
+                expires: expires.to_string(),
+            });
+        }
         let request = opened.request;
         let addr = match request.bound_addr {
             Some(bound) if canonical(bound) != canonical(source) => {
@@ -225,7 +319,18 @@ impl Verifier {
                     sender: source,
                 })
             }
-            _ => canonical(source),
+            Some(_) => canonical(source),
+            None if client.require_bound_addr || self.policy.require_bound_addr => {
+                return Err(Rejection::Unbound {
+                    client: name(),
+                    by: if client.require_bound_addr {
+                        "its entry"
+                    } else {
+                        "server.toml"
+                    },
+                })
+            }
+            None => canonical(source),
         };
         if !plausible_source(addr) {
             // A packet socket sees frames before the kernel drops martians, so
@@ -235,8 +340,14 @@ impl Verifier {
                 sender: addr,
             });
         }
+        if !client.allow_from.is_empty() && !client.allow_from.iter().any(|b| b.contains(addr)) {
+            return Err(Rejection::NotAllowedFrom {
+                client: name(),
+                sender: addr,
+            });
+        }
         for port in &request.ports {
-            if !client.ports.contains(port) || !self.protected.contains(port) {
+            if !client.ports.contains(port) || !self.policy.protected.contains(port) {
                 return Err(Rejection::PortNotPermitted {
                     client: name(),
                     port: *port,
@@ -245,8 +356,8 @@ impl Verifier {
         }
         let cap = client
             .max_open_for
-            .unwrap_or(self.open_for)
-            .min(self.open_for);
+            .unwrap_or(self.policy.open_for)
+            .min(self.policy.open_for);
         let duration = match request.duration_s {
             0 => cap,
             secs => Duration::from_secs(u64::from(secs)).min(cap),
@@ -263,8 +374,7 @@ impl Verifier {
     /// Consumes a verified knock. Returns the grant and the replay state that
     /// must be durable before the grant is made.
     pub fn consume(&mut self, pending: PendingGrant, now_ms: u64) -> (Grant, Vec<u8>) {
-        self.guard.commit(pending.fresh);
-        self.guard.prune(now_ms);
+        self.guard.commit(pending.fresh, now_ms);
         let state = self.guard.encode();
         let grant = Grant {
             client: pending.client,
@@ -279,11 +389,18 @@ impl Verifier {
 fn to_clients(entries: &[ClientEntry]) -> Vec<Client> {
     entries
         .iter()
-        .map(|e| Client {
-            name: e.name.clone(),
-            keys: e.secret.derive(),
-            ports: e.ports.clone(),
-            max_open_for: e.max_open_for,
+        .map(|e| {
+            let keys = e.secret.derive();
+            Client {
+                name: e.name.clone(),
+                replay_id: keys.replay_id(),
+                keys,
+                ports: e.ports.clone(),
+                max_open_for: e.max_open_for,
+                allow_from: e.allow_from.clone(),
+                expires: e.expires.clone(),
+                require_bound_addr: e.require_bound_addr,
+            }
         })
         .collect()
 }
@@ -331,7 +448,7 @@ pub(crate) mod fixtures {
         seal, ClientSecret, PortSpec, ReplayGuard, Request, SealRandomness, ServerId,
     };
 
-    use super::Verifier;
+    use super::{ServerPolicy, Verifier};
 
     pub const NOW: u64 = 1_800_000_000_000;
     pub const SERVER: ServerId = ServerId([7; 16]);
@@ -342,6 +459,17 @@ pub(crate) mod fixtures {
             secret: ClientSecret::from_bytes([byte; 32]),
             ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
             max_open_for: None,
+            allow_from: Vec::new(),
+            expires: None,
+            require_bound_addr: false,
+        }
+    }
+
+    pub fn policy() -> ServerPolicy {
+        ServerPolicy {
+            protected: vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
+            open_for: Duration::from_secs(30),
+            require_bound_addr: false,
         }
     }
 
@@ -349,9 +477,8 @@ pub(crate) mod fixtures {
         Verifier::new(
             SERVER,
             clients,
-            vec![PortSpec::tcp(22), PortSpec::tcp(4992)],
-            Duration::from_secs(30),
-            ReplayGuard::new(30_000, NOW - 60_000),
+            policy(),
+            ReplayGuard::first_start(30_000, NOW - 60_000),
             NOW,
         )
     }
@@ -401,7 +528,7 @@ mod tests {
 
     #[test]
     fn each_step_refuses_with_its_own_reason() {
-        let v = verifier(&[client("alice", 1, &[4992])]);
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
         let a = addr("198.18.0.2");
         assert_eq!(reason(v.verify(&[0; 10], a, NOW)), "bad-length");
         assert_eq!(
@@ -454,8 +581,116 @@ mod tests {
     }
 
     #[test]
+    fn a_client_policy_refuses_without_consuming() {
+        let mut bound = client("alice", 1, &[4992]);
+        bound.require_bound_addr = true;
+        let mut fenced = client("bob", 2, &[4992]);
+        fenced.allow_from = vec!["198.18.0.0/24".parse().unwrap()];
+        let mut old = client("carol", 3, &[4992]);
+        old.expires = Some("2020-01-01".parse().unwrap());
+        let mut v = verifier(&[bound, fenced, old]);
+        let a = addr("198.18.0.2");
+
+        let unbound = knock(1, &[4992], None, NOW, SERVER);
+        assert_eq!(reason(v.verify(&unbound, a, NOW)), "unbound");
+        let bound_knock = knock(1, &[4992], Some(a), NOW + 1, SERVER);
+        assert!(v.verify(&bound_knock, a, NOW).is_ok());
+
+        let from_outside = knock(2, &[4992], None, NOW, SERVER);
+        assert_eq!(
+            reason(v.verify(&from_outside, addr("198.18.1.66"), NOW)),
+            "not-allowed-from"
+        );
+        // Not consumed: the same knock from inside the block is honoured.
+        assert!(v.verify(&from_outside, a, NOW).is_ok());
+
+        assert_eq!(
+            reason(v.verify(&knock(3, &[4992], None, NOW, SERVER), a, NOW)),
+            "expired"
+        );
+        assert_eq!(
+            v.expired(NOW),
+            [("carol".to_owned(), "2020-01-01".to_owned())]
+        );
+    }
+
+    #[test]
+    fn the_server_can_demand_binding() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        v.reconfigure(
+            &[client("alice", 1, &[4992])],
+            ServerPolicy {
+                require_bound_addr: true,
+                ..super::fixtures::policy()
+            },
+            30_000,
+            NOW,
+        );
+        let a = addr("198.18.0.2");
+        let unbound = knock(1, &[4992], None, NOW, SERVER);
+        match v.verify(&unbound, a, NOW) {
+            Err(
+                r @ Rejection::Unbound {
+                    by: "server.toml", ..
+                },
+            ) => {
+                assert_eq!(r.reason(), "unbound")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(v
+            .verify(&knock(1, &[4992], Some(a), NOW, SERVER), a, NOW)
+            .is_ok());
+    }
+
+    /// Renaming a client's file (same key) and reloading keeps its replay
+    /// history: a knock it had accepted stays a replay.
+    #[test]
+    fn a_renamed_client_keeps_its_history() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        let a = addr("198.18.0.2");
+        let k = knock(1, &[4992], None, NOW, SERVER);
+        let pending = v.verify(&k, a, NOW).unwrap();
+        let _ = v.consume(pending, NOW);
+        v.reconfigure(
+            &[client("alice-laptop", 1, &[4992])],
+            super::fixtures::policy(),
+            30_000,
+            NOW,
+        );
+        assert_eq!(reason(v.verify(&k, a, NOW + 10)), "replay");
+    }
+
+    /// A hint kept only to diagnose clock skew is opened at most once a
+    /// second: a flood of one copied stale knock costs a hash lookup each.
+    #[test]
+    fn a_stale_hint_is_opened_once_a_second() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        let a = addr("198.18.0.2");
+        let stale = knock(1, &[4992], None, NOW - 5 * 60_000, SERVER);
+        assert_eq!(
+            reason(v.verify(&stale, a, NOW)),
+            "too-old",
+            "opened: names the client"
+        );
+        for ms in [1, 500, 999] {
+            assert_eq!(reason(v.verify(&stale, a, NOW + ms)), "stale-hint");
+        }
+        assert_eq!(reason(v.verify(&stale, a, NOW + 1_000)), "too-old");
+        // A hint of the freshness window is opened every time.
+        let fresh = knock(1, &[4992], None, NOW, SERVER);
+        let mut forged = fresh.clone();
+        if let Some(last) = forged.last_mut() {
+            *last ^= 1;
+        }
+        for ms in [0, 1, 2] {
+            assert_eq!(reason(v.verify(&forged, a, NOW + ms)), "bad-mac");
+        }
+    }
+
+    #[test]
     fn a_mapped_address_is_the_ipv4_address() {
-        let v = verifier(&[client("alice", 1, &[4992])]);
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
         let k = knock(1, &[4992], Some(addr("198.18.0.2")), NOW, SERVER);
         let pending = v
             .verify(&k, addr("::ffff:198.18.0.2"), NOW)

@@ -186,7 +186,8 @@ fn sigkill_expiry_and_restart_without_duplicates(firewall: &str) {
 }
 
 fn replays_open_nothing(firewall: &str) {
-    let w = world(firewall, "");
+    // A short window: after the state is lost, knocks are refused for one.
+    let w = world(firewall, "max_clock_skew = \"3s\"\n");
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let dump = Tcpdump::start(
         &w.hosts.client,
@@ -228,7 +229,17 @@ fn replays_open_nothing(firewall: &str) {
         "replay after state loss opened"
     );
     assert_eq!(server.count_log("granted"), 0, "{}", server.log());
-    // Losing state never locks the real client out.
+    // Losing state never locks the real client out: after one window of
+    // refusals (so that nothing honoured before can be again), it knocks in.
+    server.wait_for_log("knocks are refused for the next 3s", Duration::from_secs(1));
+    assert!(
+        eventually(Duration::from_secs(8), || !w
+            .setup
+            .status(&w.hosts.server)
+            .contains("replay state")),
+        "{}",
+        w.setup.status(&w.hosts.server)
+    );
     let (code, out, err) = knock(&w, &w.alice, SERVER_V4, "4992");
     assert_eq!(
         code,

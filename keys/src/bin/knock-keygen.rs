@@ -104,6 +104,13 @@ fn run(args: Args) -> Result<(), Failure> {
             "{PROGRAM}: created server identity {}",
             config.identity_file.display()
         );
+        if let Err(err) = initial_replay_state(&config) {
+            eprintln!(
+                "{PROGRAM}: warning: {}; knock-server's first start will refuse knocks for max_clock_skew ({}s), as after a lost state",
+                err.message,
+                config.max_clock_skew.as_secs()
+            );
+        }
     }
 
     let mut bytes = zeroize::Zeroizing::new([0u8; CLIENT_SECRET_LEN]);
@@ -112,11 +119,19 @@ fn run(args: Args) -> Result<(), Failure> {
         .map_err(|_| Failure::runtime("the system random generator failed"))?;
     let secret = ClientSecret::from_bytes(*bytes);
 
+    // A new key for an existing client keeps its policy.
+    let kept = ClientEntry::load(&entry_path).ok();
     let entry = ClientEntry {
         name: args.name.clone(),
         secret: secret.clone(),
         ports: ports.clone(),
-        max_open_for: None,
+        max_open_for: kept.as_ref().and_then(|e| e.max_open_for),
+        allow_from: kept
+            .as_ref()
+            .map(|e| e.allow_from.clone())
+            .unwrap_or_default(),
+        expires: kept.as_ref().and_then(|e| e.expires.clone()),
+        require_bound_addr: kept.as_ref().is_some_and(|e| e.require_bound_addr),
     };
     let profile = ClientProfile {
         name: args.name.clone(),
@@ -157,5 +172,28 @@ fn run(args: Args) -> Result<(), Failure> {
     eprintln!(
         "{PROGRAM}: load it with `knock-server apply` (kept only if you confirm), or `knock-server reload`"
     );
+    Ok(())
+}
+
+/// A new server has accepted no knock: its replay state says so, and its
+/// first start refuses nothing. (Without a state, the server cannot tell a
+/// first start from a lost state directory, and refuses knocks for one
+/// window after it starts.)
+fn initial_replay_state(config: &ServerConfig) -> Result<(), Failure> {
+    let path = config.state_dir.join("replay.state");
+    if path.exists() {
+        return Ok(());
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let window_ms = u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+    ensure_private_dir(&config.state_dir)?;
+    write_private(
+        &path,
+        &knock_proto::ReplayGuard::first_start(window_ms, now_ms).encode(),
+        false,
+    )?;
     Ok(())
 }

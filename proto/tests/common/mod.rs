@@ -188,7 +188,9 @@ pub mod spec {
             Some(IpAddr::V4(a)) => p.extend_from_slice(&a.octets()),
             Some(IpAddr::V6(a)) => p.extend_from_slice(&a.octets()),
         }
-        p.resize(p.len() + padding, 0);
+        // Padded to the longest request (16 ports, an IPv6 address: 95
+        // bytes), then by `padding` more.
+        p.resize(p.len().max(95) + padding, 0);
         p
     }
 
