@@ -24,7 +24,7 @@ cargo build --release --locked -p knock-server -p knock-client -p knock-keys --b
 log "man pages and completions into $dist"
 rm -rf "$dist"
 cargo run --quiet --locked -p xtask -- dist "$dist" >&2
-gzip -9nf "$dist"/man/*.1
+gzip -9nf "$dist"/*/man/*.1
 
 log "cargo deb"
 mkdir -p "$out"
