@@ -1,8 +1,8 @@
 //! The Debian packages, knock-server and knock-client: their contents and
 //! modes, then real `dpkg -i`, `knock-server check`, a start under the
-//! packaged unit, `dpkg -r` and `dpkg -P`, and the migration from the single
-//! `knock` package of 0.1.0, all inside a throwaway container booted with
-//! systemd-nspawn:
+//! packaged unit, upgrades (one the new version's `check` refuses), `dpkg -r`
+//! and `dpkg -P`, and the migration from the single `knock` package of 0.1.0,
+//! all inside a throwaway container booted with systemd-nspawn:
 //!
 //! - `--volatile=yes`: the container's root is a tmpfs; the host's `/usr` is
 //!   bind-mounted read-only (in a private mount namespace) and overlaid with a
@@ -55,6 +55,9 @@ struct Pool {
     /// The packages under test.
     server: String,
     client: String,
+    /// The server package again, same files, with a higher version each:
+    /// the upgrades.
+    server_upgrades: [String; 2],
     /// The single package of 0.1.0 that both replace: named `knock`, with
     /// exactly the files it had (taken from the two), the server's
     /// maintainer scripts and the configuration as its conffile.
@@ -126,6 +129,17 @@ impl Pool {
             std::fs::copy(deb, dir.join(name(deb))).unwrap();
         }
         let version = control_field(server, "Version");
+        let upgrade = |n: u32| {
+            let file = format!("knock-server_{version}+up{n}_amd64.deb");
+            repack(server, None, &dir.join(&file), |control| {
+                control.replace(
+                    &format!("\nVersion: {version}\n"),
+                    &format!("\nVersion: {version}+up{n}\n"),
+                )
+            });
+            file
+        };
+        let server_upgrades = [upgrade(1), upgrade(2)];
         let old_knock = format!("knock_{version}_amd64.deb");
         repack(server, Some(client), &dir.join(&old_knock), |control| {
             control
@@ -144,6 +158,7 @@ impl Pool {
             dir,
             server: name(server),
             client: name(client),
+            server_upgrades,
             old_knock,
         }
     }
@@ -774,10 +789,11 @@ fn host_tables() -> String {
 
 /// Both packages in one container: the client alone first (a machine
 /// without the server), then the server: install, check, run, reload, the
-/// iptables backend, remove and purge of each; then, in the same container, the migration from the
+/// iptables backend, upgrades (one the new version refuses), remove and
+/// purge of each; then, in the same container, the migration from the
 /// single package of 0.1.0.
 #[test]
-fn packages_install_check_run_remove_and_purge_in_a_container() {
+fn packages_install_check_run_upgrade_remove_and_purge_in_a_container() {
     require_root();
     for (tool, package) in [
         ("dpkg-deb", "dpkg"),
@@ -1023,6 +1039,8 @@ fn packages_install_check_run_remove_and_purge_in_a_container() {
         assert!(!journal.contains(bad), "{bad} in the journal:\n{journal}");
     }
 
+    upgrades_restart_only_with_a_configuration_the_new_version_accepts(&c, pool);
+
     // Remove the server: it stops, our table goes, the configuration stays;
     // the client stays and works.
     c.ok("systemctl enable knock-server.service");
@@ -1085,6 +1103,134 @@ fn packages_install_check_run_remove_and_purge_in_a_container() {
 /// The server's main PID, as systemd has it ("0" when it runs none).
 fn main_pid(c: &Container) -> String {
     c.stdout("systemctl show -P MainPID knock-server.service")
+}
+
+fn installed_version(c: &Container, package: &str) -> String {
+    c.stdout(&format!("dpkg-query -W -f '${{Version}}' {package}"))
+}
+
+/// Grants for the client on 127.0.0.1 logged by the server process `pid`.
+fn grants_logged_by(c: &Container, pid: &str) -> usize {
+    c.stdout(&format!("journalctl -u knock-server _PID={pid} -o cat"))
+        .matches("granted tcp/22 to 127.0.0.1")
+        .count()
+}
+
+/// An upgrade restarts the running server on the new binary when that
+/// accepts the configuration (the positive control); when it refuses it (as
+/// a stricter version would), the upgrade succeeds, says why the server was
+/// not restarted and what to do, and the old server keeps running, with its
+/// rules, and keeps granting: it read its configuration at its start.
+fn upgrades_restart_only_with_a_configuration_the_new_version_accepts(c: &Container, pool: &Pool) {
+    let [accepted, refused] = &pool.server_upgrades;
+    let journal = || c.ok("journalctl -u knock-server -o cat -n 20");
+
+    let before = main_pid(c);
+    assert_ne!(before, "0", "no server running before the upgrade");
+    let out = c.ok(&format!("dpkg -i /run/pkg/{accepted}"));
+    assert!(installed_version(c, "knock-server").ends_with("+up1"));
+    assert!(!out.contains("NOT restarted"), "{out}");
+    let restarted = main_pid(c);
+    assert_eq!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "active",
+        "{}",
+        journal()
+    );
+    assert_ne!(
+        restarted, before,
+        "an upgrade the new version accepts did not restart the server:\n{out}"
+    );
+
+    c.ok("cp /etc/knock/server.toml /root/server.toml.valid && \
+         echo 'stricter_key = 1' >> /etc/knock/server.toml");
+    let check = c.sh_out("knock-server check");
+    assert!(
+        !check.status.success() && text(&check.stderr).contains("stricter_key"),
+        "knock-server check accepts the edited configuration"
+    );
+    let out = c.ok(&format!("dpkg -i /run/pkg/{refused}"));
+    assert!(installed_version(c, "knock-server").ends_with("+up2"));
+    for needle in [
+        "NOT restarted: the new version refuses /etc/knock/server.toml",
+        "unknown field `stricter_key`",
+        "keeps running",
+        "2. knock-server check",
+        "3. systemctl restart knock-server",
+    ] {
+        assert!(
+            out.contains(needle),
+            "dpkg's output lacks {needle:?}:\n{out}"
+        );
+    }
+    assert_eq!(
+        main_pid(c),
+        restarted,
+        "the refused upgrade stopped or restarted the server:\n{}",
+        journal()
+    );
+    assert_eq!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "active"
+    );
+    let table = c.ok("nft list table inet knock");
+    assert!(table.contains("22"), "{table}");
+    // The old server still honours a knock.
+    let grants = grants_logged_by(c, &restarted);
+    c.ok("knock-client open 127.0.0.1 22 --no-wait --profile /root/alice.knock");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while grants_logged_by(c, &restarted) == grants {
+        assert!(
+            Instant::now() < deadline,
+            "the old server granted nothing after the refused upgrade:\n{}",
+            journal()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Fixed as the message says: the new version runs.
+    c.ok(
+        "cp /root/server.toml.valid /etc/knock/server.toml && knock-server check >/dev/null \
+         && systemctl restart knock-server.service",
+    );
+    assert_eq!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "active"
+    );
+    assert_ne!(main_pid(c), restarted);
+
+    // A server still waiting for its interface (activating, for as long as
+    // that takes) is restarted too, without dpkg waiting for it to be ready.
+    // (Reinstalling the same version is an upgrade to the postinst.)
+    c.ok(
+        "sed -i 's/^#interface = .*/interface = \"knock9\"/' /etc/knock/server.toml \
+         && systemctl restart --no-block knock-server.service",
+    );
+    let state = c.wait_for(
+        "systemctl is-active knock-server.service",
+        &["activating"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(state, "activating", "{}", journal());
+    let waiting = main_pid(c);
+    let out = c.ok(&format!("timeout 60 dpkg -i /run/pkg/{refused}"));
+    assert!(!out.contains("NOT restarted"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut now = main_pid(c);
+    while now == waiting || now == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting server was not restarted:\n{out}\n{}",
+            journal()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        now = main_pid(c);
+    }
+    assert_eq!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "activating"
+    );
+    c.ok("cp /root/server.toml.valid /etc/knock/server.toml && systemctl restart knock-server.service");
 }
 
 /// The upgrade from the single package of 0.1.0, `knock`, with apt, over a
