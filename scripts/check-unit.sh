@@ -39,12 +39,12 @@ for unit in "$daemon" "$restore"; do
 done
 
 # Documentation=man:... is checked when the generated pages are at hand
-# (scripts/build-deb.sh writes them to target/release/dist/man).
-man_dir="${KNOCK_DIST_DIR:-${CARGO_TARGET_DIR:-target}/release/dist}/man"
+# (scripts/build-deb.sh writes them to target/release/dist/PROGRAM/man).
+dist_dir="${KNOCK_DIST_DIR:-${CARGO_TARGET_DIR:-target}/release/dist}"
 man_opt=--man=no
-if [[ -d $man_dir ]]; then
+if compgen -G "$dist_dir/*/man/*.1*" >/dev/null; then
     mkdir -p "$scratch/man/man1"
-    cp "$man_dir"/*.1* "$scratch/man/man1/"
+    cp "$dist_dir"/*/man/*.1* "$scratch/man/man1/"
     export MANPATH="$scratch/man"
     man_opt=--man=yes
 fi

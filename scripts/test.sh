@@ -27,9 +27,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "build the binaries the integration tests drive"
 cargo build --workspace --bins
 
-step "build the Debian package (tests/tests/package.rs installs it in a container)"
-KNOCK_DEB=$(scripts/build-deb.sh | tail -n 1)
-export KNOCK_DEB
+step "build the Debian packages (tests/tests/package.rs installs them in a container)"
+debs=$(scripts/build-deb.sh | tail -n 2)
+KNOCK_DEB_SERVER=$(sed -n 1p <<<"$debs")
+KNOCK_DEB_CLIENT=$(sed -n 2p <<<"$debs")
+export KNOCK_DEB_SERVER KNOCK_DEB_CLIENT
 
 step "cargo test (unit, property, CLI, namespace, ssh end-to-end, package)"
 results=$(mktemp)

@@ -1,6 +1,8 @@
-//! The Debian package: its contents and modes, then a real `dpkg -i`,
-//! `knock-server check`, a start under the packaged unit, `dpkg -r` and
-//! `dpkg -P`, all inside a throwaway container booted with systemd-nspawn:
+//! The Debian packages, knock-server and knock-client: their contents and
+//! modes, then real `dpkg -i`, `knock-server check`, a start under the
+//! packaged unit, upgrades (one the new version's `check` refuses), `dpkg -r`
+//! and `dpkg -P`, and the migration from the single `knock` package of 0.1.0,
+//! all inside a throwaway container booted with systemd-nspawn:
 //!
 //! - `--volatile=yes`: the container's root is a tmpfs; the host's `/usr` is
 //!   bind-mounted read-only (in a private mount namespace) and overlaid with a
@@ -10,10 +12,13 @@
 //! - systemd runs as the container's PID 1, so the maintainer scripts' systemd
 //!   calls and the unit's sandbox are the real thing.
 //!
-//! The package is `$KNOCK_DEB` if set (scripts/test.sh builds it once), else
-//! it is built here with scripts/build-deb.sh. Missing tools fail the test.
+//! The packages are `$KNOCK_DEB_SERVER` and `$KNOCK_DEB_CLIENT` if set
+//! (scripts/test.sh builds them once), else they are built here with
+//! scripts/build-deb.sh. The tests derive the other packages they install
+//! from these two (see [`Pool`]). Missing tools fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,34 +48,171 @@ fn require_tool(name: &str, package: &str) {
     assert!(found, "{name} is missing: apt-get install {package}");
 }
 
-/// The package under test: `$KNOCK_DEB`, or a fresh build (once for all tests here).
-fn deb() -> PathBuf {
-    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DEB.get_or_init(find_or_build_deb).clone()
+/// Every package the tests install, side by side in one directory, which
+/// containers see as `/run/pkg`; the fields are file names in it.
+struct Pool {
+    dir: PathBuf,
+    /// The packages under test.
+    server: String,
+    client: String,
+    /// The server package again, same files, with a higher version each:
+    /// the upgrades.
+    server_upgrades: [String; 2],
+    /// The single package of 0.1.0 that both replace: named `knock`, with
+    /// exactly the files it had (taken from the two), the server's
+    /// maintainer scripts and the configuration as its conffile.
+    old_knock: String,
 }
 
-fn find_or_build_deb() -> PathBuf {
-    if let Some(path) = std::env::var_os("KNOCK_DEB").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "KNOCK_DEB={} is not a file", path.display());
-        return path;
+/// The pool, built once for all tests here.
+fn pool() -> &'static Pool {
+    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        require_tool("dpkg-deb", "dpkg");
+        let (server, client) = find_or_build_debs();
+        Pool::new(&server, &client)
+    })
+}
+
+/// `$KNOCK_DEB_SERVER` and `$KNOCK_DEB_CLIENT` (both or neither), or a
+/// fresh build: build-deb.sh's last two lines are the server's .deb, then
+/// the client's.
+fn find_or_build_debs() -> (PathBuf, PathBuf) {
+    let var = |name: &str| std::env::var_os(name).filter(|p| !p.is_empty());
+    let (server, client) = match (var("KNOCK_DEB_SERVER"), var("KNOCK_DEB_CLIENT")) {
+        (Some(server), Some(client)) => (PathBuf::from(server), PathBuf::from(client)),
+        (None, None) => {
+            let out = sh(Command::new(workspace_root().join("scripts/build-deb.sh"))
+                .current_dir(workspace_root()));
+            let stdout = text(&out.stdout);
+            let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+            let [.., server, client] = lines.as_slice() else {
+                panic!("build-deb.sh printed fewer than two lines:\n{stdout}");
+            };
+            (PathBuf::from(server), PathBuf::from(client))
+        }
+        _ => panic!("set both KNOCK_DEB_SERVER and KNOCK_DEB_CLIENT, or neither"),
+    };
+    for path in [&server, &client] {
+        assert!(path.is_file(), "{} is not a file", path.display());
     }
-    let out =
-        sh(Command::new(workspace_root().join("scripts/build-deb.sh"))
-            .current_dir(workspace_root()));
-    let path = PathBuf::from(
-        text(&out.stdout)
-            .lines()
-            .last()
-            .expect("build-deb.sh printed the .deb")
-            .trim(),
-    );
-    assert!(
-        path.is_file(),
-        "build-deb.sh printed {}, which is not a file",
-        path.display()
-    );
-    path
+    (server, client)
+}
+
+/// `dpkg-deb -f DEB FIELD`: the field's value, empty if it has none.
+fn control_field(deb: &Path, field: &str) -> String {
+    text(&sh(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field)).stdout)
+        .trim()
+        .to_owned()
+}
+
+/// A file of the control archive (`conffiles`, `postinst`, ...), if there.
+fn control_file(deb: &Path, name: &str) -> Option<String> {
+    let out = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(deb)
+        .arg(name)
+        .output()
+        .unwrap();
+    out.status.success().then(|| text(&out.stdout))
+}
+
+impl Pool {
+    fn new(server: &Path, client: &Path) -> Self {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("knock-pkg-pool");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = |path: &Path| path.file_name().unwrap().to_str().unwrap().to_owned();
+        for deb in [server, client] {
+            std::fs::copy(deb, dir.join(name(deb))).unwrap();
+        }
+        let version = control_field(server, "Version");
+        let upgrade = |n: u32| {
+            let file = format!("knock-server_{version}+up{n}_amd64.deb");
+            repack(server, None, &dir.join(&file), |control| {
+                control.replace(
+                    &format!("\nVersion: {version}\n"),
+                    &format!("\nVersion: {version}+up{n}\n"),
+                )
+            });
+            file
+        };
+        let server_upgrades = [upgrade(1), upgrade(2)];
+        let old_knock = format!("knock_{version}_amd64.deb");
+        repack(server, Some(client), &dir.join(&old_knock), |control| {
+            control
+                .lines()
+                .filter(|l| !l.starts_with("Replaces:") && !l.starts_with("Suggests:"))
+                .map(|l| match l {
+                    "Package: knock-server" => "Package: knock",
+                    l if l.starts_with("Description:") => {
+                        "Description: single-packet authorization: server, client and key tool"
+                    }
+                    l => l,
+                })
+                .fold(String::new(), |all, l| all + l + "\n")
+        });
+        Self {
+            dir,
+            server: name(server),
+            client: name(client),
+            server_upgrades,
+            old_knock,
+        }
+    }
+}
+
+/// Rebuilds `deb` (plus the files of `merge`, if given) as `out`, with its
+/// control file edited by `edit`. With `merge`, the result is the old single
+/// package: exactly [`OLD_KNOCK_FILES`], each of which must be in one of the
+/// two.
+fn repack(deb: &Path, merge: Option<&Path>, out: &Path, edit: impl Fn(&str) -> String) {
+    let tree = out.with_extension("d");
+    sh(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree));
+    if let Some(merge) = merge {
+        sh(Command::new("dpkg-deb").arg("-x").arg(merge).arg(&tree));
+        // The server's checksums alone (if any) would now be incomplete.
+        let md5sums = tree.join("DEBIAN/md5sums");
+        if md5sums.exists() {
+            std::fs::remove_file(md5sums).unwrap();
+        }
+        let wanted: BTreeSet<&str> = OLD_KNOCK_FILES.iter().copied().collect();
+        let files = text(
+            &sh(Command::new("find")
+                .arg(".")
+                .args(["-path", "./DEBIAN", "-prune", "-o", "-type", "f", "-print"])
+                .current_dir(&tree))
+            .stdout,
+        );
+        let files: BTreeSet<&str> = files.lines().map(|l| &l[1..]).collect();
+        let missing: Vec<&&str> = wanted.difference(&files).collect();
+        assert!(
+            missing.is_empty(),
+            "files of the old knock package in neither package: {missing:?}"
+        );
+        for extra in files.difference(&wanted) {
+            std::fs::remove_file(tree.join(&extra[1..])).unwrap();
+        }
+        sh(Command::new("find").arg(&tree).args([
+            "-mindepth",
+            "1",
+            "-type",
+            "d",
+            "-empty",
+            "-delete",
+        ]));
+    }
+    let control = tree.join("DEBIAN/control");
+    let edited = edit(&std::fs::read_to_string(&control).unwrap());
+    std::fs::write(&control, edited).unwrap();
+    // gzip: quick, and dpkg reads it as well as cargo-deb's xz.
+    sh(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zgzip", "-b"])
+        .arg(&tree)
+        .arg(out));
+    std::fs::remove_dir_all(&tree).unwrap();
 }
 
 /// `dpkg-deb -c`: (mode string, owner, path without the leading '.').
@@ -94,71 +236,99 @@ fn contents(deb: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-const MAN_PAGES: &[&str] = &[
+const SERVER_MAN_PAGES: &[&str] = &[
     "knock-server",
     "knock-server-run",
     "knock-server-check",
     "knock-server-status",
     "knock-server-remove-rules",
     "knock-server-restore-rules",
+    "knock-keygen",
+];
+const CLIENT_MAN_PAGES: &[&str] = &[
     "knock-client",
     "knock-client-open",
     "knock-client-connect",
     "knock-client-import",
     "knock-client-list",
-    "knock-keygen",
 ];
-const PROGRAMS: &[&str] = &["knock-server", "knock-client", "knock-keygen"];
 const UNITS: &[&str] = &["knock-server.service", "knock-server-restore.service"];
 
-#[test]
-fn package_contents_modes_and_control() {
-    require_tool("dpkg-deb", "dpkg");
-    let deb = deb();
-    let entries = contents(&deb);
+/// Every file of the single package of 0.1.0, `knock`, which the two
+/// replace: for it to disappear on the upgrade (rather than be removed by
+/// its own prerm, which stops the server), each must be in one of them.
+const OLD_KNOCK_FILES: &[&str] = &[
+    "/etc/knock/server.toml",
+    "/usr/bin/knock-client",
+    "/usr/bin/knock-keygen",
+    "/usr/bin/knock-server",
+    "/usr/lib/systemd/system/knock-server-restore.service",
+    "/usr/lib/systemd/system/knock-server.service",
+    "/usr/lib/tmpfiles.d/knock.conf",
+    "/usr/share/bash-completion/completions/knock-client",
+    "/usr/share/bash-completion/completions/knock-keygen",
+    "/usr/share/bash-completion/completions/knock-server",
+    "/usr/share/doc/knock/OPERATIONS.md",
+    "/usr/share/doc/knock/copyright",
+    "/usr/share/fish/vendor_completions.d/knock-client.fish",
+    "/usr/share/fish/vendor_completions.d/knock-keygen.fish",
+    "/usr/share/fish/vendor_completions.d/knock-server.fish",
+    "/usr/share/man/man1/knock-client-connect.1.gz",
+    "/usr/share/man/man1/knock-client-import.1.gz",
+    "/usr/share/man/man1/knock-client-list.1.gz",
+    "/usr/share/man/man1/knock-client-open.1.gz",
+    "/usr/share/man/man1/knock-client.1.gz",
+    "/usr/share/man/man1/knock-keygen.1.gz",
+    "/usr/share/man/man1/knock-server-check.1.gz",
+    "/usr/share/man/man1/knock-server-remove-rules.1.gz",
+    "/usr/share/man/man1/knock-server-restore-rules.1.gz",
+    "/usr/share/man/man1/knock-server-run.1.gz",
+    "/usr/share/man/man1/knock-server-status.1.gz",
+    "/usr/share/man/man1/knock-server.1.gz",
+    "/usr/share/zsh/vendor-completions/_knock-client",
+    "/usr/share/zsh/vendor-completions/_knock-keygen",
+    "/usr/share/zsh/vendor-completions/_knock-server",
+];
+
+/// A program's files: the binary and its completions, with their modes.
+fn program_files(program: &str) -> Vec<(String, &'static str)> {
+    vec![
+        (format!("/usr/bin/{program}"), "-rwxr-xr-x"),
+        (
+            format!("/usr/share/bash-completion/completions/{program}"),
+            "-rw-r--r--",
+        ),
+        (
+            format!("/usr/share/zsh/vendor-completions/_{program}"),
+            "-rw-r--r--",
+        ),
+        (
+            format!("/usr/share/fish/vendor_completions.d/{program}.fish"),
+            "-rw-r--r--",
+        ),
+    ]
+}
+
+/// Asserts that the package's files (directories aside) are exactly
+/// `expected`, with those modes, all owned by root, none setuid, setgid or
+/// world-writable.
+fn assert_files(deb: &Path, expected: &[(String, &str)]) {
+    let entries = contents(deb);
     let listing = entries
         .iter()
         .map(|(m, o, p)| format!("{m} {o} {p}"))
         .collect::<Vec<_>>()
         .join("\n");
-    let mode_of = |path: &str| {
-        entries
-            .iter()
-            .find(|(_, _, p)| p == path)
-            .map(|(m, _, _)| m.as_str())
-            .unwrap_or_else(|| panic!("{path} is not in the package:\n{listing}"))
-    };
-
-    let mut expected: Vec<(String, &str)> = Vec::new();
-    for program in PROGRAMS {
-        expected.push((format!("/usr/bin/{program}"), "-rwxr-xr-x"));
-        expected.push((
-            format!("/usr/share/bash-completion/completions/{program}"),
-            "-rw-r--r--",
-        ));
-        expected.push((
-            format!("/usr/share/zsh/vendor-completions/_{program}"),
-            "-rw-r--r--",
-        ));
-        expected.push((
-            format!("/usr/share/fish/vendor_completions.d/{program}.fish"),
-            "-rw-r--r--",
-        ));
-    }
-    for page in MAN_PAGES {
-        expected.push((format!("/usr/share/man/man1/{page}.1.gz"), "-rw-r--r--"));
-    }
-    for unit in UNITS {
-        expected.push((format!("/usr/lib/systemd/system/{unit}"), "-rw-r--r--"));
-    }
-    expected.push(("/usr/lib/tmpfiles.d/knock.conf".into(), "-rw-r--r--"));
-    // The configuration holds no secret; the secrets (clients.d, server.id)
-    // are created by the postinst (0700) and knock-keygen (0600).
-    expected.push(("/etc/knock/server.toml".into(), "-rw-r--r--"));
-    expected.push(("/usr/share/doc/knock/OPERATIONS.md".into(), "-rw-r--r--"));
-    expected.push(("/usr/share/doc/knock/copyright".into(), "-rw-r--r--"));
-    for (path, mode) in &expected {
-        assert_eq!(mode_of(path), *mode, "mode of {path}:\n{listing}");
+    let files: BTreeSet<&str> = entries
+        .iter()
+        .filter(|(m, _, _)| !m.starts_with('d'))
+        .map(|(_, _, p)| p.as_str())
+        .collect();
+    let wanted: BTreeSet<&str> = expected.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(files, wanted, "files of {}:\n{listing}", deb.display());
+    for (path, mode) in expected {
+        let (got, _, _) = entries.iter().find(|(_, _, p)| p == path).unwrap();
+        assert_eq!(got, mode, "mode of {path}:\n{listing}");
     }
     for (mode, owner, path) in &entries {
         assert!(
@@ -171,30 +341,139 @@ fn package_contents_modes_and_control() {
         );
         assert_ne!(&mode[8..9], "w", "{path} is world-writable: {mode}");
     }
+}
 
-    let info = text(&sh(Command::new("dpkg-deb").arg("-I").arg(&deb)).stdout);
-    assert!(info.contains("Package: knock"), "{info}");
-    assert!(info.contains("nftables | iptables"), "Depends: {info}");
-    let field = |name: &str| {
-        let out = Command::new("dpkg-deb")
-            .args(["-I"])
-            .arg(&deb)
-            .arg(name)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name} missing from the control archive: {}",
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    };
-    assert_eq!(field("conffiles").trim(), "/etc/knock/server.toml");
-    for script in ["postinst", "prerm", "postrm"] {
-        assert!(field(script).starts_with("#!/bin/sh"), "{script}");
+/// The firewall packages named in the package's relationship fields.
+fn firewall_relations(deb: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for field in [
+        "Pre-Depends",
+        "Depends",
+        "Recommends",
+        "Suggests",
+        "Enhances",
+    ] {
+        let value = control_field(deb, field);
+        for firewall in ["nftables", "iptables", "ipset"] {
+            if value.contains(firewall) {
+                found.push(format!("{field}: {firewall}"));
+            }
+        }
     }
+    found
+}
+
+#[test]
+fn packages_contents_modes_and_control() {
+    require_tool("dpkg-deb", "dpkg");
+    let pool = pool();
+    let server = pool.dir.join(&pool.server);
+    let client = pool.dir.join(&pool.client);
+
+    // knock-server: the server and the key tool, their pages and
+    // completions, the units and the configuration; nothing of the client.
+    let mut expected: Vec<(String, &str)> = Vec::new();
+    for program in ["knock-server", "knock-keygen"] {
+        expected.extend(program_files(program));
+    }
+    for page in SERVER_MAN_PAGES {
+        expected.push((format!("/usr/share/man/man1/{page}.1.gz"), "-rw-r--r--"));
+    }
+    for unit in UNITS {
+        expected.push((format!("/usr/lib/systemd/system/{unit}"), "-rw-r--r--"));
+    }
+    expected.push(("/usr/lib/tmpfiles.d/knock.conf".into(), "-rw-r--r--"));
+    // The configuration holds no secret; the secrets (clients.d, server.id)
+    // are created by the postinst (0700) and knock-keygen (0600).
+    expected.push(("/etc/knock/server.toml".into(), "-rw-r--r--"));
+    expected.push(("/usr/share/doc/knock/OPERATIONS.md".into(), "-rw-r--r--"));
+    expected.push(("/usr/share/doc/knock/copyright".into(), "-rw-r--r--"));
+    expected.push(("/usr/share/doc/knock-server/copyright".into(), "-rw-r--r--"));
+    assert_files(&server, &expected);
+    let server_files = expected;
+
+    // knock-client: the client alone.
+    let mut expected = program_files("knock-client");
+    for page in CLIENT_MAN_PAGES {
+        expected.push((format!("/usr/share/man/man1/{page}.1.gz"), "-rw-r--r--"));
+    }
+    expected.push(("/usr/share/doc/knock-client/copyright".into(), "-rw-r--r--"));
+    assert_files(&client, &expected);
+    let client_files = expected;
+    let of_client = |files: &[(String, &str)]| {
+        files
+            .iter()
+            .filter(|(p, _)| p.contains("knock-client"))
+            .count()
+    };
+    assert_eq!(
+        of_client(&server_files),
+        0,
+        "knock-client files in knock-server"
+    );
+    assert!(
+        of_client(&client_files) >= 4,
+        "positive control: {client_files:?}"
+    );
+
+    // Together they have every file of the package they replace, so that it
+    // disappears on the upgrade.
+    for old in OLD_KNOCK_FILES {
+        assert!(
+            server_files
+                .iter()
+                .chain(&client_files)
+                .any(|(p, _)| p == old),
+            "{old}, a file of the old knock package, is in neither package"
+        );
+    }
+
+    // Control: the server depends on a firewall, the client on libc alone.
+    assert_eq!(control_field(&server, "Package"), "knock-server");
+    assert_eq!(control_field(&client, "Package"), "knock-client");
+    assert!(
+        control_field(&server, "Depends").contains("nftables | iptables"),
+        "{}",
+        control_field(&server, "Depends")
+    );
+    assert_eq!(control_field(&server, "Recommends"), "ipset");
+    assert!(
+        !firewall_relations(&server).is_empty(),
+        "positive control: the server's relations name its firewalls"
+    );
+    assert_eq!(firewall_relations(&client), Vec::<String>::new());
+    let depends = control_field(&client, "Depends");
+    for dependency in depends.split(',').map(str::trim) {
+        assert!(
+            dependency.starts_with("libc6 ") || dependency == "libc6",
+            "knock-client depends on more than libc: {depends}"
+        );
+    }
+    assert!(depends.contains("libc6"), "Depends: {depends}");
+    // Both take over the old package's files, and neither Breaks or
+    // Conflicts with it: apt would then remove it first, and its prerm
+    // would stop the server and delete its rules.
+    for deb in [&server, &client] {
+        assert_eq!(control_field(deb, "Replaces"), "knock");
+        assert_eq!(control_field(deb, "Breaks"), "");
+        assert_eq!(control_field(deb, "Conflicts"), "");
+    }
+
+    let field = |deb: &Path, name: &str| {
+        control_file(deb, name).unwrap_or_else(|| panic!("{name} missing from {}", deb.display()))
+    };
+    assert_eq!(field(&server, "conffiles").trim(), "/etc/knock/server.toml");
+    for script in ["postinst", "prerm", "postrm"] {
+        assert!(field(&server, script).starts_with("#!/bin/sh"), "{script}");
+        assert_eq!(
+            control_file(&client, script),
+            None,
+            "knock-client has a {script}"
+        );
+    }
+    assert_eq!(control_file(&client, "conffiles"), None);
     // Nothing in the maintainer scripts enables or starts the service.
-    let postinst = field("postinst");
+    let postinst = field(&server, "postinst");
     for line in postinst.lines().map(str::trim) {
         for forbidden in [
             "systemctl enable",
@@ -210,7 +489,6 @@ fn package_contents_modes_and_control() {
         }
     }
 }
-
 /// A booted systemd container, torn down on drop.
 struct Container {
     nspawn: Child,
@@ -274,10 +552,10 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 impl Container {
     /// A volatile container in basic.target, booted until
-    /// `is-system-running` says it is up.
-    fn boot(deb: &Path) -> Self {
+    /// `is-system-running` says it is up. The pool is at `/run/pkg`.
+    fn boot(pool: &Pool) -> Self {
         let container = Self::start(
-            deb,
+            pool,
             &Boot {
                 disk: None,
                 netns: None,
@@ -290,7 +568,7 @@ impl Container {
 
     /// Starts the container and waits until its systemd answers on the
     /// bus; not until the boot has finished (see [`Container::wait_booted`]).
-    fn start(deb: &Path, boot: &Boot) -> Self {
+    fn start(pool: &Pool, boot: &Boot) -> Self {
         let n = CONTAINERS.fetch_add(1, Ordering::SeqCst);
         let volatile = match boot.disk {
             None => Some(
@@ -336,7 +614,7 @@ impl Container {
             None => "--private-network".to_owned(),
         };
         let log = std::env::temp_dir().join(format!("knock-pkg-{}-{n}.log", std::process::id()));
-        let deb_dir = deb.parent().unwrap().canonicalize().unwrap();
+        let deb_dir = pool.dir.canonicalize().unwrap();
         // The mounts of /usr live only in this private mount namespace.
         let script = format!(
             "{usr_mount} && exec systemd-nspawn --quiet \
@@ -509,8 +787,13 @@ fn host_tables() -> String {
     text(&sh(Command::new("nft").args(["list", "tables"])).stdout)
 }
 
+/// Both packages in one container: the client alone first (a machine
+/// without the server), then the server: install, check, run, reload, the
+/// iptables backend, upgrades (one the new version refuses), remove and
+/// purge of each; then, in the same container, the migration from the
+/// single package of 0.1.0.
 #[test]
-fn package_installs_checks_runs_removes_and_purges_in_a_container() {
+fn packages_install_check_run_upgrade_remove_and_purge_in_a_container() {
     require_root();
     for (tool, package) in [
         ("dpkg-deb", "dpkg"),
@@ -518,15 +801,15 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
         ("unshare", "util-linux"),
         ("nsenter", "util-linux"),
         ("nft", "nftables"),
+        ("apt-get", "apt"),
     ] {
         require_tool(tool, package);
     }
-    let deb = deb();
-    let deb_name = deb.file_name().unwrap().to_str().unwrap().to_owned();
+    let pool = pool();
     let _alone = one_at_a_time();
     let host_before = host_tables();
 
-    let c = Container::boot(&deb);
+    let c = Container::boot(pool);
     // A private dpkg database, copied from the host's (whose /usr the
     // container shares), without the host's stat overrides.
     c.ok("cp -a /run/host-dpkg /var/lib/dpkg && : > /var/lib/dpkg/statoverride");
@@ -536,10 +819,48 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
           -o lowerdir=/usr,upperdir=/run/usr-rw/upper,workdir=/run/usr-rw/work /usr",
     );
 
+    // The client alone: it works, with its pages, and brings nothing of the
+    // server (the server's install below is the positive control).
+    c.ok(&format!("dpkg -i /run/pkg/{}", pool.client));
+    let version = c.ok("knock-client --version");
+    assert!(version.starts_with("knock-client "), "{version}");
+    for page in CLIENT_MAN_PAGES {
+        assert!(
+            c.ok(&format!("zcat /usr/share/man/man1/{page}.1.gz"))
+                .contains(&format!(".TH {page} 1")),
+            "{page}"
+        );
+    }
+    assert!(c
+        .ok("cat /usr/share/bash-completion/completions/knock-client")
+        .contains("knock-client"));
+    let server_paths = "/usr/bin/knock-server /usr/bin/knock-keygen /etc/knock \
+         /usr/lib/systemd/system/knock-server.service /usr/share/man/man1/knock-server.1.gz";
+    let present = |paths: &str| {
+        c.stdout(&format!(
+            "for p in {paths}; do test -e $p && echo $p; done; true"
+        ))
+    };
+    assert_eq!(
+        present(server_paths),
+        "",
+        "knock-client brought the server's files"
+    );
+    assert!(!c.sh_out("dpkg-query -W knock-server").status.success());
+
     // Install: files in place with the right modes; nothing enabled, started
     // or written to the firewall.
-    let install = c.ok(&format!("dpkg -i /run/pkg/{deb_name}"));
+    let install = c.ok(&format!("dpkg -i /run/pkg/{}", pool.server));
     assert!(install.contains("installed, not enabled"), "{install}");
+    assert!(
+        !install.contains("is still installed"),
+        "a note about the old package, which was never here:\n{install}"
+    );
+    assert_eq!(
+        present(server_paths).lines().count(),
+        5,
+        "positive control: the server's files, with the server package"
+    );
     assert_eq!(
         c.stdout("systemctl is-enabled knock-server.service"),
         "disabled"
@@ -718,9 +1039,12 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
         assert!(!journal.contains(bad), "{bad} in the journal:\n{journal}");
     }
 
-    // Remove: the server stops, our table goes, the configuration stays.
+    upgrades_restart_only_with_a_configuration_the_new_version_accepts(&c, pool);
+
+    // Remove the server: it stops, our table goes, the configuration stays;
+    // the client stays and works.
     c.ok("systemctl enable knock-server.service");
-    c.ok("dpkg -r knock");
+    c.ok("dpkg -r knock-server");
     assert_ne!(
         c.stdout("systemctl is-active knock-server.service"),
         "active"
@@ -730,10 +1054,8 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
         !tables.contains("knock"),
         "our table survived dpkg -r:\n{tables}"
     );
-    assert!(
-        !c.sh_out("test -e /usr/bin/knock-server").status.success(),
-        "binary left after remove"
-    );
+    assert_eq!(present(server_paths), "/etc/knock", "left after remove");
+    c.ok("knock-client --version && test -f /usr/share/man/man1/knock-client.1.gz");
     for unit in UNITS {
         assert!(!c
             .sh_out(&format!("test -e /usr/lib/systemd/system/{unit}"))
@@ -750,7 +1072,7 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
     c.ok("test -d /var/lib/knock");
 
     // Purge: configuration, identity, clients and state are gone.
-    c.ok("dpkg -P knock");
+    c.ok("dpkg -P knock-server");
     assert!(
         !c.sh_out("test -e /etc/knock").status.success(),
         "{}",
@@ -760,10 +1082,239 @@ fn package_installs_checks_runs_removes_and_purges_in_a_container() {
         !c.sh_out("test -e /var/lib/knock").status.success(),
         "state left after purge"
     );
-    assert!(!c.sh_out("dpkg -s knock").status.success());
+    assert!(!c.sh_out("dpkg -s knock-server").status.success());
+
+    // The client: remove, then purge.
+    c.ok("dpkg -r knock-client");
+    assert_eq!(
+        present("/usr/bin/knock-client /usr/share/man/man1/knock-client.1.gz"),
+        "",
+        "left after removing knock-client"
+    );
+    c.ok("dpkg -P knock-client");
+    assert!(!c.sh_out("dpkg -s knock-client").status.success());
+
+    migration_from_the_single_package(&c, pool);
     drop(c);
 
     assert_eq!(host_tables(), host_before, "the host's firewall changed");
+}
+
+/// The server's main PID, as systemd has it ("0" when it runs none).
+fn main_pid(c: &Container) -> String {
+    c.stdout("systemctl show -P MainPID knock-server.service")
+}
+
+fn installed_version(c: &Container, package: &str) -> String {
+    c.stdout(&format!("dpkg-query -W -f '${{Version}}' {package}"))
+}
+
+/// Grants for the client on 127.0.0.1 logged by the server process `pid`.
+fn grants_logged_by(c: &Container, pid: &str) -> usize {
+    c.stdout(&format!("journalctl -u knock-server _PID={pid} -o cat"))
+        .matches("granted tcp/22 to 127.0.0.1")
+        .count()
+}
+
+/// An upgrade restarts the running server on the new binary when that
+/// accepts the configuration (the positive control); when it refuses it (as
+/// a stricter version would), the upgrade succeeds, says why the server was
+/// not restarted and what to do, and the old server keeps running, with its
+/// rules, and keeps granting: it read its configuration at its start.
+fn upgrades_restart_only_with_a_configuration_the_new_version_accepts(c: &Container, pool: &Pool) {
+    let [accepted, refused] = &pool.server_upgrades;
+    let journal = || c.ok("journalctl -u knock-server -o cat -n 20");
+
+    let before = main_pid(c);
+    assert_ne!(before, "0", "no server running before the upgrade");
+    let out = c.ok(&format!("dpkg -i /run/pkg/{accepted}"));
+    assert!(installed_version(c, "knock-server").ends_with("+up1"));
+    assert!(!out.contains("NOT restarted"), "{out}");
+    let restarted = main_pid(c);
+    assert_eq!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "active",
+        "{}",
+        journal()
+    );
+    assert_ne!(
+        restarted, before,
+        "an upgrade the new version accepts did not restart the server:\n{out}"
+    );
+
+    c.ok("cp /etc/knock/server.toml /root/server.toml.valid && \
+         echo 'stricter_key = 1' >> /etc/knock/server.toml");
+    let check = c.sh_out("knock-server check");
+    assert!(
+        !check.status.success() && text(&check.stderr).contains("stricter_key"),
+        "knock-server check accepts the edited configuration"
+    );
+    let out = c.ok(&format!("dpkg -i /run/pkg/{refused}"));
+    assert!(installed_version(c, "knock-server").ends_with("+up2"));
+    for needle in [
+        "NOT restarted: the new version refuses /etc/knock/server.toml",
+        "unknown field `stricter_key`",
+        "keeps running",
+        "2. knock-server check",
+        "3. systemctl restart knock-server",
+    ] {
+        assert!(
+            out.contains(needle),
+            "dpkg's output lacks {needle:?}:\n{out}"
+        );
+    }
+    assert_eq!(
+        main_pid(c),
+        restarted,
+        "the refused upgrade stopped or restarted the server:\n{}",
+        journal()
+    );
+    assert_eq!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "active"
+    );
+    let table = c.ok("nft list table inet knock");
+    assert!(table.contains("22"), "{table}");
+    // The old server still honours a knock.
+    let grants = grants_logged_by(c, &restarted);
+    c.ok("knock-client open 127.0.0.1 22 --no-wait --profile /root/alice.knock");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while grants_logged_by(c, &restarted) == grants {
+        assert!(
+            Instant::now() < deadline,
+            "the old server granted nothing after the refused upgrade:\n{}",
+            journal()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Fixed as the message says: the new version runs.
+    c.ok(
+        "cp /root/server.toml.valid /etc/knock/server.toml && knock-server check >/dev/null \
+         && systemctl restart knock-server.service",
+    );
+    assert_eq!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "active"
+    );
+    assert_ne!(main_pid(c), restarted);
+
+    // A server still waiting for its interface (activating, for as long as
+    // that takes) is restarted too, without dpkg waiting for it to be ready.
+    // (Reinstalling the same version is an upgrade to the postinst.)
+    c.ok(
+        "sed -i 's/^#interface = .*/interface = \"knock9\"/' /etc/knock/server.toml \
+         && systemctl restart --no-block knock-server.service",
+    );
+    let state = c.wait_for(
+        "systemctl is-active knock-server.service",
+        &["activating"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(state, "activating", "{}", journal());
+    let waiting = main_pid(c);
+    let out = c.ok(&format!("timeout 60 dpkg -i /run/pkg/{refused}"));
+    assert!(!out.contains("NOT restarted"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut now = main_pid(c);
+    while now == waiting || now == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting server was not restarted:\n{out}\n{}",
+            journal()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        now = main_pid(c);
+    }
+    assert_eq!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "activating"
+    );
+    c.ok("cp /root/server.toml.valid /etc/knock/server.toml && systemctl restart knock-server.service");
+}
+
+/// The upgrade from the single package of 0.1.0, `knock`, with apt, over a
+/// running, enabled server: knock-server first (knock stays, with the
+/// client's files, and the postinst says not to remove it), then
+/// knock-client, which leaves knock no file: it disappears without its prerm
+/// or postrm running (they would stop and disable the server and delete its
+/// rules, and its purge its identity, clients and state). The server is
+/// restarted on the new binary and stays enabled, with its identity, clients
+/// and edited configuration.
+fn migration_from_the_single_package(c: &Container, pool: &Pool) {
+    c.ok(
+        "mkdir -p /etc/apt/apt.conf.d /etc/apt/preferences.d /etc/apt/sources.list.d \
+         /var/lib/apt/lists/partial /var/cache/apt/archives/partial /var/log/apt",
+    );
+    c.ok(&format!("dpkg -i /run/pkg/{}", pool.old_knock));
+    c.ok("knock-keygen bob --host 127.0.0.1 --out /root/bob.knock");
+    c.ok("echo '# kept through the upgrade' >> /etc/knock/server.toml");
+    c.ok("systemctl enable --now knock-server.service");
+    let old = main_pid(c);
+    let status = |package: &str| {
+        c.stdout(&format!(
+            "dpkg-query -W -f '${{db:Status-Status}}' {package}"
+        ))
+    };
+    assert_eq!(status("knock"), "installed");
+    c.ok("test -f /var/lib/dpkg/info/knock.prerm && test -f /var/lib/dpkg/info/knock.postrm");
+    let apt = |deb: &str| {
+        c.ok(&format!(
+            "cd /run/pkg && DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y --no-install-recommends ./{deb}"
+        ))
+    };
+    let running = || {
+        (
+            c.stdout("systemctl is-active knock-server.service"),
+            c.stdout("systemctl is-enabled knock-server.service"),
+        )
+    };
+
+    let out = apt(&pool.server);
+    assert!(
+        !out.contains("REMOVED") && !out.contains("Removing knock"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the old package \"knock\" is still installed"),
+        "{out}"
+    );
+    assert!(!out.contains("installed, not enabled"), "{out}");
+    assert_eq!(status("knock"), "installed");
+    assert_eq!(running(), ("active".into(), "enabled".into()), "{out}");
+    let new = main_pid(c);
+    assert_ne!(new, old, "not restarted on the new binary:\n{out}");
+
+    let out = apt(&pool.client);
+    assert!(out.contains("Noting disappearance of knock"), "{out}");
+    assert!(!out.contains("Removing knock"), "{out}");
+    // Not even in the config-files state, whose purge would run its postrm:
+    // its scripts are gone.
+    assert_eq!(status("knock"), "not-installed");
+    assert_eq!(
+        c.stdout("ls /var/lib/dpkg/info | grep '^knock\\.'"),
+        "",
+        "knock's maintainer scripts are still there"
+    );
+    assert_eq!(running(), ("active".into(), "enabled".into()), "{out}");
+    assert_eq!(
+        main_pid(c),
+        new,
+        "installing knock-client touched the server"
+    );
+    c.ok("test -f /etc/knock/server.id && test -f /etc/knock/clients.d/bob.toml && test -d /var/lib/knock");
+    c.ok("nft list table inet knock");
+    assert_eq!(
+        c.stdout("tail -n 1 /etc/knock/server.toml"),
+        "# kept through the upgrade"
+    );
+    assert!(c
+        .stdout("dpkg-query -W -f '${Conffiles}' knock-server")
+        .contains("/etc/knock/server.toml"));
+    assert!(c
+        .stdout("dpkg-query -S /usr/bin/knock-client /usr/bin/knock-keygen")
+        .contains("knock-client: /usr/bin/knock-client\nknock-server: /usr/bin/knock-keygen"));
 }
 
 /// The container's address on the link that is there from boot (probes),
@@ -825,8 +1376,7 @@ fn enabled_server_closes_its_ports_from_boot_and_waits_for_its_interface() {
     ] {
         require_tool(tool, package);
     }
-    let deb = deb();
-    let deb_name = deb.file_name().unwrap().to_str().unwrap().to_owned();
+    let pool = pool();
     let _alone = one_at_a_time();
     let host_before = host_tables();
     let mut lab = Lab::new();
@@ -839,7 +1389,7 @@ fn enabled_server_closes_its_ports_from_boot_and_waits_for_its_interface() {
     let box1 = lab.netns("box1");
     lab.link(&box1, &[UPLINK_BOX], &outside, &[UPLINK_OUT]);
     let c = Container::start(
-        &deb,
+        pool,
         &Boot {
             disk: Some(&disk),
             netns: Some(&box1),
@@ -848,7 +1398,10 @@ fn enabled_server_closes_its_ports_from_boot_and_waits_for_its_interface() {
     );
     c.wait_booted();
     c.ok("cp -a /run/host-dpkg /var/lib/dpkg && : > /var/lib/dpkg/statoverride");
-    c.ok(&format!("dpkg -i /run/pkg/{deb_name}"));
+    c.ok(&format!(
+        "dpkg -i /run/pkg/{} /run/pkg/{}",
+        pool.server, pool.client
+    ));
     c.ok(
         "sed -i 's/^protected = .*/protected = [\"tcp\\/4992\"]/; s/^#interface = .*/interface = \"knock0\"/' \
          /etc/knock/server.toml",
@@ -902,7 +1455,7 @@ fn enabled_server_closes_its_ports_from_boot_and_waits_for_its_interface() {
         "not a fresh firewall"
     );
     let c = Container::start(
-        &deb,
+        pool,
         &Boot {
             disk: Some(&disk),
             netns: Some(&box2),

@@ -1,10 +1,13 @@
 //! Build helpers for packaging and for the documentation.
 //!
 //! `cargo run -p xtask -- dist OUT_DIR` writes, from the binaries' own clap
-//! definitions (included here by path, so they cannot drift):
+//! definitions (included here by path, so they cannot drift), one directory
+//! per program, so that each Debian package takes its programs' directories
+//! whole (knock-server and knock-keygen in knock-server, knock-client in
+//! knock-client):
 //!
-//! - `OUT_DIR/man/*.1`: one page per program and one per subcommand;
-//! - `OUT_DIR/completions/{bash,zsh,fish}/...`: shell completions.
+//! - `OUT_DIR/PROGRAM/man/*.1`: the program's page and one per subcommand;
+//! - `OUT_DIR/PROGRAM/completions/{bash,zsh,fish}/...`: shell completions.
 //!
 //! `cargo run -p xtask -- vectors` prints the `test-vectors` block of
 //! docs/PROTOCOL.md with every output recomputed from its inputs. The
@@ -158,10 +161,11 @@ fn vectors() -> ExitCode {
 }
 
 fn dist(out: &Path) -> std::io::Result<()> {
-    let man_dir = out.join("man");
-    fs::create_dir_all(&man_dir)?;
     for program in programs() {
         let name = program.command.get_name().to_owned();
+        let out = out.join(&name);
+        let man_dir = out.join("man");
+        fs::create_dir_all(&man_dir)?;
         man_pages(program.command.clone(), &program.sections, &man_dir)?;
         for (shell, dir, file) in [
             (Shell::Bash, "bash", name.clone()),
