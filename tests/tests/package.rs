@@ -241,6 +241,9 @@ const SERVER_MAN_PAGES: &[&str] = &[
     "knock-server-run",
     "knock-server-check",
     "knock-server-status",
+    "knock-server-reload",
+    "knock-server-apply",
+    "knock-server-confirm",
     "knock-server-remove-rules",
     "knock-server-restore-rules",
     "knock-keygen",
@@ -925,7 +928,8 @@ fn packages_install_check_run_upgrade_remove_and_purge_in_a_container() {
     ] {
         assert!(check.contains(needle), "check lacks {needle:?}:\n{check}");
     }
-    let json = c.ok("knock-server check --json");
+    // stdout alone: the warning that there are no clients goes to stderr.
+    let json = c.stdout("knock-server check --json");
     assert!(
         json.starts_with('{') && json.trim_end().ends_with('}'),
         "{json}"
@@ -991,11 +995,28 @@ fn packages_install_check_run_upgrade_remove_and_purge_in_a_container() {
         status_json.contains("\"source\":\"127.0.0.1\",\"port\":\"tcp/22\",\"seconds_left\":"),
         "{status_json}"
     );
-    c.ok("systemctl reload knock-server.service");
+    let reloaded = c.ok("systemctl reload knock-server.service && journalctl -u knock-server.service -o cat | grep 'reloaded: '");
+    assert!(reloaded.contains("reloaded: 1 clients"), "{reloaded}");
     assert_eq!(
         c.stdout("systemctl is-active knock-server.service"),
         "active"
     );
+    // A reload the server refuses fails loudly (ExecReload waits for the
+    // outcome), and the server keeps running what it ran.
+    c.ok("cp /etc/knock/clients.d/alice.toml /etc/knock/clients.d/loose.toml && chmod 644 /etc/knock/clients.d/loose.toml");
+    let refused = c.sh_out("systemctl reload knock-server.service");
+    assert!(!refused.status.success(), "a refused reload succeeded");
+    let journal = c.ok("journalctl -u knock-server.service -o cat");
+    assert!(
+        journal.contains("reload refused, the server runs its previous configuration")
+            && journal.contains("/etc/knock/clients.d/loose.toml"),
+        "{journal}"
+    );
+    assert_eq!(
+        c.stdout("systemctl is-active knock-server.service"),
+        "active"
+    );
+    c.ok("rm /etc/knock/clients.d/loose.toml && systemctl reload knock-server.service");
 
     // The iptables backend under the same sandbox: iptables-restore and
     // ipset run as children with only the two capabilities. (The container's
@@ -1034,7 +1055,11 @@ fn packages_install_check_run_upgrade_remove_and_purge_in_a_container() {
     }
     c.ok("cp /root/server.toml.orig /etc/knock/server.toml");
     c.ok("systemctl start knock-server.service");
-    let journal = c.ok("journalctl -u knock-server -o cat");
+    // This run's lines (the refused reload above logged an ERROR on purpose).
+    let journal = c.ok(
+        "journalctl -o cat _SYSTEMD_INVOCATION_ID=$(systemctl show -p InvocationID --value knock-server.service)",
+    );
+    assert!(journal.contains("ready: "), "{journal}");
     for bad in ["WARN", "ERROR"] {
         assert!(!journal.contains(bad), "{bad} in the journal:\n{journal}");
     }
