@@ -97,6 +97,19 @@ pub fn intercept_knock(
     ports: &[&str],
     extra: &[&str],
 ) -> Vec<u8> {
+    intercept_knock_with_env(ns, profile, knock_port, ports, extra, &[])
+}
+
+/// [`intercept_knock`], with `env` set for knock-client (`LD_PRELOAD` of
+/// libfaketime, say, for a client whose clock is off).
+pub fn intercept_knock_with_env(
+    ns: &Ns,
+    profile: &Path,
+    knock_port: u16,
+    ports: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<u8> {
     let catcher = ns
         .cmd(bin("knock-wire"))
         .args(["recv", "127.0.0.1", &knock_port.to_string(), "10000"])
@@ -117,6 +130,9 @@ pub fn intercept_knock(
         .arg("--profile")
         .arg(profile);
     cmd.env("KNOCK_HOME", profile.parent().unwrap_or(Path::new("/tmp")));
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
     let sent = cmd.output().expect("knock-client");
     assert!(
         sent.status.success(),
