@@ -243,6 +243,7 @@ flood_phase() {
 flood_phase junk junk 2
 flood_phase wrong-key wrong-key 3
 flood_phase forged-hint forged-hint 4
+flood_phase stale-copy stale-copy 6
 
 HWM=$(vm "$SERVER" VmHWM)
 RSS_NOW=$(vm "$SERVER" VmRSS)
@@ -349,17 +350,17 @@ get() { field "$(grep "^$1" "$WORK/phase-$2")" "$3"; }
     echo "| latency p50, knock-client open --no-wait + connect retried every 100 µs ($(field "$NOWAIT" trials) runs) | — | $(field "$NOWAIT" p50_ms) ms (p90 $(field "$NOWAIT" p90_ms), p99 $(field "$NOWAIT" p99_ms), max $(field "$NOWAIT" max_ms)) | |"
     echo "| latency p50, in-process knock → first connect, no flood ($(field "$BASE" trials) knocks) | — | $b50 ms (p90 $(field "$BASE" p90_ms), p99 $(field "$BASE" p99_ms), max $(field "$BASE" max_ms)) | |"
     echo "| honoured, no flood | — | $(field "$BASE" share_pct)% | |"
-    for ph in junk wrong-key forged-hint; do
+    for ph in junk wrong-key forged-hint stale-copy; do
         pr=$(grep '^RESULT' "$WORK/phase-$ph"); fl=$(grep '^FLOOD' "$WORK/phase-$ph")
         tgt="≥ 99%"; [ "$ph" = forged-hint ] && tgt="— (extra)"
         echo "| honoured under $ph flood ($(field "$fl" pps) pps achieved, $(field "$pr" trials) knocks) | $tgt | $(field "$pr" share_pct)% (p50 $(field "$pr" p50_ms) ms, p99 $(field "$pr" p99_ms) ms) | $( [ "$ph" = forged-hint ] && echo "" || v "$(field "$pr" share_pct)" 99 ge) |"
     done
-    for ph in junk wrong-key forged-hint; do
+    for ph in junk wrong-key forged-hint stale-copy; do
         fl=$(grep '^FLOOD' "$WORK/phase-$ph")
         tgt="≤ 2 µs"; [ "$ph" = forged-hint ] && tgt="—"
         echo "| server CPU per $ph datagram ($(field "$fl" processed) processed, $(field "$fl" socket_drops) dropped by the kernel) | $tgt | $(field "$fl" server_us_per_pkt) µs | $( [ "$ph" = forged-hint ] && echo "" || v "$(field "$fl" server_us_per_pkt)" 2 le) |"
     done
-    for ph in junk wrong-key forged-hint; do
+    for ph in junk wrong-key forged-hint stale-copy; do
         fl=$(grep '^FLOOD' "$WORK/phase-$ph")
         echo "| whole machine CPU per $ph datagram sent (flooder + kernel + server) | — | $(field "$fl" system_us_per_pkt) µs | |"
     done

@@ -22,7 +22,7 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const WINDOW_S: u64 = 3;
 
 struct World {
-    lab: Lab,
+    _lab: Lab,
     hosts: Hosts,
     setup: Setup,
     alice: PathBuf,
@@ -50,7 +50,7 @@ fn world(extra: &str) -> World {
     );
     start_echo(&lab, &hosts.server, 4992);
     World {
-        lab,
+        _lab: lab,
         hosts,
         setup,
         alice,

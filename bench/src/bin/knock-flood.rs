@@ -9,6 +9,11 @@
 //! * `forged-hint`: the key hint of a real client (as an on-path observer
 //!   copies it from a knock it saw: the hint is sent in the clear), followed by
 //!   random bytes; each one costs the server one AEAD check. Needs `--profile`.
+//! * `stale-copy`: one real knock of that client, stamped five minutes ago
+//!   (outside the freshness window, inside the hints the server keeps to
+//!   diagnose clock skew), sent over and over, as an observer who copied an
+//!   old knock would. The server opens it at most once a second. Needs
+//!   `--profile`.
 //!
 //! Pacing: every tick (1 ms by default) it sends the datagrams that are due,
 //! one `send` each on a connected socket (no sendmmsg). The achieved rate is
@@ -40,6 +45,7 @@ enum Mode {
     Junk,
     WrongKey,
     ForgedHint,
+    StaleCopy,
 }
 
 #[derive(Debug, Parser)]
@@ -119,13 +125,17 @@ fn run(args: &Args) -> Result<(), (i32, String)> {
     let pool = match args.mode {
         Mode::Junk => junk_pool(&mut rng),
         Mode::WrongKey => wrong_key_pool(&mut rng, args.port).map_err(runtime)?,
-        Mode::ForgedHint => {
+        Mode::ForgedHint | Mode::StaleCopy => {
             let path = args
                 .profile
                 .as_ref()
-                .ok_or_else(|| usage("--mode forged-hint needs --profile FILE".into()))?;
+                .ok_or_else(|| usage("--mode forged-hint and stale-copy need --profile FILE".into()))?;
             let profile = ClientProfile::load(path).map_err(|e| usage(e.to_string()))?;
-            forged_hint_pool(&mut rng, &profile)
+            if args.mode == Mode::StaleCopy {
+                stale_copy_pool(&mut rng, &profile).map_err(runtime)?
+            } else {
+                forged_hint_pool(&mut rng, &profile)
+            }
         }
     };
     let socket = open_socket(args).map_err(runtime)?;
@@ -255,6 +265,30 @@ fn wrong_key_pool(rng: &mut FastRng, port: u16) -> Result<Vec<Vec<u8>>, String> 
             .map_err(|e| format!("sealing failed: {e}"))
         })
         .collect()
+}
+
+/// One real knock of the client, stamped five minutes ago, in every slot.
+fn stale_copy_pool(rng: &mut FastRng, profile: &ClientProfile) -> Result<Vec<Vec<u8>>, String> {
+    let request = Request {
+        ports: profile.ports.iter().take(1).copied().collect(),
+        duration_s: 0,
+        bound_addr: None,
+    };
+    let mut nonce = [0u8; 24];
+    rng.fill(&mut nonce);
+    let randomness = SealRandomness {
+        nonce,
+        padding: rng.next_u64() as u8,
+    };
+    let knock = seal(
+        &profile.secret.derive(),
+        &profile.server_id,
+        &request,
+        now_ms()?.saturating_sub(5 * 60 * 1000),
+        &randomness,
+    )
+    .map_err(|e| format!("sealing failed: {e}"))?;
+    Ok(vec![knock; POOL])
 }
 
 /// The real client's current key hint, then random bytes.
