@@ -126,10 +126,9 @@ fn run(args: &Args) -> Result<(), (i32, String)> {
         Mode::Junk => junk_pool(&mut rng),
         Mode::WrongKey => wrong_key_pool(&mut rng, args.port).map_err(runtime)?,
         Mode::ForgedHint | Mode::StaleCopy => {
-            let path = args
-                .profile
-                .as_ref()
-                .ok_or_else(|| usage("--mode forged-hint and stale-copy need --profile FILE".into()))?;
+            let path = args.profile.as_ref().ok_or_else(|| {
+                usage("--mode forged-hint and stale-copy need --profile FILE".into())
+            })?;
             let profile = ClientProfile::load(path).map_err(|e| usage(e.to_string()))?;
             if args.mode == Mode::StaleCopy {
                 stale_copy_pool(&mut rng, &profile).map_err(runtime)?
