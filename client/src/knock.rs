@@ -140,6 +140,7 @@ mod tests {
             server_id: ServerId([7; 16]),
             secret: ClientSecret::from_bytes([9; 32]),
             ports: vec![],
+            stun: vec![],
         }
     }
 
