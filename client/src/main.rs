@@ -4,7 +4,8 @@
 //! The path of `open` and `connect`:
 //!
 //! ```text
-//! profile (lookup) ──► resolve HOST ──► session: seal + send one datagram
+//! profile (lookup) ──► resolve HOST ──► [--allow-ip auto: ask STUN, stun.rs]
+//!     ──► session: seal + send one datagram
 //!     ──► prove: raced TCP connects until the deadline (a NEW knock once, at 1 s)
 //!     ──► open: one line on stdout │ connect: relay stdin/stdout
 //! ```
