@@ -3,7 +3,8 @@
 # Idempotent and quiet when everything is there already.
 set -euo pipefail
 packages=(nftables iptables ipset iproute2 conntrack tcpdump socat openssh-server openssh-client
-          netcat-openbsd faketime procps e2fsprogs systemd systemd-container nmap)
+          netcat-openbsd faketime procps e2fsprogs systemd systemd-container nmap
+          coturn)  # coturn: turnserver --stun-only, the STUN server of tests/tests/stun.rs
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,6 +14,12 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The tests run turnserver themselves, in namespaces; the service the
+    # package may have started on this host is not wanted. Only a coturn
+    # installed just now is stopped, never one that was here before.
+    if [[ " ${missing[*]} " == *" coturn "* ]] && command -v systemctl >/dev/null; then
+        systemctl disable --now coturn.service >/dev/null 2>&1 || true
+    fi
 fi
 if ! command -v cargo >/dev/null; then
     echo "install-deps: cargo not found; install Rust (rustup) first" >&2

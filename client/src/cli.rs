@@ -40,9 +40,18 @@ pub struct KnockArgs {
     #[arg(long, value_name = "DUR", default_value = "5s")]
     pub timeout: String,
     /// Ask the server to open for IP only, and to honour the knock only when
-    /// it arrives from IP (use your public address when behind NAT).
-    #[arg(long, value_name = "IP")]
+    /// it arrives from IP (use your public address when behind NAT). `auto`
+    /// learns the public address with STUN, over the family the knock goes
+    /// over, and binds the knock to it; if no STUN server answers, nothing
+    /// is sent.
+    #[arg(long, value_name = "IP|auto")]
     pub allow_ip: Option<String>,
+    /// STUN server for --allow-ip auto, as HOST, HOST:PORT or [IPv6]:PORT
+    /// (port 3478 by default); repeat it or separate with commas to try
+    /// several in turn [default: the profile's `stun = [...]` list, else
+    /// the one in $KNOCK_HOME/client.toml].
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    pub stun: Vec<String>,
     /// Ask for this long instead of the server's open_for (the server may shorten it).
     #[arg(long, value_name = "DUR")]
     pub open_for: Option<String>,

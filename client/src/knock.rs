@@ -66,14 +66,16 @@ impl Knocker {
     /// Seals a new knock and sends it as one UDP datagram to `server` at the
     /// profile's knock port, from a new ephemeral socket.
     pub fn send(&mut self, server: SocketAddr) -> Result<Sent, SendError> {
+        let socket = UdpSocket::bind(unspecified_like(server)).map_err(SendError::Network)?;
+        self.send_on(&socket, server)
+    }
+
+    /// [`Self::send`] from `socket`, an unconnected socket or one connected
+    /// elsewhere before (the STUN server it asked): it keeps its local
+    /// address and port.
+    pub fn send_on(&mut self, socket: &UdpSocket, server: SocketAddr) -> Result<Sent, SendError> {
         let bytes = self.make()?;
-        let mut target = server;
-        target.set_port(self.knock_port);
-        let unspecified = match target.ip() {
-            IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-            IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-        };
-        let socket = UdpSocket::bind(unspecified).map_err(SendError::Network)?;
+        let target = self.target(server);
         // Connecting picks the route and the source address, and reports a
         // missing route here rather than silently.
         socket.connect(target).map_err(SendError::Network)?;
@@ -90,6 +92,22 @@ impl Knocker {
             local,
             len: written,
         })
+    }
+
+    /// The local address a knock to `server` would be sent from (port 0),
+    /// found without sending anything.
+    pub fn source_toward(&self, server: SocketAddr) -> std::io::Result<SocketAddr> {
+        let socket = UdpSocket::bind(unspecified_like(server))?;
+        socket.connect(self.target(server))?;
+        let mut local = socket.local_addr()?;
+        local.set_port(0);
+        Ok(local)
+    }
+
+    fn target(&self, server: SocketAddr) -> SocketAddr {
+        let mut target = server;
+        target.set_port(self.knock_port);
+        target
     }
 
     /// A new sealed knock and its timestamp.
@@ -126,6 +144,14 @@ impl Knocker {
     }
 }
 
+/// The unspecified address of `addr`'s family, port 0.
+fn unspecified_like(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +166,7 @@ mod tests {
             server_id: ServerId([7; 16]),
             secret: ClientSecret::from_bytes([9; 32]),
             ports: vec![],
+            stun: vec![],
         }
     }
 
@@ -188,5 +215,36 @@ mod tests {
         let parsed = KnockBytes::parse(&buf[..len]).unwrap();
         let opened = open(&profile.secret.derive(), &profile.server_id, &parsed).unwrap();
         assert_eq!(opened.request, request);
+    }
+
+    #[test]
+    fn send_on_keeps_the_sockets_address() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let elsewhere = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut profile = profile();
+        profile.knock_port = receiver.local_addr().unwrap().port();
+        let request = Request {
+            ports: vec![PortSpec::tcp(22)],
+            duration_s: 0,
+            bound_addr: None,
+        };
+        let mut knocker = Knocker::new(&profile, request);
+        let server: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(
+            knocker.source_toward(server).unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        // Connected elsewhere first, as after a STUN question.
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.connect(elsewhere.local_addr().unwrap()).unwrap();
+        let before = socket.local_addr().unwrap();
+        let sent = knocker.send_on(&socket, server).unwrap();
+        assert_eq!(sent.local, before);
+        let mut buf = [0u8; 2048];
+        let (len, from) = receiver.recv_from(&mut buf).unwrap();
+        assert_eq!((len, from), (sent.len, before));
     }
 }

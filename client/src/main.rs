@@ -4,7 +4,8 @@
 //! The path of `open` and `connect`:
 //!
 //! ```text
-//! profile (lookup) ──► resolve HOST ──► session: seal + send one datagram
+//! profile (lookup) ──► resolve HOST ──► [--allow-ip auto: ask STUN, stun.rs]
+//!     ──► session: seal + send one datagram
 //!     ──► prove: raced TCP connects until the deadline (a NEW knock once, at 1 s)
 //!     ──► open: one line on stdout │ connect: relay stdin/stdout
 //! ```
@@ -20,6 +21,7 @@ mod race;
 mod resolve;
 mod session;
 mod store;
+mod stun;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -30,6 +32,7 @@ use cli::{Cli, Command, ConnectArgs, KnockArgs, OpenArgs};
 
 use knock_keys::cli::{parse_args, Failure};
 use knock_keys::duration::parse_duration;
+use knock_keys::profile::StunServer;
 use knock_proto::{PortSpec, Transport, MAX_PORTS};
 
 const PROGRAM: &str = "knock-client";
@@ -39,9 +42,20 @@ const PROGRAM: &str = "knock-client";
 pub(crate) struct KnockOptions {
     pub profile: Option<PathBuf>,
     pub timeout: Duration,
-    pub allow_ip: Option<IpAddr>,
+    pub allow_ip: Option<AllowIp>,
+    /// `--stun`: tried before the profile's and client.toml's lists.
+    pub stun: Vec<StunServer>,
     pub open_for: Option<Duration>,
     pub verbose: bool,
+}
+
+/// What `--allow-ip` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AllowIp {
+    /// This address, as given.
+    Addr(IpAddr),
+    /// This host's public address, learned with STUN.
+    Auto,
 }
 
 impl KnockArgs {
@@ -50,20 +64,35 @@ impl KnockArgs {
             parse_duration(&self.timeout).map_err(|m| Failure::usage(format!("--timeout: {m}")))?;
         let allow_ip = match self.allow_ip {
             None => None,
-            Some(text) => Some(parse_ip(&text).ok_or_else(|| {
+            Some(text) if text.eq_ignore_ascii_case("auto") => Some(AllowIp::Auto),
+            Some(text) => Some(AllowIp::Addr(parse_ip(&text).ok_or_else(|| {
                 Failure::usage(format!(
                     "--allow-ip {text:?} is not an IP address: give the IPv4 or IPv6 address \
-                     the server sees your knocks come from"
+                     the server sees your knocks come from, or `auto` to learn it with STUN"
                 ))
-            })?),
+            })?)),
         };
-        if let Some(ip) = allow_ip {
+        if let Some(AllowIp::Addr(ip)) = allow_ip {
             if ip.is_unspecified() || ip.is_multicast() {
                 return Err(Failure::usage(format!(
                     "--allow-ip {ip}: the server can never see a knock from this address; \
                      give a unicast address"
                 )));
             }
+        }
+        let mut stun = Vec::with_capacity(self.stun.len());
+        for text in &self.stun {
+            let server =
+                StunServer::parse(text).map_err(|m| Failure::usage(format!("--stun: {m}")))?;
+            if !stun.contains(&server) {
+                stun.push(server);
+            }
+        }
+        if !stun.is_empty() && allow_ip != Some(AllowIp::Auto) {
+            return Err(Failure::usage(
+                "--stun is used only to learn the address for --allow-ip auto: add \
+                 --allow-ip auto, or leave --stun out",
+            ));
         }
         let open_for = match self.open_for {
             None => None,
@@ -82,6 +111,7 @@ impl KnockArgs {
             profile: self.profile,
             timeout,
             allow_ip,
+            stun,
             open_for,
             verbose: self.verbose,
         })

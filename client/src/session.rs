@@ -8,13 +8,13 @@
 //! server honours a knock's bytes at most once.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use knock_keys::cli::Failure;
 use knock_keys::duration::format_duration;
-use knock_keys::profile::ClientProfile;
+use knock_keys::profile::{ClientConfig, ClientProfile, StunServer};
 use knock_proto::{PortSpec, Request};
 
 use crate::knock::{Knocker, SendError, Sent};
@@ -22,7 +22,12 @@ use crate::lookup;
 use crate::progress::Progress;
 use crate::race::Race;
 use crate::resolve::{resolve, Resolver};
-use crate::KnockOptions;
+use crate::store::knock_home;
+use crate::stun;
+use crate::{AllowIp, KnockOptions};
+
+/// The client-wide settings, under $KNOCK_HOME.
+pub const CLIENT_CONFIG: &str = "client.toml";
 
 /// When no port has opened this long after the first knock, knock again once.
 const REKNOCK_AFTER: Duration = Duration::from_secs(1);
@@ -38,67 +43,64 @@ pub struct Session {
     pub first: Sent,
     /// How many knocks were sent: 1, or 2 after a re-knock.
     pub knocks: u32,
+    /// The address the knocks are bound to (`--allow-ip`), if any.
+    pub bound: Option<IpAddr>,
+    /// With `--allow-ip auto`: the STUN server that told the address, and
+    /// the socket it was asked from, which sends the knocks too.
+    stun: Option<(StunServer, UdpSocket)>,
     pub options: KnockOptions,
     pub progress: Progress,
     knocker: Knocker,
     started: Instant,
 }
 
+/// The knocks of a session, until the first is sent.
+struct Pending<'a> {
+    host: &'a str,
+    found: lookup::Found,
+    request: Request,
+    options: &'a KnockOptions,
+    progress: Progress,
+}
+
 impl Session {
-    /// Finds the profile, resolves HOST and sends the first knock.
+    /// Finds the profile, resolves HOST and sends the first knock; with
+    /// `--allow-ip auto`, asks STUN for the address to bind it to first.
     pub fn start(host: &str, ports: &[PortSpec], options: &KnockOptions) -> Result<Self, Failure> {
         let resolver = Resolver::new(host);
         let found = lookup::find(&resolver, options.profile.as_deref())?;
         check_permitted(&found, ports)?;
+        let stun_servers = match options.allow_ip {
+            Some(AllowIp::Auto) => Some(stun_servers(options, &found)?),
+            _ => None,
+        };
         let addrs = server_addrs(&resolver, &found.profile)?;
-        let candidates = order_candidates(host, &addrs, options.allow_ip)?;
         let duration_s = match options.open_for {
             Some(d) => u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
             None => 0,
         };
-        let request = Request {
-            ports: ports.to_vec(),
-            duration_s,
-            bound_addr: options.allow_ip,
+        let fixed = match options.allow_ip {
+            Some(AllowIp::Addr(ip)) => Some(ip),
+            _ => None,
         };
-        let mut knocker = Knocker::new(&found.profile, request);
-        let progress = Progress::start(options.verbose);
-        let knock_port = knocker.knock_port();
-        let mut errors = Vec::new();
-        for server in candidates {
-            progress.step(format!("knocking on {} udp/{knock_port}", server.ip()));
-            let started = Instant::now();
-            match knocker.send(server) {
-                Ok(first) => {
-                    progress.step(format!(
-                        "knock sent from {} to {} udp/{knock_port} ({} bytes)",
-                        first.local.ip(),
-                        server.ip(),
-                        first.len
-                    ));
-                    return Ok(Self {
-                        host: host.to_owned(),
-                        profile_path: found.path,
-                        profile: found.profile,
-                        server,
-                        first,
-                        knocks: 1,
-                        options: options.clone(),
-                        progress,
-                        knocker,
-                        started,
-                    });
-                }
-                Err(SendError::Prepare(message)) => return Err(Failure::runtime(message)),
-                Err(SendError::Network(err)) => errors.push(format!("to {}: {err}", server.ip())),
+        let pending = Pending {
+            host,
+            found,
+            request: Request {
+                ports: ports.to_vec(),
+                duration_s,
+                bound_addr: fixed,
+            },
+            options,
+            progress: Progress::start(options.verbose),
+        };
+        match stun_servers {
+            Some(servers) => pending.send_auto(&addrs, &servers),
+            None => {
+                let candidates = order_candidates(host, &addrs, fixed)?;
+                pending.send(&candidates, None)
             }
         }
-        Err(Failure::runtime(format!(
-            "sending the knock to {host} udp/{knock_port} failed ({}); likely causes: no route \
-             to the server from this host (try HOST as an address of the other family), the \
-             network is down, or a local firewall blocks outgoing UDP",
-            errors.join("; ")
-        )))
     }
 
     /// Connects to each TCP port in turn until it accepts, re-knocking once,
@@ -146,7 +148,11 @@ impl Session {
             "no answer after {}s: sending a new knock",
             REKNOCK_AFTER.as_secs()
         ));
-        match self.knocker.send(self.server) {
+        let sent = match &self.stun {
+            Some((_, socket)) => self.knocker.send_on(socket, self.server),
+            None => self.knocker.send(self.server),
+        };
+        match sent {
             Ok(_) => {
                 self.knocks += 1;
                 Ok(())
@@ -192,9 +198,12 @@ impl Session {
 
     /// "for ADDRESS", as far as this host can know it.
     pub fn for_whom(&self) -> String {
-        match self.options.allow_ip {
-            Some(ip) => format!("for {ip} (--allow-ip)"),
-            None => format!(
+        match (self.bound, &self.stun) {
+            (Some(ip), Some((server, _))) => {
+                format!("for {ip} (--allow-ip auto: this host's address as STUN {server} sees it)")
+            }
+            (Some(ip), None) => format!("for {ip} (--allow-ip)"),
+            (None, _) => format!(
                 "for this host's address as the server sees it (sent from {})",
                 self.first.local.ip()
             ),
@@ -210,6 +219,151 @@ impl Session {
             ),
             None => "for the server's open_for window".to_owned(),
         }
+    }
+}
+
+impl Pending<'_> {
+    /// Sends the first knock to the first of `candidates` that takes it,
+    /// from `stun`'s socket if there is one.
+    fn send(
+        self,
+        candidates: &[SocketAddr],
+        stun: Option<(StunServer, UdpSocket)>,
+    ) -> Result<Session, Failure> {
+        let mut knocker = Knocker::new(&self.found.profile, self.request.clone());
+        let knock_port = knocker.knock_port();
+        let mut errors = Vec::new();
+        for &server in candidates {
+            self.progress
+                .step(format!("knocking on {} udp/{knock_port}", server.ip()));
+            let started = Instant::now();
+            let sent = match &stun {
+                Some((_, socket)) => knocker.send_on(socket, server),
+                None => knocker.send(server),
+            };
+            match sent {
+                Ok(first) => {
+                    self.progress.step(format!(
+                        "knock sent from {} to {} udp/{knock_port} ({} bytes)",
+                        first.local,
+                        server.ip(),
+                        first.len
+                    ));
+                    return Ok(Session {
+                        host: self.host.to_owned(),
+                        profile_path: self.found.path,
+                        profile: self.found.profile,
+                        server,
+                        first,
+                        knocks: 1,
+                        bound: self.request.bound_addr,
+                        stun,
+                        options: self.options.clone(),
+                        progress: self.progress,
+                        knocker,
+                        started,
+                    });
+                }
+                Err(SendError::Prepare(message)) => return Err(Failure::runtime(message)),
+                Err(SendError::Network(err)) => errors.push(format!("to {}: {err}", server.ip())),
+            }
+        }
+        Err(Failure::runtime(format!(
+            "sending the knock to {} udp/{knock_port} failed ({}); likely causes: no route \
+             to the server from this host (try HOST as an address of the other family), the \
+             network is down, or a local firewall blocks outgoing UDP",
+            self.host,
+            errors.join("; ")
+        )))
+    }
+
+    /// `--allow-ip auto`: for each family of the server's addresses, in the
+    /// resolver's order, ask the STUN servers over that family, from the
+    /// address the knock leaves from; the first answer binds the knock,
+    /// which is then sent from the very socket that asked. Sends nothing
+    /// unless an answer came.
+    fn send_auto(
+        mut self,
+        addrs: &[SocketAddr],
+        servers: &[StunServer],
+    ) -> Result<Session, Failure> {
+        let mut families: Vec<bool> = Vec::new();
+        for addr in addrs {
+            if !families.contains(&addr.is_ipv4()) {
+                families.push(addr.is_ipv4());
+            }
+        }
+        let knocker = Knocker::new(&self.found.profile, self.request.clone());
+        let mut failures = Vec::new();
+        for v4 in families {
+            let candidates: Vec<SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| a.is_ipv4() == v4)
+                .collect();
+            let Some(&first) = candidates.first() else {
+                continue;
+            };
+            let family = stun::family_name(first.ip());
+            let local = match knocker.source_toward(first) {
+                Ok(local) => local,
+                Err(err) => {
+                    failures.push(format!(
+                        "over {family} (no route to the server {}: {err})",
+                        first.ip()
+                    ));
+                    continue;
+                }
+            };
+            let progress = &self.progress;
+            match stun::discover(servers, local, &stun::SCHEDULE, &mut |m| progress.step(m)) {
+                Ok(found) => {
+                    self.request.bound_addr = Some(found.mapped.addr.ip());
+                    return self.send(&candidates, Some((found.server, found.socket)));
+                }
+                Err(errors) => failures.push(format!("over {family} ({})", errors.join("; "))),
+            }
+        }
+        Err(Failure::runtime(format!(
+            "--allow-ip auto: could not learn this host's public address {}; nothing was sent; \
+             check the STUN servers and that this network lets UDP out, or give --allow-ip \
+             ADDRESS yourself",
+            failures.join(" nor ")
+        )))
+    }
+}
+
+/// The STUN servers for `--allow-ip auto`: `--stun`, else the profile's
+/// list, else client.toml's. client.toml is read (and must be valid) even
+/// when a list before it is used; without any server it is a usage error.
+fn stun_servers(options: &KnockOptions, found: &lookup::Found) -> Result<Vec<StunServer>, Failure> {
+    let config = match knock_home() {
+        Ok(home) => {
+            let path = home.join(CLIENT_CONFIG);
+            let config = ClientConfig::load(&path)?;
+            Some((path, config))
+        }
+        // No $KNOCK_HOME nor $HOME (and so --profile): no client.toml.
+        Err(_) => None,
+    };
+    if !options.stun.is_empty() {
+        return Ok(options.stun.clone());
+    }
+    if !found.profile.stun.is_empty() {
+        return Ok(found.profile.stun.clone());
+    }
+    match config {
+        Some((_, config)) if !config.stun.is_empty() => Ok(config.stun),
+        other => Err(Failure::usage(format!(
+            "--allow-ip auto needs a STUN server to learn this host's public address, and none \
+             is configured: pass --stun HOST:PORT, or add stun = [\"HOST:PORT\"] to the \
+             profile ({}){}; nothing was sent",
+            found.path.display(),
+            match other {
+                Some((path, _)) => format!(" or to {}", path.display()),
+                None => " or to $KNOCK_HOME/client.toml".to_owned(),
+            }
+        ))),
     }
 }
 

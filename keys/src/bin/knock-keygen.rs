@@ -141,6 +141,7 @@ fn run(args: Args) -> Result<(), Failure> {
         server_id,
         secret,
         ports: ports.clone(),
+        stun: Vec::new(),
     };
 
     // The profile first: if it cannot be written, the server never learns a
