@@ -495,3 +495,104 @@ fn knock_lengths_do_not_tell_requests_apart() {
         "the means differ: {means:?}"
     );
 }
+
+/// A replay state that remembers a stamp far in the future for alice's key
+/// (a damaged file, or a server whose clock was far ahead when it wrote it):
+/// clamped on start to the latest stamp a knock could have been accepted
+/// with, one window ahead, so alice waits out at most one window instead of
+/// a year. Clamped, not forgotten: her knocks within that window are
+/// replays.
+#[test]
+fn a_far_future_stamp_in_the_state_locks_nobody_out() {
+    let w = world("");
+    let entry = knock_keys::entry::ClientEntry::load(&w.entry("alice")).unwrap();
+    let id = entry.secret.derive().replay_id().to_hex();
+    let now_ms = (unix_s() * 1000.0) as u64;
+    let a_year = 365 * 86_400_000;
+    std::fs::write(
+        w.setup.dir.join("state/replay.state"),
+        format!(
+            "knock-replay-state v2\nfloor {now_ms}\n{id} {}\n",
+            now_ms + a_year
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let started = Instant::now();
+    let (code, out, err) = client(
+        &w.hosts.client,
+        &w.alice,
+        &["open", SERVER_V4, "4992", "--timeout", "2s"],
+    );
+    assert_eq!(code, 1, "within the window of the clamp: {out}{err}");
+    server.wait_for_log(
+        "knock refused (replay): client alice",
+        Duration::from_secs(1),
+    );
+    let after_clamp = Duration::from_secs(WINDOW_S + 1);
+    if let Some(left) = after_clamp.checked_sub(started.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let (code, out, err) = client(&w.hosts.client, &w.alice, &["open", SERVER_V4, "4992"]);
+    assert_eq!(
+        code,
+        0,
+        "alice still locked out one window later: {out}{err}\n{}",
+        server.log()
+    );
+}
+
+/// A copy of an old knock (stamped five minutes ago: outside the window,
+/// inside the hints kept to name a client whose clock is off), sent 200
+/// times within a second, is opened once and refused 199 times as
+/// `stale-hint`, without cryptography.
+#[test]
+fn a_copied_stale_knock_is_opened_once_a_second() {
+    let w = world("");
+    let server = Server::start(&w.hosts.server, &w.setup.config);
+    let stale = intercept_knock_with_env(
+        &w.hosts.client,
+        &w.alice,
+        KNOCK_PORT,
+        &["4992"],
+        &[],
+        &[
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME", "-300s"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let started = Instant::now();
+    let python = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); p = bytes.fromhex('{}')\nfor _ in range(200): s.sendto(p, ('{SERVER_V4}', {KNOCK_PORT}))",
+        hex(&stale)
+    );
+    let sent = w
+        .hosts
+        .client
+        .cmd("python3")
+        .args(["-c", &python])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let elapsed = started.elapsed();
+    server.wait_for_log("knock refused (too-old)", Duration::from_secs(3));
+    let (_, log) = server.stop_with_log();
+    let refused = refused_by_reason(&log);
+    let opened = log.matches("knock refused (too-old)").count() as u64;
+    assert_eq!(
+        refused.get("too-old").copied().unwrap_or(0)
+            + refused.get("stale-hint").copied().unwrap_or(0),
+        200,
+        "every copy was refused: {refused:?}\n{log}"
+    );
+    assert!(
+        opened >= 1 && opened <= 1 + elapsed.as_secs(),
+        "opened {opened} times in {elapsed:?}: {refused:?}"
+    );
+    assert_eq!(
+        refused.get("stale-hint").copied(),
+        Some(200 - opened),
+        "{refused:?}"
+    );
+}
