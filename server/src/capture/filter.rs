@@ -2,9 +2,17 @@
 //!
 //! It runs on an `AF_PACKET`/`SOCK_DGRAM` socket, so offsets start at the
 //! network header whatever the link type (Ethernet, loopback, tun). It passes
-//! only incoming, unfragmented UDP to the knock port whose UDP length is
-//! plausible for a knock, over IPv4 or IPv6; everything else is dropped in
-//! the kernel and never costs us a wake-up or a copy.
+//! only unfragmented UDP to the knock port whose UDP length is plausible for
+//! a knock, over IPv4 or IPv6, in frames addressed to this host; everything
+//! else is dropped in the kernel and never costs us a wake-up or a copy.
+//!
+//! "Addressed to this host" is the kernel's packet type `PACKET_HOST`: a
+//! unicast frame to one of our link addresses (or any frame on loopback, a
+//! tunnel, a device without link addresses). Frames for other hosts on the
+//! segment (`PACKET_OTHERHOST`: a bridge floods them, a promiscuous NIC or a
+//! macvlan's lower device passes them up), broadcasts and multicasts (knocks
+//! are unicast) and our own transmissions are dropped: the kernel's IP stack
+//! would not receive them either.
 //!
 //! IPv6 packets with extension headers (including fragments) are dropped:
 //! a knock never needs them.
@@ -40,7 +48,8 @@ const K: u16 = 0x00;
 /// Ancillary data offsets (SKF_AD_OFF + ...).
 const AD_PROTOCOL: u32 = 0xffff_f000;
 const AD_PKTTYPE: u32 = 0xffff_f004;
-const PACKET_OUTGOING: u32 = 4;
+/// `sll_pkttype` values (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86dd;
 const IPPROTO_UDP: u32 = 17;
@@ -53,7 +62,7 @@ pub fn knock_filter(knock_port: u16) -> Vec<Instruction> {
     let max = MAX_KNOCK_LEN as u32 + UDP_HEADER;
     let mut a = Assembler::default();
     a.op(LD | W | ABS, AD_PKTTYPE);
-    a.jump(JEQ, PACKET_OUTGOING, "drop", "next");
+    a.jump(JEQ, PACKET_HOST, "next", "drop");
     a.op(LD | W | ABS, AD_PROTOCOL);
     a.jump(JEQ, ETH_P_IP, "v4", "next");
     a.jump(JEQ, ETH_P_IPV6, "v6", "drop");
@@ -180,6 +189,11 @@ mod tests {
     //! packets.
     use super::*;
 
+    const PACKET_BROADCAST: u32 = 1;
+    const PACKET_MULTICAST: u32 = 2;
+    const PACKET_OTHERHOST: u32 = 3;
+    const PACKET_OUTGOING: u32 = 4;
+
     struct Meta {
         protocol: u32,
         pkttype: u32,
@@ -258,11 +272,11 @@ mod tests {
 
     const IN4: Meta = Meta {
         protocol: ETH_P_IP,
-        pkttype: 0,
+        pkttype: PACKET_HOST,
     };
     const IN6: Meta = Meta {
         protocol: ETH_P_IPV6,
-        pkttype: 0,
+        pkttype: PACKET_HOST,
     };
 
     #[test]
@@ -377,15 +391,23 @@ mod tests {
             "v6 fragment header"
         );
         assert_eq!(run(&prog, &v6(62202, ok, 17), &IN6), 0, "v6 other port");
-        let outgoing = Meta {
-            protocol: ETH_P_IP,
-            pkttype: PACKET_OUTGOING,
-        };
-        assert_eq!(
-            run(&prog, &v4(62201, ok, 0), &outgoing),
-            0,
-            "our own output"
-        );
+        for (pkttype, what) in [
+            (PACKET_OUTGOING, "our own output"),
+            (PACKET_OTHERHOST, "a frame for another host"),
+            (PACKET_BROADCAST, "a broadcast"),
+            (PACKET_MULTICAST, "a multicast"),
+        ] {
+            let meta = Meta {
+                protocol: ETH_P_IP,
+                pkttype,
+            };
+            assert_eq!(run(&prog, &v4(62201, ok, 0), &meta), 0, "v4: {what}");
+            let meta = Meta {
+                protocol: ETH_P_IPV6,
+                pkttype,
+            };
+            assert_eq!(run(&prog, &v6(62201, ok, 17), &meta), 0, "v6: {what}");
+        }
         let arp = Meta {
             protocol: 0x0806,
             pkttype: 0,
