@@ -419,11 +419,20 @@ fn build_index(clients: &[Client], now_ms: u64, window_ms: u64) -> HintIndex<usi
     )
 }
 
-/// Can a host really send from `addr`? (Loopback can: a knock from the
-/// server itself is how a packaged install is smoke-tested.)
+/// Can any host send from `addr`, wherever the datagram arrived? Not from
+/// "this network" (0.0.0.0/8, whose addresses only a host without one yet
+/// uses, to broadcast), nor from a multicast or broadcast address: the
+/// kernel drops such sources as martians, and a grant for them means
+/// nothing.
+///
+/// Loopback, link-local and this host's own addresses are plausible here:
+/// on loopback they are the host knocking itself (how a packaged install is
+/// smoke-tested). Arriving from anywhere else they are not, which capture
+/// decides, since only it knows the device a datagram arrived on
+/// (`capture::local_addrs`), before any cryptography.
 fn plausible_source(addr: IpAddr) -> bool {
     match addr {
-        IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
+        IpAddr::V4(a) => !(a.octets()[0] == 0 || a.is_multicast() || a.is_broadcast()),
         IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
     }
 }
@@ -685,6 +694,41 @@ mod tests {
         }
         for ms in [0, 1, 2] {
             assert_eq!(reason(v.verify(&forged, a, NOW + ms)), "bad-mac");
+        }
+    }
+
+    #[test]
+    fn sources_no_host_can_have_are_implausible() {
+        let mut v = verifier(&[client("alice", 1, &[4992])]);
+        for (at, from) in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "::",
+            "ff02::1",
+            "::ffff:0.0.0.7",
+            "::ffff:224.0.0.1",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let k = knock(1, &[4992], None, NOW + at as u64, SERVER);
+            assert_eq!(
+                reason(v.verify(&k, addr(from), NOW)),
+                "implausible-source",
+                "{from}"
+            );
+        }
+        // Those that are plausible here; capture refuses the loopback,
+        // link-local and own ones that did not arrive on loopback.
+        for (at, from) in ["127.0.0.1", "::1", "169.254.1.1", "fe80::1", "1.0.0.1"]
+            .into_iter()
+            .enumerate()
+        {
+            let k = knock(1, &[4992], None, NOW + 100 + at as u64, SERVER);
+            assert!(v.verify(&k, addr(from), NOW).is_ok(), "{from}");
         }
     }
 
