@@ -263,6 +263,8 @@ impl Daemon {
                     report(outcome, &mut log);
                 }
                 Ok(Next::Malformed) => log.record_other("malformed-packet"),
+                // Refused before any cryptography: nothing is consumed.
+                Ok(Next::Implausible(_)) => log.record_other("implausible-source"),
                 Ok(Next::Idle) => {}
                 // ENETDOWN: the interface went down or away. The kernel says
                 // so once; we look at the interface now instead of at the

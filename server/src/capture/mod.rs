@@ -1,18 +1,45 @@
 //! Capture: knocks reach us through an `AF_PACKET` socket with a kernel BPF
 //! filter. No socket is bound on the knock port, so nothing answers it, and
 //! the firewall drops the datagram after we have seen a copy.
+//!
+//! A packet socket sees frames before the IP stack judges them, so capture
+//! reads only what the stack itself would take as addressed to this host,
+//! once, and refuses sources no remote host has:
+//!
+//! - frames for other hosts are dropped by the filter (`PACKET_HOST` only:
+//!   see [`filter`]), and datagrams to an IP address that is not one of ours
+//!   ([`local_addrs`], as it was when the frame arrived) are skipped: a
+//!   router forwarding knocks to the hosts behind it does not honour them
+//!   itself;
+//! - a frame the kernel hands to packet taps twice, once on each device it
+//!   crosses (a bond's slave then the bond, a VLAN's parent then the VLAN,
+//!   a bridge port then the bridge, an ipvlan's lower device then the
+//!   ipvlan), is read once: a frame identical to one of the [`COPY_WINDOW`]
+//!   frames read before it, seen on another device, is that frame's copy;
+//! - a datagram that arrived on a device other than loopback claiming a
+//!   loopback, link-local or our own address as its source is refused
+//!   ([`Next::Implausible`]) before any cryptography, so it consumes
+//!   nothing: the genuine copy of a knock still opens.
+//!
+//! Frames skipped are not read in any sense that counts: no refusal, no log.
 
 pub mod filter;
+mod local_addrs;
 mod sys;
 
 use std::io;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::time::Duration;
+
+use crate::firewall::netlink::NetlinkError;
 
 use pnet_packet::ipv4::Ipv4Packet;
 use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::udp::UdpPacket;
 use thiserror::Error;
+
+use local_addrs::LocalAddrs;
 
 /// `interface = "any"`: every interface of the namespace, bound once, as
 /// interface index 0.
@@ -35,6 +62,8 @@ pub enum CaptureError {
         interface: String,
         source: io::Error,
     },
+    #[error("cannot read this host's addresses (rtnetlink): {0}")]
+    Addresses(NetlinkError),
 }
 
 /// Where a capture stands with its interface.
@@ -63,6 +92,7 @@ impl Link {
 #[derive(Debug, Clone, Copy)]
 pub struct Datagram<'a> {
     pub source: IpAddr,
+    pub destination: IpAddr,
     pub payload: &'a [u8],
 }
 
@@ -72,6 +102,12 @@ const BUSY_BATCH: usize = 4;
 /// Lets a flood queue up so that one `recvmmsg` takes dozens of frames
 /// instead of one wake-up per frame; never applies when traffic is light.
 const FLOOD_PAUSE: Duration = Duration::from_micros(200);
+/// How many frames read before a frame are looked at for an identical copy
+/// from another device. The kernel queues the copies of one frame one after
+/// the other (each device hands the frame to the packet taps, then on to
+/// the next device, in one pass); only frames queued meanwhile by another
+/// CPU can come between them.
+pub const COPY_WINDOW: usize = 16;
 
 /// A capture on one interface, by name, or on all of them.
 ///
@@ -82,7 +118,9 @@ const FLOOD_PAUSE: Duration = Duration::from_micros(200);
 /// [`Self::refresh`] looks it up and binds the socket again whenever the
 /// name points elsewhere than the socket. Frames are read in batches with
 /// `recvmmsg`: one wake-up per frame costs 3.1 µs of server CPU per flood
-/// datagram against 1 µs for batches (docs/PERFORMANCE.md).
+/// datagram against 1 µs for batches (docs/PERFORMANCE.md). Two batches
+/// take turns, so that the frames of the last one are still there to be
+/// compared with when a frame's copy comes first in the next.
 pub struct Capture {
     interface: String,
     knock_port: u16,
@@ -93,9 +131,14 @@ pub struct Capture {
     link: Link,
     /// Kernel drops read from a capture this one replaced, not yet taken.
     inherited_drops: u64,
-    batch: sys::Batch,
+    batches: [sys::Batch; 2],
+    /// The batch read last: `batches[current]`.
+    current: usize,
+    /// Frames in the current batch, and in the one before it.
     read: usize,
+    read_before: usize,
     next: usize,
+    local: LocalAddrs,
 }
 
 impl std::fmt::Debug for Capture {
@@ -109,6 +152,13 @@ impl std::fmt::Debug for Capture {
     }
 }
 
+/// What [`Capture::next_frame`] found: a datagram to hand out (frame
+/// `index` of the current batch), or something else to say.
+enum Frame {
+    Datagram(usize, Parsed),
+    Other(Next<'static>),
+}
+
 /// What one wait for a packet produced.
 #[derive(Debug)]
 pub enum Next<'a> {
@@ -116,7 +166,12 @@ pub enum Next<'a> {
     /// Something passed the filter but is not a well-formed UDP datagram to
     /// the knock port.
     Malformed,
-    /// Nothing arrived within the read timeout.
+    /// A datagram to the knock port that arrived on a device other than
+    /// loopback from this source, which no remote host has (loopback,
+    /// link-local, or one of our own addresses): refused unread.
+    Implausible(IpAddr),
+    /// Nothing to hand over: nothing arrived within the read timeout, or
+    /// what arrived was not for this host, or a copy of what was read.
     Idle,
 }
 
@@ -135,6 +190,7 @@ impl Capture {
     ) -> Result<Self, CaptureError> {
         let program = filter::knock_filter(knock_port);
         let socket = sys::PacketSocket::new(&program).map_err(CaptureError::Socket)?;
+        let local = LocalAddrs::load().map_err(CaptureError::Addresses)?;
         let mut capture = Self {
             interface: interface.to_owned(),
             knock_port,
@@ -143,9 +199,12 @@ impl Capture {
             bound: None,
             link: Link::Missing,
             inherited_drops: 0,
-            batch: sys::Batch::new(),
+            batches: [sys::Batch::new(), sys::Batch::new()],
+            current: 0,
             read: 0,
+            read_before: 0,
             next: 0,
+            local,
         };
         capture.refresh()?;
         Ok(capture)
@@ -185,7 +244,19 @@ impl Capture {
     ///
     /// `Live` means bound to the interface the name has now, and that
     /// interface is up: knocks arriving on it are read.
+    ///
+    /// Also reads this host's addresses again if the kernel said they
+    /// changed (one more system call when they did not). If that fails, the
+    /// interface is followed all the same, the old addresses kept, and the
+    /// error returned.
     pub fn refresh(&mut self) -> Result<Link, CaptureError> {
+        let addresses = self.local.refresh();
+        let link = self.refresh_link()?;
+        addresses.map_err(CaptureError::Addresses)?;
+        Ok(link)
+    }
+
+    fn refresh_link(&mut self) -> Result<Link, CaptureError> {
         if self.interface == ANY {
             // Index 0 is never unregistered.
             if self.bound.is_none() {
@@ -268,44 +339,158 @@ impl Capture {
 
     /// Waits for the next datagram, at most the poll interval.
     pub fn wait_next(&mut self) -> io::Result<Next<'_>> {
-        if self.next >= self.read {
-            if self.read >= BUSY_BATCH {
-                std::thread::sleep(FLOOD_PAUSE);
+        let (index, parsed) = match self.next_frame()? {
+            Frame::Datagram(index, parsed) => (index, parsed),
+            Frame::Other(next) => return Ok(next),
+        };
+        let batch = self.batch(self.current);
+        Ok(match batch.frame(index).get(parsed.payload) {
+            Some(payload) => Next::Datagram(Datagram {
+                source: parsed.source,
+                destination: parsed.destination,
+                payload,
+            }),
+            None => Next::Malformed,
+        })
+    }
+
+    /// The next frame to hand out. Reads at most one batch per call, so
+    /// that frames that are all skipped still let the caller look at its
+    /// signals and timers.
+    fn next_frame(&mut self) -> io::Result<Frame> {
+        let mut filled = false;
+        loop {
+            if self.next >= self.read {
+                if filled {
+                    return Ok(Frame::Other(Next::Idle));
+                }
+                if self.read >= BUSY_BATCH {
+                    std::thread::sleep(FLOOD_PAUSE);
+                }
+                // Forget the last batch before reading, so that an error
+                // does not leave its frames to be handed out again; it stays
+                // in its buffers, to be compared with.
+                self.read_before = std::mem::take(&mut self.read);
+                self.current ^= 1;
+                self.next = 0;
+                self.read = self.fill()?;
+                filled = true;
+                if self.read == 0 {
+                    return Ok(Frame::Other(Next::Idle));
+                }
+                // Every address change made before these frames arrived is
+                // queued on the watch by now. An error keeps the old table;
+                // the next `refresh` reports it.
+                let _ = self.local.refresh();
             }
-            // Forget the last batch before reading, so that an error does
-            // not leave its frames to be handed out again.
-            self.read = 0;
-            self.next = 0;
-            self.read = self.fill()?;
-            if self.read == 0 {
-                return Ok(Next::Idle);
+            let index = self.next;
+            self.next += 1;
+            if !self.is_new(index) {
+                continue;
             }
+            let batch = self.batch(self.current);
+            let meta = batch.meta(index);
+            let Some(parsed) = parse_frame(batch.frame(index), self.knock_port) else {
+                return Ok(Frame::Other(Next::Malformed));
+            };
+            if !self.local.addressed_here(parsed.destination, meta) {
+                continue;
+            }
+            if !self.local.plausible_source(parsed.source, meta) {
+                return Ok(Frame::Other(Next::Implausible(parsed.source)));
+            }
+            return Ok(Frame::Datagram(index, parsed));
         }
-        let index = self.next;
-        self.next += 1;
-        Ok(
-            match parse_datagram(self.batch.frame(index), self.knock_port) {
-                Some(datagram) => Next::Datagram(datagram),
-                None => Next::Malformed,
-            },
-        )
+    }
+
+    fn batch(&self, which: usize) -> &sys::Batch {
+        let [first, second] = &self.batches;
+        if which == 0 {
+            first
+        } else {
+            second
+        }
+    }
+
+    /// Is frame `index` of the current batch one to read: addressed to this
+    /// host at the link layer, and not a copy of one read already?
+    fn is_new(&self, index: usize) -> bool {
+        let current = self.batch(self.current);
+        let before = self.batch(self.current ^ 1);
+        // The filter passes nothing else; this keeps the rule in one more
+        // place for the price of one comparison.
+        current.meta(index).pkttype == libc::PACKET_HOST
+            && !copy_of_earlier(current, index, before, self.read_before)
     }
 
     /// Reads what is queued, or waits up to the poll interval for something.
     fn fill(&mut self) -> io::Result<usize> {
-        let read = self.socket.recv_batch(&mut self.batch)?;
+        let Some(batch) = self.batches.get_mut(self.current) else {
+            return Ok(0);
+        };
+        let read = self.socket.recv_batch(batch)?;
         if read > 0 || !self.socket.wait_readable(self.poll_every)? {
             return Ok(read);
         }
-        self.socket.recv_batch(&mut self.batch)
+        self.socket.recv_batch(batch)
     }
 }
 
+/// Is frame `index` of `current` a copy of one of the [`COPY_WINDOW`] frames
+/// read before it (in `current`, then in `before`, which holds `read_before`
+/// frames) that was seen on another device? Byte for byte the same network
+/// layer (addresses, IP id, checksums, payload) is the same frame; one seen
+/// on the same device twice was sent twice, and is left to the replay
+/// guard. Loopback frames are never copies: nothing re-delivers them.
+fn copy_of_earlier(
+    current: &sys::Batch,
+    index: usize,
+    before: &sys::Batch,
+    read_before: usize,
+) -> bool {
+    let frame = current.frame(index);
+    let meta = current.meta(index);
+    if frame.is_empty() || meta.on_loopback() {
+        return false;
+    }
+    let here = index.saturating_sub(COPY_WINDOW)..index;
+    let rest = COPY_WINDOW.saturating_sub(index);
+    let there = read_before.saturating_sub(rest)..read_before;
+    let earlier = here
+        .rev()
+        .map(|i| (current, i))
+        .chain(there.rev().map(|i| (before, i)));
+    for (batch, i) in earlier {
+        let other = batch.meta(i);
+        if other.ifindex != meta.ifindex && !other.on_loopback() && batch.frame(i) == frame {
+            return true;
+        }
+    }
+    false
+}
+
 /// Parses a network-layer frame into the UDP payload to `knock_port` and its
-/// source, checking every length against the frame instead of trusting it.
+/// addresses, checking every length against the frame instead of trusting it.
 pub fn parse_datagram(frame: &[u8], knock_port: u16) -> Option<Datagram<'_>> {
+    let parsed = parse_frame(frame, knock_port)?;
+    Some(Datagram {
+        source: parsed.source,
+        destination: parsed.destination,
+        payload: frame.get(parsed.payload)?,
+    })
+}
+
+/// A frame's UDP datagram, with its payload as a range of the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Parsed {
+    source: IpAddr,
+    destination: IpAddr,
+    payload: Range<usize>,
+}
+
+fn parse_frame(frame: &[u8], knock_port: u16) -> Option<Parsed> {
     let version = frame.first()? >> 4;
-    let (source, udp_bytes) = match version {
+    let (source, destination, udp_start, udp_end) = match version {
         4 => {
             let ip = Ipv4Packet::new(frame)?;
             let header = usize::from(ip.get_header_length()) * 4;
@@ -319,7 +504,8 @@ pub fn parse_datagram(frame: &[u8], knock_port: u16) -> Option<Datagram<'_>> {
             {
                 return None;
             }
-            (IpAddr::V4(ip.get_source()), frame.get(header..total)?)
+            let source = IpAddr::V4(ip.get_source());
+            (source, IpAddr::V4(ip.get_destination()), header, total)
         }
         6 => {
             let ip = Ipv6Packet::new(frame)?;
@@ -327,18 +513,21 @@ pub fn parse_datagram(frame: &[u8], knock_port: u16) -> Option<Datagram<'_>> {
                 return None;
             }
             let end = 40 + usize::from(ip.get_payload_length());
-            (IpAddr::V6(ip.get_source()), frame.get(40..end)?)
+            let source = IpAddr::V6(ip.get_source());
+            (source, IpAddr::V6(ip.get_destination()), 40, end)
         }
         _ => return None,
     };
-    let udp = UdpPacket::new(udp_bytes)?;
+    let udp = UdpPacket::new(frame.get(udp_start..udp_end)?)?;
     let length = usize::from(udp.get_length());
-    if udp.get_destination() != knock_port || length < 8 || length > udp_bytes.len() {
+    if udp.get_destination() != knock_port || length < 8 || length > udp_end - udp_start {
         return None;
     }
-    // Borrow the payload from the frame, not from the pnet view.
-    let payload = udp_bytes.get(8..length)?;
-    Some(Datagram { source, payload })
+    Some(Parsed {
+        source,
+        destination,
+        payload: udp_start + 8..udp_start + length,
+    })
 }
 
 #[cfg(test)]
@@ -352,6 +541,7 @@ mod tests {
         p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         p[9] = 17;
         p[12..16].copy_from_slice(&[198, 18, 0, 2]);
+        p[16..20].copy_from_slice(&[198, 18, 0, 1]);
         p[22..24].copy_from_slice(&port.to_be_bytes());
         p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         p[28..].copy_from_slice(payload);
@@ -363,6 +553,7 @@ mod tests {
         let frame = v4_frame(b"hello", 62201);
         let d = parse_datagram(&frame, 62201).unwrap();
         assert_eq!(d.source, "198.18.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(d.destination, "198.18.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(d.payload, b"hello");
         assert!(parse_datagram(&frame, 1).is_none());
     }
@@ -375,11 +566,14 @@ mod tests {
         p[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         p[6] = 17;
         p[8] = 0xfd;
+        p[24] = 0xfe;
+        p[25] = 0x80;
         p[42..44].copy_from_slice(&62201u16.to_be_bytes());
         p[44..46].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         p[48..].copy_from_slice(payload);
         let d = parse_datagram(&p, 62201).unwrap();
         assert!(d.source.is_ipv6());
+        assert_eq!(d.destination, "fe80::".parse::<IpAddr>().unwrap());
         assert_eq!(d.payload, payload);
     }
 
@@ -402,5 +596,86 @@ mod tests {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             let _ = parse_datagram(&junk, 62201);
         }
+    }
+
+    fn on(ifindex: i32) -> sys::FrameMeta {
+        sys::FrameMeta {
+            ifindex,
+            pkttype: libc::PACKET_HOST,
+            hatype: 1,
+        }
+    }
+
+    const LO: sys::FrameMeta = sys::FrameMeta {
+        ifindex: 1,
+        pkttype: libc::PACKET_HOST,
+        hatype: libc::ARPHRD_LOOPBACK,
+    };
+
+    /// A batch of `frames`, each `(payload byte, device)`.
+    fn batch(frames: &[(u8, sys::FrameMeta)]) -> sys::Batch {
+        let mut batch = sys::Batch::new();
+        for (i, (byte, meta)) in frames.iter().enumerate() {
+            batch.set(i, &v4_frame(&[*byte; 60], 62201), *meta);
+        }
+        batch
+    }
+
+    #[test]
+    fn a_frame_seen_on_another_device_just_before_is_a_copy() {
+        let empty = sys::Batch::new();
+        // A bond's slave (2) then the bond (5); a VLAN's parent (3) then the
+        // VLAN (6).
+        let b = batch(&[(1, on(2)), (1, on(5)), (2, on(3)), (9, on(3)), (2, on(6))]);
+        let copies: Vec<bool> = (0..5).map(|i| copy_of_earlier(&b, i, &empty, 0)).collect();
+        assert_eq!(copies, [false, true, false, false, true]);
+        // The same frame twice on the same device was sent twice: the
+        // replay guard's business.
+        let b = batch(&[(1, on(2)), (1, on(2))]);
+        assert!(!copy_of_earlier(&b, 1, &empty, 0));
+        // Loopback frames are nobody's copies, nor copied.
+        let b = batch(&[(1, LO), (1, on(2)), (1, LO)]);
+        assert!(!copy_of_earlier(&b, 1, &empty, 0));
+        assert!(!copy_of_earlier(&b, 2, &empty, 0));
+        // A truncated frame (read as empty) is not compared.
+        let mut b = batch(&[]);
+        b.set(0, &[0u8; sys::FRAME_LEN + 1], on(2));
+        b.set(1, &[0u8; sys::FRAME_LEN + 1], on(5));
+        assert!(!copy_of_earlier(&b, 1, &empty, 0));
+    }
+
+    #[test]
+    fn copies_are_looked_for_in_a_window_reaching_into_the_last_batch() {
+        let empty = sys::Batch::new();
+        for (between, copy) in [(COPY_WINDOW - 1, true), (COPY_WINDOW, false)] {
+            let mut frames: Vec<(u8, sys::FrameMeta)> = vec![(1, on(2))];
+            frames.extend((0..between as u8).map(|i| (100 + i, on(7))));
+            frames.push((1, on(5)));
+            let b = batch(&frames);
+            assert_eq!(
+                copy_of_earlier(&b, between + 1, &empty, 0),
+                copy,
+                "{between} frames between"
+            );
+        }
+
+        // The original was the last frame of the batch before.
+        let before = batch(&[(7, on(2)), (1, on(2))]);
+        let now = batch(&[(1, on(5))]);
+        assert!(copy_of_earlier(&now, 0, &before, 2));
+        assert!(
+            !copy_of_earlier(&now, 0, &before, 1),
+            "only the frames that batch read"
+        );
+        let now = batch(&[(3, on(2)), (4, on(2)), (1, on(5))]);
+        assert!(copy_of_earlier(&now, 2, &before, 2));
+        let mut far: Vec<(u8, sys::FrameMeta)> =
+            (0..COPY_WINDOW as u8).map(|i| (100 + i, on(2))).collect();
+        far.push((1, on(5)));
+        let now = batch(&far);
+        assert!(
+            !copy_of_earlier(&now, COPY_WINDOW, &before, 2),
+            "the window is counted across both batches"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The server's only unsafe code: the packet socket's bind, address, option,
 //! statistics, interface lookup, batch read and poll calls that socket2 does
-//! not offer.
+//! not offer, and the bind of the netlink socket that hears of address
+//! changes.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -285,10 +286,30 @@ pub const FRAME_LEN: usize = 512;
 /// How many frames one `recvmmsg` may return.
 pub const BATCH: usize = 64;
 
+/// Where a frame came from, as the kernel's `sockaddr_ll` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// The device the frame was seen on (where the packet tap saw it: a
+    /// bond's slave, then the bond, each have their own).
+    pub ifindex: i32,
+    /// `PACKET_HOST`, `PACKET_OTHERHOST`, ... (linux/if_packet.h).
+    pub pkttype: u8,
+    /// The device's type: `ARPHRD_LOOPBACK` for loopback.
+    pub hatype: u16,
+}
+
+impl FrameMeta {
+    /// Seen on the loopback device: sent by this host to itself.
+    pub fn on_loopback(&self) -> bool {
+        self.hatype == libc::ARPHRD_LOOPBACK
+    }
+}
+
 /// Buffers for one batch of frames, reused for every read.
 pub struct Batch {
     buffers: Box<[[u8; FRAME_LEN]; BATCH]>,
     lens: [usize; BATCH],
+    meta: [FrameMeta; BATCH],
 }
 
 impl Batch {
@@ -296,6 +317,7 @@ impl Batch {
         Self {
             buffers: Box::new([[0u8; FRAME_LEN]; BATCH]),
             lens: [0; BATCH],
+            meta: [FrameMeta::default(); BATCH],
         }
     }
 
@@ -305,6 +327,32 @@ impl Batch {
             (Some(buffer), Some(&len)) => buffer.get(..len).unwrap_or(&[]),
             _ => &[],
         }
+    }
+
+    /// Where frame `index` of the last read came from.
+    pub fn meta(&self, index: usize) -> FrameMeta {
+        self.meta.get(index).copied().unwrap_or_default()
+    }
+
+    /// Puts `frame` at `index`, as a read would (for tests of what is done
+    /// with frames). Frames longer than [`FRAME_LEN`] are truncated ones.
+    #[cfg(test)]
+    pub fn set(&mut self, index: usize, frame: &[u8], meta: FrameMeta) {
+        let (Some(buffer), Some(len), Some(slot)) = (
+            self.buffers.get_mut(index),
+            self.lens.get_mut(index),
+            self.meta.get_mut(index),
+        ) else {
+            return;
+        };
+        *len = match buffer.get_mut(..frame.len()) {
+            Some(room) => {
+                room.copy_from_slice(frame);
+                frame.len()
+            }
+            None => 0,
+        };
+        *slot = meta;
     }
 }
 
@@ -317,17 +365,28 @@ fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
         iovec.iov_base = buffer.as_mut_ptr().cast();
         iovec.iov_len = FRAME_LEN;
     }
+    // SAFETY: sockaddr_ll is a C struct of integers and a byte array, for
+    // which all-zero bytes are a valid value.
+    let mut names: [libc::sockaddr_ll; BATCH] = unsafe { std::mem::zeroed() };
     // SAFETY: mmsghdr and the msghdr inside it are plain C structs for which
     // all-zero bytes are a valid value (null pointers, zero lengths).
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (header, iovec) in headers.iter_mut().zip(iovecs.iter_mut()) {
+    for ((header, iovec), name) in headers
+        .iter_mut()
+        .zip(iovecs.iter_mut())
+        .zip(names.iter_mut())
+    {
         header.msg_hdr.msg_iov = iovec;
         header.msg_hdr.msg_iovlen = 1;
+        header.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
+        header.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_ll>();
     }
     // SAFETY: `headers` holds BATCH valid mmsghdr, each pointing at one live
-    // iovec that spans exactly FRAME_LEN writable bytes of `batch.buffers`;
-    // all of them outlive the call, which is non-blocking (MSG_DONTWAIT) and
-    // takes no timeout pointer.
+    // iovec that spans exactly FRAME_LEN writable bytes of `batch.buffers`,
+    // and at one live sockaddr_ll whose exact size is its msg_namelen (the
+    // kernel writes at most that much of the sender's address, truncating a
+    // longer hardware address); all of them outlive the call, which is
+    // non-blocking (MSG_DONTWAIT) and takes no timeout pointer.
     let received = unsafe {
         libc::recvmmsg(
             fd,
@@ -345,12 +404,30 @@ fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
         };
     }
     let count = usize::try_from(received).unwrap_or(0).min(BATCH);
-    for (len, header) in batch.lens.iter_mut().zip(headers.iter()).take(count) {
+    for (((len, meta), header), name) in batch
+        .lens
+        .iter_mut()
+        .zip(batch.meta.iter_mut())
+        .zip(headers.iter())
+        .zip(names.iter())
+        .take(count)
+    {
         let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         *len = if truncated {
             0
         } else {
             (header.msg_len as usize).min(FRAME_LEN)
+        };
+        // A packet socket always names the sender; should it not, the frame
+        // counts as coming from nowhere we know (index 0, not loopback).
+        *meta = if header.msg_hdr.msg_namelen >= socklen_of::<libc::sockaddr_ll>() {
+            FrameMeta {
+                ifindex: name.sll_ifindex,
+                pkttype: name.sll_pkttype,
+                hatype: name.sll_hatype,
+            }
+        } else {
+            FrameMeta::default()
         };
     }
     Ok(count)
@@ -374,6 +451,65 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
         };
     }
     Ok(ready > 0)
+}
+
+/// A netlink socket that hears of every address added to or removed from
+/// an interface of our network namespace (`RTM_NEWADDR`, `RTM_DELADDR`), to
+/// know when the table of this host's addresses must be read again. It is
+/// never waited on: [`Self::changed`] only looks at what is queued.
+#[derive(Debug)]
+pub struct AddressWatch {
+    socket: Socket,
+    buf: Box<[u8; 8192]>,
+}
+
+impl AddressWatch {
+    pub fn open() -> io::Result<Self> {
+        let socket = Socket::new(
+            Domain::from(libc::AF_NETLINK),
+            Type::RAW,
+            Some(socket2::Protocol::from(libc::NETLINK_ROUTE)),
+        )?;
+        socket.set_nonblocking(true)?;
+        // SAFETY: sockaddr_nl is a C struct of integers (and padding), for
+        // which all-zero bytes are a valid value.
+        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // Port id 0: the kernel picks one.
+        address.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        // SAFETY: `address` is a fully initialised sockaddr_nl that lives
+        // across the call, and the length passed is exactly its size.
+        let rc = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                std::ptr::from_ref(&address).cast(),
+                socklen_of::<libc::sockaddr_nl>(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            socket,
+            buf: Box::new([0; 8192]),
+        })
+    }
+
+    /// Takes every notification queued since the last call: true if there
+    /// was one, or if some were lost (the queue overflowed). One system call
+    /// when nothing changed.
+    pub fn changed(&mut self) -> io::Result<bool> {
+        let mut changed = false;
+        loop {
+            match std::io::Read::read(&mut &self.socket, &mut self.buf[..]) {
+                Ok(_) => changed = true,
+                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => changed = true,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(changed),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
