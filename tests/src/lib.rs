@@ -1021,3 +1021,62 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+impl Tcpdump {
+    /// Like [`Tcpdump::start`], on one interface (`-i any` captures have no
+    /// link-layer destination, and may miss frames), and returning only
+    /// once tcpdump says it is listening.
+    pub fn start_on(ns: &Ns, interface: &str, filter: &str, file: PathBuf) -> Self {
+        let mut child = ns
+            .cmd("tcpdump")
+            .args([
+                "-i",
+                interface,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-c",
+                "10000",
+                "-w",
+            ])
+            .arg(&file)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        if let Some(stderr) = child.stderr.take() {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && !line.contains("listening on")
+            {
+                line.clear();
+            }
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = reader.read_to_end(&mut sink);
+            });
+        }
+        Self { child, file }
+    }
+
+    /// Stops the capture and returns the frames as text lines, with their
+    /// link-layer header (`tcpdump -e`).
+    pub fn stop_link_layer(mut self, ns: &Ns) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let out = ns
+            .cmd("tcpdump")
+            .args(["-n", "-e", "-r"])
+            .arg(&self.file)
+            .output()
+            .expect("tcpdump -r");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
