@@ -642,37 +642,10 @@ impl std::fmt::Debug for Tcpdump {
 }
 
 impl Tcpdump {
+    /// A capture on every interface of `ns`, returning once tcpdump says it
+    /// is listening.
     pub fn start(ns: &Ns, filter: &str, file: PathBuf) -> Self {
-        let child = ns
-            .cmd("tcpdump")
-            .args([
-                "-i",
-                "any",
-                "-n",
-                "-U",
-                "--immediate-mode",
-                "-c",
-                "10000",
-                "-w",
-            ])
-            .arg(&file)
-            .arg(filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump");
-        let mut dump = Self { child, file };
-        // tcpdump says "listening on" once it captures.
-        if let Some(stderr) = dump.child.stderr.take() {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            std::thread::spawn(move || {
-                let mut sink = Vec::new();
-                let _ = reader.read_to_end(&mut sink);
-            });
-        }
-        dump
+        Self::start_on(ns, "any", filter, file)
     }
 
     /// Stops the capture and returns the packets as text lines.
@@ -1023,9 +996,9 @@ macro_rules! on_both_backends {
 }
 
 impl Tcpdump {
-    /// Like [`Tcpdump::start`], on one interface (`-i any` captures have no
-    /// link-layer destination, and may miss frames), and returning only
-    /// once tcpdump says it is listening.
+    /// A capture on one interface (`-i any` captures have no link-layer
+    /// destination, and may miss frames), returning once tcpdump says it is
+    /// listening.
     pub fn start_on(ns: &Ns, interface: &str, filter: &str, file: PathBuf) -> Self {
         let mut child = ns
             .cmd("tcpdump")

@@ -175,6 +175,16 @@ impl World {
     }
 }
 
+/// The environment of a knock-client whose clock is off by `offset`
+/// (libfaketime's syntax: `+2s`, `-300s`).
+fn client_clock(offset: &str) -> [(&str, &str); 3] {
+    [
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME", offset),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]
+}
+
 /// The clock offset file libfaketime reads.
 fn offset_file(w: &World, offset_s: i64) -> PathBuf {
     let path = w.setup.dir.join("faketime");
@@ -402,11 +412,7 @@ fn a_state_loss_with_a_client_clock_ahead_reopens_nothing() {
         KNOCK_PORT,
         &["4992"],
         &[],
-        &[
-            ("LD_PRELOAD", LIBFAKETIME),
-            ("FAKETIME", "+2s"),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ],
+        &client_clock("+2s"),
     );
     w.deliver(&knock);
     server.wait_for_count("granted", 1, Duration::from_secs(3));
@@ -556,11 +562,7 @@ fn a_copied_stale_knock_is_opened_once_a_second() {
         KNOCK_PORT,
         &["4992"],
         &[],
-        &[
-            ("LD_PRELOAD", LIBFAKETIME),
-            ("FAKETIME", "-300s"),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ],
+        &client_clock("-300s"),
     );
     let started = Instant::now();
     let python = format!(
