@@ -21,9 +21,11 @@ const DETAILED_REJECTIONS: u32 = 20;
 
 #[derive(Debug)]
 pub struct RejectionLog {
-    counts: BTreeMap<&'static str, u64>,
-    /// Since start, never reset: for `knock-server status`.
+    /// Since start, never reset: for `knock-server status`. One map update
+    /// per refusal: the summaries are differences of it.
     totals: BTreeMap<&'static str, u64>,
+    /// `totals` when the last summary was logged.
+    summarised: BTreeMap<&'static str, u64>,
     detailed: u32,
     kernel_drops: u64,
     since: Instant,
@@ -32,8 +34,8 @@ pub struct RejectionLog {
 impl Default for RejectionLog {
     fn default() -> Self {
         Self {
-            counts: BTreeMap::new(),
             totals: BTreeMap::new(),
+            summarised: BTreeMap::new(),
             detailed: 0,
             kernel_drops: 0,
             since: Instant::now(),
@@ -55,8 +57,21 @@ impl RejectionLog {
     }
 
     fn count(&mut self, reason: &'static str) {
-        *self.counts.entry(reason).or_default() += 1;
         *self.totals.entry(reason).or_default() += 1;
+    }
+
+    /// Refusals by reason since the last summary.
+    fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.totals
+            .iter()
+            .map(|(reason, n)| {
+                (
+                    *reason,
+                    n - self.summarised.get(reason).copied().unwrap_or(0),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Refusals since start, all reasons.
@@ -90,22 +105,19 @@ impl RejectionLog {
         if let Some(line) = self.drops_summary(now) {
             warn!("{line}");
         }
-        self.counts.clear();
+        self.summarised.clone_from(&self.totals);
         self.detailed = 0;
         self.kernel_drops = 0;
         self.since = now;
     }
 
     fn summary(&self, now: Instant) -> Option<String> {
-        if self.counts.is_empty() {
+        let counts = self.counts();
+        if counts.is_empty() {
             return None;
         }
-        let total: u64 = self.counts.values().sum();
-        let detail: Vec<String> = self
-            .counts
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let total: u64 = counts.values().sum();
+        let detail: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
         Some(format!(
             "refused {total} datagrams in the last {}s: {}",
             now.duration_since(self.since).as_secs(),
@@ -141,9 +153,9 @@ mod tests {
             Some("refused 3 datagrams in the last 10s: malformed-packet=1 unknown-client=2")
         );
         log.maybe_summarise(start + Duration::from_secs(9));
-        assert_eq!(log.counts.len(), 2, "not yet due");
+        assert_eq!(log.counts().len(), 2, "not yet due");
         log.maybe_summarise(start + Duration::from_secs(10));
-        assert!(log.counts.is_empty());
+        assert!(log.counts().is_empty());
         log.record(&Rejection::UnknownClient);
         assert_eq!(
             log.totals()
