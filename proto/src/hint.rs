@@ -1,7 +1,7 @@
 //! The rotating key hint: how the server finds the one client a knock may be
 //! from without trying every key.
 //!
-//! `hint = HMAC-SHA256(hint key, "knock/v1 slot" || slot)[..8]`, where
+//! `hint = HMAC-SHA256(hint_key, "knock/v2 slot" || u64_be(slot))[..8]`, where
 //! `slot = timestamp_ms / SLOT_MS`. Without the hint key the 8 bytes look
 //! random, and they change every slot, so knocks from one client in different
 //! minutes share no bytes. The server keeps a map from each client's hints for
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use ring::hmac;
 
-use crate::keys::KnockKeys;
+use crate::keys::PairKeys;
 
 /// Length of one slot of the rotating hint.
 pub const SLOT_MS: u64 = 30_000;
@@ -25,13 +25,13 @@ pub struct KeyHint(pub [u8; HINT_LEN]);
 
 impl KeyHint {
     /// The hint of `keys` for the slot that holds `timestamp_ms`.
-    pub fn at(keys: &KnockKeys, timestamp_ms: u64) -> Self {
-        Self::for_slot(keys, timestamp_ms / SLOT_MS)
+    pub fn at(keys: &PairKeys, timestamp_ms: u64) -> Self {
+        Self::for_slot(&keys.hint_key(), timestamp_ms / SLOT_MS)
     }
 
-    fn for_slot(keys: &KnockKeys, slot: u64) -> Self {
-        let mut ctx = hmac::Context::with_key(&keys.hint);
-        ctx.update(b"knock/v1 slot");
+    fn for_slot(hint_key: &hmac::Key, slot: u64) -> Self {
+        let mut ctx = hmac::Context::with_key(hint_key);
+        ctx.update(b"knock/v2 slot");
         ctx.update(&slot.to_be_bytes());
         let tag = ctx.sign();
         let mut hint = [0u8; HINT_LEN];
@@ -57,19 +57,20 @@ impl<T: Clone> HintIndex<T> {
     /// Builds the index of every slot that a knock stamped within `window_ms`
     /// of `now_ms` can fall in.
     pub fn build<'k>(
-        clients: impl IntoIterator<Item = (T, &'k KnockKeys)>,
+        clients: impl IntoIterator<Item = (T, &'k PairKeys)>,
         now_ms: u64,
         window_ms: u64,
     ) -> Self {
         let (first_slot, last_slot) = slot_range(now_ms, window_ms);
         let mut by_hint = HashMap::new();
         for (client, keys) in clients {
+            let hint_key = keys.hint_key();
             for slot in first_slot..=last_slot {
                 // Two clients sharing a 64-bit hint has probability ~2^-64 per
                 // pair; the later one would then be looked up, and the earlier
                 // one's knock would fail its MAC check and be retried by the
                 // client in the next slot.
-                by_hint.insert(KeyHint::for_slot(keys, slot), (client.clone(), slot));
+                by_hint.insert(KeyHint::for_slot(&hint_key, slot), (client.clone(), slot));
             }
         }
         Self {

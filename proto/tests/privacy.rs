@@ -11,21 +11,23 @@ use std::net::IpAddr;
 
 use common::*;
 use knock_proto::{
-    seal, PortSpec, Request, ServerId, Transport, MAX_KNOCK_LEN, MIN_KNOCK_LEN, SLOT_MS,
+    Mode, PortSpec, Request, ServerId, Transport, MAX_KNOCK_LEN, MIN_KNOCK_LEN, SLOT_MS,
 };
 
-/// Nothing of the request, the stamp or the server identity appears in the
-/// clear, over many knocks with random requests. The needles are the
-/// plaintext's own encodings (so a cleartext field would be found), at least
-/// four bytes long (so chance matches are negligible).
+/// Nothing of the request, the stamp, the server or the client's public key
+/// appears in the clear, over many knocks of both modes with random requests
+/// and servers. The needles are the plaintext's own encodings (so a
+/// cleartext field would be found), at least four bytes long (so chance
+/// matches are negligible).
 #[test]
-fn sealed_bytes_hide_ports_address_time_and_server() {
+fn sealed_bytes_hide_ports_address_time_server_and_identity() {
     let mut rng = SplitMix(1);
-    let k = keys(7);
     for i in 0..2000 {
+        let mode = MODES[i % 2];
         let mut server_bytes = [0u8; 16];
         rng.fill(&mut server_bytes);
-        let server = ServerId(server_bytes);
+        let server = Server::new(ServerId(server_bytes), rng.next_u64() as u8);
+        let client = Client::new(mode, 7, &server);
         let count = 1 + rng.below(16) as usize;
         let ports: Vec<PortSpec> = (0..count)
             .map(|_| PortSpec {
@@ -52,7 +54,9 @@ fn sealed_bytes_hide_ports_address_time_and_server() {
             bound_addr,
         };
         let timestamp_ms = T0 + rng.below(1 << 40);
-        let datagram = seal(&k, &server, &request, timestamp_ms, &randomness(&mut rng)).unwrap();
+        let datagram = client
+            .seal(&server, &request, timestamp_ms, &randomness(&mut rng))
+            .unwrap();
 
         let mut port_block = vec![count as u8];
         for spec in &request.ports {
@@ -75,15 +79,24 @@ fn sealed_bytes_hide_ports_address_time_and_server() {
                 "timestamp in seconds",
                 ((timestamp_ms / 1000) as u32).to_be_bytes().to_vec(),
             ),
-            ("server id", server.0.to_vec()),
-            ("server id prefix", server.0[..6].to_vec()),
+            ("server id", server.id.0.to_vec()),
+            ("server id prefix", server.id.0[..6].to_vec()),
+            ("server public key", server.public.0.to_vec()),
             ("duration", request.duration_s.to_be_bytes().to_vec()),
             ("fixed header", {
-                let mut h = vec![1u8, datagram_flags(&request)];
+                let mut h = vec![2u8, datagram_flags(&request, mode)];
                 h.extend_from_slice(&timestamp_ms.to_be_bytes()[..2]);
                 h
             }),
         ];
+        if let Some(public) = client.public {
+            // No 4-byte run of either public key, anywhere.
+            for key in [public.ed25519_bytes(), public.x25519_bytes()] {
+                for run in key.windows(4) {
+                    needles.push(("a run of the client's public key", run.to_vec()));
+                }
+            }
+        }
         match request.bound_addr {
             Some(IpAddr::V4(a)) => needles.push(("IPv4 address", a.octets().to_vec())),
             Some(IpAddr::V6(a)) => {
@@ -96,38 +109,47 @@ fn sealed_bytes_hide_ports_address_time_and_server() {
             if needle.len() >= 4 {
                 assert!(
                     !contains(&datagram, needle),
-                    "knock {i}: {what} in the clear"
+                    "knock {i} ({mode}): {what} in the clear"
                 );
             }
         }
     }
 }
 
-fn datagram_flags(request: &Request) -> u8 {
-    match request.bound_addr {
-        None => 0,
-        Some(IpAddr::V4(_)) => 1,
-        Some(IpAddr::V6(_)) => 3,
-    }
+fn datagram_flags(request: &Request, mode: Mode) -> u8 {
+    let signed = if mode == Mode::Public { 4 } else { 0 };
+    signed
+        | match request.bound_addr {
+            None => 0,
+            Some(IpAddr::V4(_)) => 1,
+            Some(IpAddr::V6(_)) => 3,
+        }
 }
 
-/// Many knocks of one client, for one request, stamped in different slots,
-/// with random nonces and padding.
-fn knocks_of_one_client(n: usize) -> Vec<Vec<u8>> {
+/// Many knocks of one client of `mode`, for one request, stamped in
+/// different slots, with random nonces and padding.
+fn knocks_of_one_client(mode: Mode, n: usize) -> Vec<Vec<u8>> {
     let mut rng = SplitMix(2);
-    let k = keys(9);
+    let server = server();
+    let client = Client::new(mode, 9, &server);
     let first_slot_start = (T0 / SLOT_MS) * SLOT_MS;
     (0..n)
         .map(|i| {
             let stamp = first_slot_start + i as u64 * SLOT_MS + rng.below(SLOT_MS);
-            seal_simple(&k, stamp, &mut rng)
+            client.seal_simple(&server, stamp, &mut rng)
         })
         .collect()
 }
 
 #[test]
 fn no_byte_position_is_constant_across_knocks() {
-    let knocks = knocks_of_one_client(2000);
+    for mode in MODES {
+        no_byte_position_is_constant(mode);
+    }
+}
+
+fn no_byte_position_is_constant(mode: Mode) {
+    let knocks = knocks_of_one_client(mode, 2000);
     let shortest = knocks.iter().map(Vec::len).min().unwrap();
     for position in 0..shortest {
         let values: HashSet<u8> = knocks.iter().map(|k| k[position]).collect();
@@ -135,7 +157,7 @@ fn no_byte_position_is_constant_across_knocks() {
         // type or length byte would show one or a few.
         assert!(
             values.len() > 200,
-            "position {position}: only {} values",
+            "{mode} position {position}: only {} values",
             values.len()
         );
     }
@@ -144,7 +166,7 @@ fn no_byte_position_is_constant_across_knocks() {
         let values: HashSet<u8> = knocks.iter().map(|k| k[k.len() - back]).collect();
         assert!(
             values.len() > 200,
-            "position -{back}: only {} values",
+            "{mode} position -{back}: only {} values",
             values.len()
         );
     }
@@ -152,12 +174,14 @@ fn no_byte_position_is_constant_across_knocks() {
 
 #[test]
 fn knock_lengths_vary_within_the_bounds() {
-    let knocks = knocks_of_one_client(2000);
-    let lengths: BTreeSet<usize> = knocks.iter().map(Vec::len).collect();
-    // One request, so all variation is padding: 0..=63 bytes.
-    assert_eq!(lengths.len(), 64, "{lengths:?}");
-    assert!(*lengths.first().unwrap() >= MIN_KNOCK_LEN);
-    assert!(*lengths.last().unwrap() <= MAX_KNOCK_LEN);
+    for mode in MODES {
+        let knocks = knocks_of_one_client(mode, 2000);
+        let lengths: BTreeSet<usize> = knocks.iter().map(Vec::len).collect();
+        // One request, so all variation is padding: 0..=63 bytes.
+        assert_eq!(lengths.len(), 64, "{mode}: {lengths:?}");
+        assert_eq!(*lengths.first().unwrap(), MIN_KNOCK_LEN);
+        assert_eq!(*lengths.last().unwrap(), MAX_KNOCK_LEN);
+    }
 }
 
 /// Chi-square of all bytes against uniform (255 degrees of freedom), and of
@@ -166,7 +190,13 @@ fn knock_lengths_vary_within_the_bounds() {
 /// are far in the tail (p < 1e-6) of the uniform distribution.
 #[test]
 fn byte_frequencies_look_uniform() {
-    let knocks = knocks_of_one_client(2000);
+    for mode in MODES {
+        byte_frequencies_look_uniform_in(mode);
+    }
+}
+
+fn byte_frequencies_look_uniform_in(mode: Mode) {
+    let knocks = knocks_of_one_client(mode, 2000);
     let mut counts = [0u64; 256];
     for k in &knocks {
         for &b in k {
@@ -179,7 +209,10 @@ fn byte_frequencies_look_uniform() {
         .iter()
         .map(|&c| (c as f64 - expected).powi(2) / expected)
         .sum();
-    assert!(chi2 < 380.0, "all bytes: chi-square {chi2:.1} with 255 df");
+    assert!(
+        chi2 < 380.0,
+        "{mode}, all bytes: chi-square {chi2:.1} with 255 df"
+    );
 
     let shortest = knocks.iter().map(Vec::len).min().unwrap();
     for position in 0..shortest {
@@ -194,7 +227,7 @@ fn byte_frequencies_look_uniform() {
             .sum();
         assert!(
             chi2 < 60.0,
-            "position {position}: chi-square {chi2:.1} with 15 df"
+            "{mode} position {position}: chi-square {chi2:.1} with 15 df"
         );
     }
 }
@@ -204,7 +237,13 @@ fn byte_frequencies_look_uniform() {
 /// random strings do (1 in 256).
 #[test]
 fn knocks_in_different_slots_share_nothing() {
-    let knocks = knocks_of_one_client(400);
+    for mode in MODES {
+        knocks_in_different_slots_share_nothing_in(mode);
+    }
+}
+
+fn knocks_in_different_slots_share_nothing_in(mode: Mode) {
+    let knocks = knocks_of_one_client(mode, 400);
     let mut equal_positions = 0u64;
     let mut compared = 0u64;
     for pair in knocks.chunks(2) {
@@ -225,14 +264,10 @@ fn knocks_in_different_slots_share_nothing() {
     );
 
     // Slot by slot, the hints of one client are all different.
-    let k = keys(9);
-    let mut rng = SplitMix(3);
+    let server = server();
+    let client = Client::new(mode, 9, &server);
     let hints: HashSet<[u8; 8]> = (0..10_000u64)
-        .map(|slot| {
-            seal_simple(&k, slot * SLOT_MS, &mut rng)[..8]
-                .try_into()
-                .unwrap()
-        })
+        .map(|slot| knock_proto::KeyHint::at(&client.keys, slot * SLOT_MS).0)
         .collect();
     assert_eq!(hints.len(), 10_000);
 }
@@ -242,11 +277,15 @@ fn knocks_in_different_slots_share_nothing() {
 /// that they come from one client (but not which client, nor what they ask).
 #[test]
 fn knocks_in_the_same_slot_share_the_hint_and_nothing_else() {
-    let k = keys(9);
-    let mut rng = SplitMix(4);
-    let slot_start = (T0 / SLOT_MS) * SLOT_MS;
-    let a = seal_simple(&k, slot_start, &mut rng);
-    let b = seal_simple(&k, slot_start + SLOT_MS - 1, &mut rng);
-    assert_eq!(a[..8], b[..8]);
-    assert!(a[8..].iter().zip(&b[8..]).filter(|(x, y)| x == y).count() < 8);
+    let server = server();
+    for mode in MODES {
+        let client = Client::new(mode, 9, &server);
+        let mut rng = SplitMix(4);
+        let slot_start = (T0 / SLOT_MS) * SLOT_MS;
+        let a = client.seal_simple(&server, slot_start, &mut rng);
+        let b = client.seal_simple(&server, slot_start + SLOT_MS - 1, &mut rng);
+        assert_eq!(a[..8], b[..8]);
+        assert!(a[8..].iter().zip(&b[8..]).filter(|(x, y)| x == y).count() < 8);
+        assert!(!share_a_run(&a[8..], &b[8..], 4));
+    }
 }

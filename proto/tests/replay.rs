@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use common::*;
 use knock_proto::{
-    open, seal, KnockBytes, ReplayError, ReplayGuard, ReplayId, StateDecodeError, Tick,
+    open, KnockBytes, Mode, ReplayError, ReplayGuard, ReplayId, StateDecodeError, Tick,
 };
 use proptest::prelude::*;
 
@@ -336,7 +336,7 @@ fn knocks_accepted_before_a_state_loss_are_refused_after_it() {
     // On time, and from a client whose clock runs a whole window ahead.
     for stamp in [server_now, server_now + WINDOW_MS] {
         let datagram = seal_simple(&k, stamp, &mut rng);
-        let opened = open(&k, &SERVER, &KnockBytes::parse(&datagram).unwrap()).unwrap();
+        let opened = open(&k, Mode::Shared, &KnockBytes::parse(&datagram).unwrap()).unwrap();
         accept(&mut first, k.replay_id(), opened.timestamp_ms, server_now);
         accepted.push(opened.timestamp_ms);
     }
@@ -366,7 +366,7 @@ fn knocks_accepted_before_a_state_loss_are_refused_after_it() {
     // One window later, new knocks pass.
     let later = restart + WINDOW_MS + 1;
     let fresh = seal_simple(&k, later, &mut rng);
-    let fresh = open(&k, &SERVER, &KnockBytes::parse(&fresh).unwrap()).unwrap();
+    let fresh = open(&k, Mode::Shared, &KnockBytes::parse(&fresh).unwrap()).unwrap();
     assert!(second
         .check(k.replay_id(), fresh.timestamp_ms, later)
         .is_ok());
@@ -389,29 +389,55 @@ fn stored_stamps_are_clamped() {
     assert!(guard.check(id(1), later, later).is_ok());
 }
 
+/// In either mode: sealed, opened, found fresh, signature checked (public
+/// mode), committed; the same bytes again are a replay.
 #[test]
 fn a_knock_seals_and_passes_the_guard_once_end_to_end() {
-    let k = keys(4);
-    let mut rng = SplitMix(21);
-    let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
-    let stamp = START + 42_000;
-    let datagram = seal(&k, &SERVER, &simple_request(), stamp, &randomness(&mut rng)).unwrap();
-    for attempt in 0..3 {
-        let opened = open(&k, &SERVER, &KnockBytes::parse(&datagram).unwrap()).unwrap();
-        let now = stamp + 100 + attempt;
-        let verdict = guard.check(k.replay_id(), opened.timestamp_ms, now);
-        if attempt == 0 {
-            guard.commit(verdict.unwrap(), now);
-        } else {
-            assert_eq!(verdict, Err(ReplayError::Replay));
+    let server = server();
+    for mode in MODES {
+        let client = Client::new(mode, 4, &server);
+        let mut rng = SplitMix(21);
+        let mut guard = ReplayGuard::first_start(WINDOW_MS, START);
+        let stamp = START + 42_000;
+        let datagram = client
+            .seal(&server, &simple_request(), stamp, &randomness(&mut rng))
+            .unwrap();
+        for attempt in 0..3 {
+            let opened = open(&client.keys, mode, &KnockBytes::parse(&datagram).unwrap()).unwrap();
+            let now = stamp + 100 + attempt;
+            let verdict = guard.check(client.keys.replay_id(), opened.timestamp_ms, now);
+            if attempt == 0 {
+                if let Some(public) = &client.public {
+                    opened
+                        .verify_signature(public, &server.public, &server.id)
+                        .unwrap();
+                }
+                guard.commit(verdict.unwrap(), now);
+            } else {
+                assert_eq!(verdict, Err(ReplayError::Replay), "{mode}");
+            }
         }
     }
 }
 
+/// Replay ids come from the pair key: equal for equal pairs, different for
+/// different clients, servers or modes, and equal to the specification's.
 #[test]
 fn replay_ids_follow_the_key_and_read_back() {
     assert_eq!(keys(1).replay_id(), keys(1).replay_id());
     assert_ne!(keys(1).replay_id(), keys(2).replay_id());
+    let (a, b) = (server(), other_server());
+    let mut seen = std::collections::HashSet::new();
+    for mode in MODES {
+        for seed in 0..4 {
+            for s in [&a, &b] {
+                let client = Client::new(mode, seed, s);
+                let (_, _, spec_id) = spec::subkeys(client.pair_prk(s).expose());
+                assert_eq!(client.keys.replay_id().0, spec_id);
+                assert!(seen.insert(client.keys.replay_id()), "{mode} {seed}");
+            }
+        }
+    }
     let id = keys(1).replay_id();
     assert_eq!(ReplayId::from_hex(&id.to_hex()), Some(id));
     assert_eq!(ReplayId::from_hex(&id.to_hex().to_uppercase()), Some(id));

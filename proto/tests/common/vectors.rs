@@ -1,10 +1,16 @@
 //! The test vectors of docs/PROTOCOL.md: read from the document itself (the
 //! fenced block tagged `test-vectors`), and rendered anew from their inputs.
 //!
-//! Each vector is a paragraph of `key: value` lines. The inputs are
-//! `client_secret`, `server_id`, `ports`, `duration_s`, `bound_addr`,
-//! `timestamp_ms`, `nonce` and `padding`; the outputs are `aead_key`,
-//! `hint_key`, `hint`, `plaintext`, `length` and `knock`.
+//! Each vector is a paragraph of `key: value` lines, in one of two modes:
+//!
+//! * shared-key: the inputs are `name`, `client_secret`, `server_id`,
+//!   `ports`, `duration_s`, `bound_addr`, `timestamp_ms`, `nonce` and
+//!   `padding`; the outputs `pair_prk`, `hint_key`, `aead_key`, `replay_id`,
+//!   `hint`, `plaintext`, `length` and `knock`;
+//! * public-key: `identity_seed` and `server_secret` instead of
+//!   `client_secret`; the outputs add `client_ed25519_pk`,
+//!   `client_x25519_pk`, `public_line`, `server_public_key`, `dh` (before
+//!   `pair_prk`) and `signed_message`, `signature` (before `plaintext`).
 //!
 //! [`render`] is the generator behind `cargo run -p xtask -- vectors` (through
 //! `proto/examples/vectors.rs`); `proto/tests/vectors.rs` checks that the
@@ -13,7 +19,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use knock_proto::{seal, ClientSecret, PortSpec, Request, SealRandomness, ServerId};
+use knock_proto::{
+    seal, ClientIdentity, ClientSecret, IdentitySeed, Mode, PairKeys, PortSpec, Request,
+    SealRandomness, Sealer, ServerId, ServerSecretKey,
+};
 
 use super::{hex, spec, unhex};
 
@@ -22,10 +31,24 @@ pub const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
 const OPENING: &str = "```test-vectors\n";
 const CLOSING: &str = "```\n";
 
-/// The inputs, in the order the block lists them.
-const INPUTS: [&str; 9] = [
+/// The inputs of a shared-key vector, in the order the block lists them.
+const SHARED_INPUTS: [&str; 9] = [
     "name",
     "client_secret",
+    "server_id",
+    "ports",
+    "duration_s",
+    "bound_addr",
+    "timestamp_ms",
+    "nonce",
+    "padding",
+];
+
+/// The inputs of a public-key vector, in the order the block lists them.
+const PUBLIC_INPUTS: [&str; 10] = [
+    "name",
+    "identity_seed",
+    "server_secret",
     "server_id",
     "ports",
     "duration_s",
@@ -51,8 +74,80 @@ impl Vector {
         self.get("name")
     }
 
+    /// Public-key if the vector has an `identity_seed`.
+    pub fn mode(&self) -> Mode {
+        if self.fields.contains_key("identity_seed") {
+            Mode::Public
+        } else {
+            Mode::Shared
+        }
+    }
+
     pub fn secret(&self) -> [u8; 32] {
         unhex(self.get("client_secret")).try_into().unwrap()
+    }
+
+    pub fn identity_seed(&self) -> [u8; 32] {
+        unhex(self.get("identity_seed")).try_into().unwrap()
+    }
+
+    pub fn server_secret(&self) -> [u8; 32] {
+        unhex(self.get("server_secret")).try_into().unwrap()
+    }
+
+    pub fn identity(&self) -> ClientIdentity {
+        ClientIdentity::from_seed(&IdentitySeed::from_bytes(self.identity_seed()))
+    }
+
+    pub fn server_key(&self) -> ServerSecretKey {
+        ServerSecretKey::from_bytes(self.server_secret())
+    }
+
+    /// The pair keys, as the crate derives them (on the client's side).
+    pub fn pair_keys(&self) -> PairKeys {
+        match self.mode() {
+            Mode::Shared => {
+                PairKeys::shared(&ClientSecret::from_bytes(self.secret()), &self.server())
+            }
+            Mode::Public => PairKeys::from_prk(
+                &self
+                    .identity()
+                    .pair_prk(&self.server_key().public(), &self.server())
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// The knock, as the crate seals it.
+    pub fn sealed(&self) -> Vec<u8> {
+        let keys = self.pair_keys();
+        let identity = self.identity_if_public();
+        let server_public = self.server_key_if_public().map(|k| k.public());
+        let server_id = self.server();
+        let sealer = match (&identity, &server_public) {
+            (Some(identity), Some(server)) => Sealer::Public {
+                identity,
+                server,
+                server_id: &server_id,
+            },
+            _ => Sealer::Shared,
+        };
+        seal(
+            &keys,
+            &sealer,
+            &self.request(),
+            self.timestamp_ms(),
+            &self.randomness(),
+        )
+        .unwrap()
+    }
+
+    fn identity_if_public(&self) -> Option<ClientIdentity> {
+        (self.mode() == Mode::Public).then(|| self.identity())
+    }
+
+    fn server_key_if_public(&self) -> Option<ServerSecretKey> {
+        (self.mode() == Mode::Public).then(|| self.server_key())
     }
 
     pub fn server(&self) -> ServerId {
@@ -136,31 +231,60 @@ pub fn render(vectors: &[Vector]) -> String {
         if i > 0 {
             out.push('\n');
         }
-        let keys = ClientSecret::from_bytes(v.secret()).derive();
-        let sealed = seal(
-            &keys,
-            &v.server(),
-            &v.request(),
-            v.timestamp_ms(),
-            &v.randomness(),
-        )
-        .unwrap();
-        let (aead_key, hint_key) = spec::derive(&v.secret());
-        let padding = usize::from(v.randomness().padding) % 64;
-        let plaintext = spec::plaintext(&v.request(), &v.server().0, v.timestamp_ms(), padding);
+        let sealed = v.sealed();
         let mut line = |key: &str, value: &str| {
             out.push_str(key);
             out.push_str(": ");
             out.push_str(value);
             out.push('\n');
         };
-        for key in INPUTS {
-            line(key, v.get(key));
+        let padding = usize::from(v.randomness().padding) % 64;
+        let server_id = v.server().0;
+        let hint: [u8; 8] = sealed[..8].try_into().unwrap();
+        let nonce = v.randomness().nonce;
+        match v.mode() {
+            Mode::Shared => {
+                for key in SHARED_INPUTS {
+                    line(key, v.get(key));
+                }
+                let pair_prk = spec::shared_pair_prk(&v.secret(), &server_id);
+                let (hint_key, aead_key, replay_id) = spec::subkeys(&pair_prk);
+                line("pair_prk", &hex(&pair_prk));
+                line("hint_key", &hex(&hint_key));
+                line("aead_key", &hex(&aead_key));
+                line("replay_id", &hex(&replay_id));
+                line("hint", &hex(&hint));
+                let plaintext = spec::shared_plaintext(&v.request(), v.timestamp_ms(), padding);
+                line("plaintext", &hex(&plaintext));
+            }
+            Mode::Public => {
+                for key in PUBLIC_INPUTS {
+                    line(key, v.get(key));
+                }
+                let (ed_seed, x_sk, ed_pk, x_pk) = spec::identity(&v.identity_seed());
+                let s_pk = spec::x25519(&v.server_secret(), &x25519_dalek::X25519_BASEPOINT_BYTES);
+                let dh = spec::x25519(&x_sk, &s_pk);
+                let pair_prk = spec::public_pair_prk(&dh, &ed_pk, &x_pk, &s_pk, &server_id);
+                let (hint_key, aead_key, replay_id) = spec::subkeys(&pair_prk);
+                line("client_ed25519_pk", &hex(&ed_pk));
+                line("client_x25519_pk", &hex(&x_pk));
+                line("public_line", &spec::public_line(&ed_pk, &x_pk));
+                line("server_public_key", &hex(&s_pk));
+                line("dh", &hex(&dh));
+                line("pair_prk", &hex(&pair_prk));
+                line("hint_key", &hex(&hint_key));
+                line("aead_key", &hex(&aead_key));
+                line("replay_id", &hex(&replay_id));
+                line("hint", &hex(&hint));
+                let block = spec::request_block(&v.request(), true, v.timestamp_ms());
+                let message = spec::signed_message(&s_pk, &server_id, &hint, &nonce, &block);
+                let signature = spec::sign(&ed_seed, &message);
+                line("signed_message", &hex(&message));
+                line("signature", &hex(&signature));
+                let plaintext = spec::plaintext(&block, &signature, padding);
+                line("plaintext", &hex(&plaintext));
+            }
         }
-        line("aead_key", &hex(&aead_key));
-        line("hint_key", &hex(&hint_key));
-        line("hint", &hex(&sealed[..8]));
-        line("plaintext", &hex(&plaintext));
         line("length", &sealed.len().to_string());
         line("knock", &hex(&sealed));
     }
