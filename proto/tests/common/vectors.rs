@@ -199,7 +199,11 @@ pub fn block() -> &'static str {
 
 /// The paragraphs of [`block`].
 pub fn vectors() -> Vec<Vector> {
-    let block = block();
+    parse(block())
+}
+
+/// The paragraphs of a block like [`block`], fences included.
+pub fn parse(block: &str) -> Vec<Vector> {
     let body = &block[OPENING.len()..block.len() - CLOSING.len()];
     let mut out = Vec::new();
     for paragraph in body.split("\n\n") {
