@@ -1,10 +1,49 @@
-//! The authorised clients: one file each in `clients_dir`.
+//! The authorised clients: one file each in `clients_dir`, shared-key and
+//! public-key clients mixed.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use knock_keys::entry::ClientEntry;
 use knock_keys::FileError;
+use knock_proto::{ClientPublicKey, ClientSecret, Mode, PairKeys, ServerId};
 use zeroize::Zeroizing;
+
+// STAND-IN until the keys crate's `ClientEntry::credential` lands (chunk B):
+// deleted at the merge.
+/// How a client proves itself: a shared secret, or a public identity.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Shared(ClientSecret),
+    Public(ClientPublicKey),
+}
+
+/// The credential of an entry.
+pub fn credential(entry: &ClientEntry) -> Credential {
+    Credential::Shared(entry.secret.clone())
+}
+
+/// Where the server key is (STAND-IN for `ServerConfig::server_key_file`).
+pub fn server_key_file(config: &knock_keys::config::ServerConfig) -> PathBuf {
+    config.identity_file.with_file_name("server.key")
+}
+
+/// Reads the server key (STAND-IN for `knock_keys::identity::load_server_key`).
+pub fn load_server_key(path: &Path) -> Result<knock_proto::ServerSecretKey, FileError> {
+    Err(FileError::Field {
+        path: path.to_path_buf(),
+        field: "secret_key",
+        message: "not readable yet".into(),
+    })
+}
+
+/// The mode of an entry: which kind of knock it must send.
+pub fn mode(entry: &ClientEntry) -> Mode {
+    match credential(entry) {
+        Credential::Shared(_) => Mode::Shared,
+        Credential::Public(_) => Mode::Public,
+    }
+}
 
 /// Loads every `*.toml` in `dir`. Hidden files and other names are ignored
 /// (editors and `knock-keygen` write temporary files there). Any bad file is
@@ -21,21 +60,60 @@ pub fn load_clients_with_text(
     dir: &Path,
 ) -> Result<Vec<(ClientEntry, Zeroizing<String>)>, FileError> {
     let mut clients: Vec<(ClientEntry, Zeroizing<String>)> = Vec::new();
+    let mut twins = Twins::default();
     for path in client_files(dir)? {
         let (entry, text) = ClientEntry::load_with_text(&path)?;
-        if let Some((twin, _)) = clients.iter().find(|(c, _)| c.secret == entry.secret) {
-            return Err(FileError::Field {
-                path,
-                field: "key",
-                message: format!(
-                    "same key as client {:?}; every client needs its own (knock-keygen --force)",
-                    twin.name
-                ),
-            });
-        }
+        twins.check(&path, &entry)?;
         clients.push((entry, text));
     }
     Ok(clients)
+}
+
+/// Finds two clients with the same key, in O(1) per client: every client
+/// needs its own key, or the replay memory and the limits of one would be
+/// the other's, and revoking one would not revoke the other.
+#[derive(Default)]
+struct Twins {
+    /// Shared secrets by a one-way name of them (the replay id of the
+    /// secret on a fixed, made-up server), so that no copy of a secret is
+    /// kept as a hash key.
+    shared: HashMap<[u8; 16], String>,
+    /// Public identities by their Ed25519 and by their X25519 key.
+    ed25519: HashMap<[u8; 32], String>,
+    x25519: HashMap<[u8; 32], String>,
+}
+
+/// The made-up server identity that names shared secrets in [`Twins`].
+const TWIN_SERVER: ServerId = ServerId(*b"knock twin check");
+
+impl Twins {
+    fn check(&mut self, path: &Path, entry: &ClientEntry) -> Result<(), FileError> {
+        let twin = |field: &'static str, other: &str, what: &str| FileError::Field {
+            path: path.to_path_buf(),
+            field,
+            message: format!(
+                "same {what} as client {other:?}; every client needs its own (knock-keygen --force)"
+            ),
+        };
+        let name = entry.name.clone();
+        match &credential(entry) {
+            Credential::Shared(secret) => {
+                let id = PairKeys::shared(secret, &TWIN_SERVER).replay_id().0;
+                if let Some(other) = self.shared.insert(id, name) {
+                    return Err(twin("key", &other, "key"));
+                }
+            }
+            Credential::Public(key) => {
+                if let Some(other) = self.ed25519.insert(*key.ed25519_bytes(), name.clone()) {
+                    return Err(twin("public_key", &other, "public key (its Ed25519 part)"));
+                }
+                if let Some(other) = self.x25519.insert(*key.x25519_bytes(), name) {
+                    return Err(twin("public_key", &other, "public key (its X25519 part)"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The client files in `dir`, sorted: the names the server loads.

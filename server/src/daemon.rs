@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use knock_keys::config::{OnExit, ServerConfig};
 use knock_keys::FileError;
-use knock_proto::{port_list, Tick};
+use knock_proto::{port_list, Mode, Tick};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
@@ -18,7 +18,9 @@ use crate::control::{ControlSocket, ReloadReport, Request};
 use crate::firewall::{
     iptables, nftables, Firewall, FirewallError, Policy, Settings, SettingsChange,
 };
+use crate::clients::{load_server_key, mode, server_key_file};
 use crate::health::RulesKeeper;
+use crate::pair_keys::{Derived, Keyring, PairKeyError};
 use crate::pipeline::{honour, Outcome};
 use crate::privileges;
 use crate::rejections::RejectionLog;
@@ -96,6 +98,8 @@ pub struct Daemon {
     pub settings: Settings,
     pub policy: Policy,
     pub verifier: Verifier,
+    /// The server's keys and the pair-key cache.
+    pub keyring: Keyring,
     pub store: StateFile,
     /// The loop's own backend, for grants only (netlink, never a process).
     pub firewall: Box<dyn Firewall>,
@@ -129,6 +133,8 @@ pub enum Exit {
 pub enum ReloadError {
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    PairKeys(#[from] PairKeyError),
     #[error("changing {0} needs a restart")]
     NeedsRestart(&'static str),
     #[error(transparent)]
@@ -477,6 +483,9 @@ impl Daemon {
             capture_since: watch.since_unix,
             kernel_drops: watch.kernel_drops,
             clients: self.verifier.client_count(),
+            public_key_clients: self.verifier.count_of(Mode::Public),
+            signature_checks: self.verifier.signature_counts().checked,
+            signature_failures: self.verifier.signature_counts().failed,
             refused: log
                 .totals()
                 .iter()
@@ -501,8 +510,9 @@ impl Daemon {
         }
     }
 
-    fn shutdown(self) -> Exit {
+    fn shutdown(mut self) -> Exit {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        self.keyring.finish_writing();
         let settings = self.settings;
         let firewall = self.keeper.stop();
         match self.config.on_exit {
@@ -557,6 +567,35 @@ impl Daemon {
         report
     }
 
+    /// The server key on reload. Its file cannot move, and the key cannot
+    /// change, without a restart. A server that started without a key (it
+    /// had no public-key client, and perhaps no key file) reads it when its
+    /// first public-key client comes.
+    fn adopt_server_key(
+        &mut self,
+        config: &ServerConfig,
+        clients: &[knock_keys::entry::ClientEntry],
+    ) -> Result<(), ReloadError> {
+        let file = server_key_file(config);
+        if server_key_file(&self.config) != file {
+            return Err(ReloadError::NeedsRestart("server_key_file"));
+        }
+        let wanted = clients.iter().any(|c| mode(c) == Mode::Public);
+        if !(wanted || self.keyring.has_secret()) || !file.exists() {
+            // Without a file, derive() says what is missing.
+            return Ok(());
+        }
+        let key = load_server_key(&file)?;
+        match self.keyring.server_public() {
+            None => self.keyring.adopt_secret(key),
+            Some(public) if public != key.public() => {
+                return Err(ReloadError::NeedsRestart("server.key (it was replaced)"))
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
     fn try_reload(&mut self) -> Result<(String, Vec<String>), ReloadError> {
         let Loaded {
             config,
@@ -569,6 +608,12 @@ impl Daemon {
         if self.config.identity_file != config.identity_file {
             return Err(ReloadError::NeedsRestart("identity_file"));
         }
+        // Every client's pair keys before anything changes: a client whose
+        // key is unusable refuses the whole reload.
+        self.adopt_server_key(&config, &clients)?;
+        let started = Instant::now();
+        let derived = self.keyring.derive(&clients, &config.clients_dir)?;
+        log_pair_keys(&derived, started.elapsed());
         // Installing under a new table name (or with other commands) would
         // leave our old table or chain in place, still dropping the protected
         // ports for everyone: every grant would then be in vain.
@@ -602,11 +647,15 @@ impl Daemon {
             self.capture = capture;
         }
         self.verifier.reconfigure(
+            identity_of(&self.keyring),
             &clients,
+            derived.keys,
             server_policy(&config),
             window_ms(&config),
             unix_ms(),
         );
+        self.keyring
+            .save_cache_in_background(&config.state_dir);
         let summary = format!(
             "{} clients, protecting {}",
             clients.len(),
@@ -616,6 +665,33 @@ impl Daemon {
         record_running(&config.state_dir, &files);
         self.config = config;
         Ok((summary, warnings))
+    }
+}
+
+/// What the verifier needs to know of the server's keys.
+pub fn identity_of(keyring: &Keyring) -> crate::verify::ServerIdentity {
+    crate::verify::ServerIdentity {
+        id: keyring.server_id(),
+        public: keyring.server_public(),
+    }
+}
+
+/// Says how the pair keys were made, when public-key clients are involved.
+pub fn log_pair_keys(derived: &Derived, took: Duration) {
+    if derived.computed + derived.cached == 0 {
+        return;
+    }
+    let line = format!(
+        "pair keys of {} public-key clients: {} from the cache, {} computed, in {:.2}s",
+        derived.computed + derived.cached,
+        derived.cached,
+        derived.computed,
+        took.as_secs_f64()
+    );
+    if derived.computed > 0 {
+        info!("{line}");
+    } else {
+        debug!("{line}");
     }
 }
 

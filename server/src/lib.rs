@@ -3,11 +3,14 @@
 //!
 //! A knock's path: [`capture`] (AF_PACKET + kernel BPF filter) → [`pipeline`]:
 //! [`verify`] (length → key hint → AEAD → replay guard → source binding →
-//! policy) → [`state`] (durable replay state) → [`firewall`] (timed set
-//! elements). Refusals go to [`rejections`]. [`daemon`] runs the loop;
-//! [`health`] keeps our firewall rules in place beside it, and
-//! [`saved_rules`] remembers them for the next boot; [`status`] is what the
-//! loop publishes for `knock-server status`.
+//! policy → for a public-key client, the signature, limited per client by
+//! [`sig_limit`]) → [`state`] (durable replay state) → [`firewall`] (timed
+//! set elements). Every client's pair keys (shared-key and public-key
+//! clients mix) come from [`pair_keys`], which caches the public-key ones.
+//! Refusals go to [`rejections`]. [`daemon`] runs the loop; [`health`] keeps
+//! our firewall rules in place beside it, and [`saved_rules`] remembers them
+//! for the next boot; [`status`] is what the loop publishes for
+//! `knock-server status`.
 //!
 //! Changes: the loop answers reload requests on the [`control`] socket and
 //! records what it loaded ([`running_config`]), which is what [`apply`]
@@ -22,12 +25,14 @@ pub mod control;
 pub mod daemon;
 pub mod firewall;
 pub mod health;
+pub mod pair_keys;
 pub mod pipeline;
 pub mod privileges;
 pub mod rejections;
 pub mod running_config;
 pub mod sanity;
 pub mod saved_rules;
+pub mod sig_limit;
 pub mod state;
 pub mod status;
 pub mod timers;

@@ -11,14 +11,16 @@ use cli::{Args, Command, StatusFormat};
 use knock_keys::cli::{parse_args, Failure};
 use knock_keys::config::ServerConfig;
 use knock_keys::identity;
-use knock_proto::port_list;
+use knock_proto::{port_list, Mode};
 use knock_server::apply;
 use knock_server::capture::{filter, Capture};
 use knock_server::control::{ControlSocket, ANSWER_WITHIN};
+use knock_server::clients::{load_server_key, mode, server_key_file};
 use knock_server::daemon::{
-    firewall_settings, policy, record_running, server_policy, window_ms, Daemon, Exit, Signals,
-    POLL_EVERY,
+    firewall_settings, identity_of, log_pair_keys, policy, record_running, server_policy,
+    window_ms, Daemon, Exit, Signals, POLL_EVERY,
 };
+use knock_server::pair_keys::{self, Keyring};
 use knock_server::firewall::{self, Policy, Refusal, Settings};
 use knock_server::health::RulesKeeper;
 use knock_server::privileges;
@@ -110,6 +112,26 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     for warning in sanity::warnings(&config, &clients, unix_ms()) {
         warn!("{warning}");
     }
+    // The server key is read when it exists, and required when a client is
+    // public-key (derive() says so, naming the file).
+    let key_file = server_key_file(&config);
+    let server_key = if key_file.exists() {
+        Some(load_server_key(&key_file)?)
+    } else {
+        None
+    };
+    let mut keyring = Keyring::new(server_id, server_key, key_file);
+    if let Some(line) = keyring
+        .load_cache(&config.state_dir)
+        .describe(&pair_keys::path(&config.state_dir))
+    {
+        warn!("{line}");
+    }
+    let deriving = std::time::Instant::now();
+    let derived = keyring
+        .derive(&clients, &config.clients_dir)
+        .map_err(Failure::usage)?;
+    log_pair_keys(&derived, deriving.elapsed());
 
     // Before the firewall or the replay state is touched: a second server on
     // this state directory would honour knocks the first has honoured.
@@ -177,9 +199,11 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         Failure::runtime(format!("control socket in {}: {e}", store.dir().display()))
     })?;
     record_running(store.dir(), &files);
+    keyring.save_cache_in_background(store.dir());
     let verifier = Verifier::new(
-        server_id,
+        identity_of(&keyring),
         &clients,
+        derived.keys,
         server_policy(&config),
         guard,
         unix_ms(),
@@ -190,6 +214,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         settings,
         policy,
         verifier,
+        keyring,
         store,
         firewall,
         keeper,
@@ -253,6 +278,22 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
         "missing (knock-keygen creates it; the packaged unit cannot write /etc/knock)".to_owned()
     };
     let clients = knock_server::clients::load_clients(&config.clients_dir)?;
+    let public_clients = clients.iter().filter(|c| mode(c) == Mode::Public).count();
+    let key_file = server_key_file(&config);
+    let server_key = if key_file.exists() {
+        load_server_key(&key_file)?;
+        if public_clients == 0 {
+            "present (no public-key client uses it yet)".to_owned()
+        } else {
+            "present".to_owned()
+        }
+    } else if public_clients == 0 {
+        "missing (not needed: no public-key client; knock-keygen creates it)".to_owned()
+    } else {
+        format!(
+            "MISSING: {public_clients} public-key clients need it, and `run` refuses to start without it; restore it from your backup, or run knock-keygen"
+        )
+    };
     let settings = firewall_settings(&config);
     settings.resolve().map_err(Failure::usage)?;
     let mut firewall = settings.build();
@@ -261,6 +302,12 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     // Reading others' rules needs privileges `check` may not have; then
     // there is nothing to warn about that we could see.
     let mut warnings = sanity::warnings(&config, &clients, unix_ms());
+    if public_clients > 0 && !key_file.exists() {
+        warnings.push(format!(
+            "{}: missing: the server key, which {public_clients} public-key clients need; restore it from your backup of the configuration directory, or run knock-keygen (which creates it)",
+            key_file.display()
+        ));
+    }
     warnings.extend(firewall.audit(&policy).unwrap_or_default());
     let host = firewall::host::closed_ports();
     let refusal = policy.refusal;
@@ -278,6 +325,10 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     let program = filter::knock_filter(config.knock_port);
     if json {
         let names: Vec<String> = clients.iter().map(|c| json_string(&c.name)).collect();
+        let modes: Vec<String> = clients
+            .iter()
+            .map(|c| format!("{}:{}", json_string(&c.name), json_string(mode(c).name())))
+            .collect();
         let now = unix_ms();
         let expired: Vec<String> = clients
             .iter()
@@ -290,7 +341,7 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
             .map(|p| json_string(&p.to_string()))
             .collect();
         println!(
-            "{{\"config\":{},\"interface\":{},\"knock_port\":{},\"firewall\":{},\"refuse\":{},\"host_calls_for\":{},\"protected\":[{}],\"open_for_s\":{},\"require_bound_addr\":{},\"clients\":[{}],\"expired\":[{}],\"identity\":{},\"rules\":{}}}",
+            "{{\"config\":{},\"interface\":{},\"knock_port\":{},\"firewall\":{},\"refuse\":{},\"host_calls_for\":{},\"protected\":[{}],\"open_for_s\":{},\"require_bound_addr\":{},\"clients\":[{}],\"modes\":{{{}}},\"expired\":[{}],\"identity\":{},\"server_key\":{},\"rules\":{}}}",
             json_string(&config.path.display().to_string()),
             json_string(&config.interface),
             config.knock_port,
@@ -301,8 +352,10 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
             config.open_for.as_secs(),
             config.require_bound_addr,
             names.join(","),
+            modes.join(","),
             expired.join(","),
             json_string(&identity),
+            json_string(&server_key),
             json_string(&plan)
         );
         return Ok(());
@@ -338,10 +391,19 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
         "identity       {} ({identity})",
         config.identity_file.display()
     );
+    println!("server key     {} ({server_key})", key_file.display());
     println!(
-        "clients        {} in {}",
+        "clients        {} in {}{}",
         clients.len(),
-        config.clients_dir.display()
+        config.clients_dir.display(),
+        if public_clients == 0 {
+            String::new()
+        } else {
+            format!(
+                " ({} shared-key, {public_clients} public-key)",
+                clients.len() - public_clients
+            )
+        }
     );
     let now = unix_ms();
     for client in &clients {
@@ -363,7 +425,12 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
         } else {
             format!("  [{}]", policy.join("; "))
         };
-        println!("  {:<20} {}{policy}", client.name, port_list(&client.ports));
+        println!(
+            "  {:<20} {:<10} {}{policy}",
+            client.name,
+            mode(client).name(),
+            port_list(&client.ports)
+        );
     }
     println!();
     println!("# {} rules that `run` installs:", firewall.name());

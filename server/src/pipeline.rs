@@ -49,11 +49,13 @@ pub fn honour(
 mod tests {
     use std::time::Duration;
 
-    use knock_proto::{seal, ClientSecret, PortSpec, Request, SealRandomness, ServerId};
+    use knock_proto::{seal, ClientSecret, PairKeys, PortSpec, Request, Sealer, ServerId};
 
     use super::*;
     use crate::firewall::memory::MemoryFirewall;
-    use crate::verify::fixtures::{addr, client, knock, policy, verifier, NOW, SERVER};
+    use crate::verify::fixtures::{
+        addr, client, knock, policy, randomness, reload, verifier, NOW, SERVER,
+    };
 
     #[derive(Default)]
     struct MemoryStore {
@@ -129,7 +131,7 @@ mod tests {
             ),
             (
                 knock(1, &[4992], None, NOW + 2, ServerId([8; 16])),
-                "wrong-server",
+                "unknown-client",
             ),
             (knock(2, &[4992], None, NOW + 3, SERVER), "unknown-client"),
             (knock(1, &[4992], None, NOW - 120_000, SERVER), "too-old"),
@@ -219,7 +221,7 @@ mod tests {
             honour(&mut v, &mut store, &mut fw, &used, a, NOW),
             Outcome::Granted(_)
         ));
-        v.reconfigure(&[alice], policy(), 30_000, NOW);
+        reload(&mut v, &[alice], policy());
         match honour(
             &mut v,
             &mut store,
@@ -248,16 +250,12 @@ mod tests {
             duration_s: 3600,
             bound_addr: None,
         };
-        let randomness = SealRandomness {
-            nonce: [1; 24],
-            padding: 0,
-        };
         let k = seal(
-            &ClientSecret::from_bytes([1; 32]).derive(),
-            &SERVER,
+            &PairKeys::shared(&ClientSecret::from_bytes([1; 32]), &SERVER),
+            &Sealer::Shared,
             &request,
             NOW,
-            &randomness,
+            &randomness(1),
         )
         .unwrap();
         match honour(&mut v, &mut store, &mut fw, &k, addr("198.18.0.2"), NOW) {

@@ -53,6 +53,13 @@ pub struct Published {
     pub kernel_drops: u64,
     /// Clients loaded.
     pub clients: usize,
+    /// Of which public-key clients (the others are shared-key clients).
+    pub public_key_clients: usize,
+    /// Signature checks of public-key knocks since start.
+    pub signature_checks: u64,
+    /// Of which failed: knocks made by someone who holds this server's key
+    /// or pair keys, not the client's identity.
+    pub signature_failures: u64,
     /// Refusals by reason since start.
     pub refused: BTreeMap<String, u64>,
     /// The last reload, if there was one.
@@ -94,6 +101,12 @@ impl Published {
                 "clients",
                 int(u64::try_from(self.clients).unwrap_or(u64::MAX)),
             ),
+            (
+                "public_key_clients",
+                int(u64::try_from(self.public_key_clients).unwrap_or(u64::MAX)),
+            ),
+            ("signature_checks", int(self.signature_checks)),
+            ("signature_failures", int(self.signature_failures)),
             ("refusing_until", int(self.refusing_until)),
             ("clock_behind_s", int(self.clock_behind_s)),
         ];
@@ -330,7 +343,32 @@ impl Assessment {
             lines.push(("kernel drops", format!("{drops} since start")));
         }
         if let Some(clients) = snapshot.int("clients") {
-            lines.push(("clients", format!("{clients} loaded")));
+            let public = snapshot.int("public_key_clients").unwrap_or(0);
+            lines.push((
+                "clients",
+                if public == 0 {
+                    format!("{clients} loaded")
+                } else {
+                    format!(
+                        "{clients} loaded: {} shared-key, {public} public-key",
+                        clients.saturating_sub(public)
+                    )
+                },
+            ));
+        }
+        let checks = snapshot.int("signature_checks").unwrap_or(0);
+        if checks > 0 {
+            let failures = snapshot.int("signature_failures").unwrap_or(0);
+            lines.push((
+                "signatures",
+                if failures == 0 {
+                    format!("{checks} checked since start, none failed")
+                } else {
+                    format!(
+                        "{checks} checked since start, {failures} FAILED: someone holds this server's key or pair keys; rotate server.key"
+                    )
+                },
+            ));
         }
         let refused = snapshot.refused();
         let total: u64 = refused.iter().map(|(_, n)| n).sum();
@@ -450,6 +488,24 @@ impl Assessment {
             "gauge",
             "Clients loaded.",
             &one(snapshot.int("clients").unwrap_or(0)),
+        );
+        metric(
+            "public_key_clients",
+            "gauge",
+            "Public-key clients loaded (included in knock_clients).",
+            &one(snapshot.int("public_key_clients").unwrap_or(0)),
+        );
+        metric(
+            "signature_checks_total",
+            "counter",
+            "Signature checks of public-key knocks.",
+            &one(snapshot.int("signature_checks").unwrap_or(0)),
+        );
+        metric(
+            "signature_failures_total",
+            "counter",
+            "Signature checks that failed (someone holds this server's key or pair keys).",
+            &one(snapshot.int("signature_failures").unwrap_or(0)),
         );
         metric(
             "kernel_drops_total",
@@ -585,6 +641,9 @@ mod tests {
             capture_since: 1_700_000_040,
             kernel_drops: 17,
             clients: 3,
+            public_key_clients: 1,
+            signature_checks: 4,
+            signature_failures: 1,
             refused: [("bad-mac".to_owned(), 5), ("replayed".to_owned(), 2)]
                 .into_iter()
                 .collect(),
@@ -619,7 +678,14 @@ mod tests {
                     "waiting for interface we\"ird0 to appear, for 1m 5s".to_owned()
                 ),
                 ("kernel drops", "17 since start".to_owned()),
-                ("clients", "3 loaded".to_owned()),
+                (
+                    "clients",
+                    "3 loaded: 2 shared-key, 1 public-key".to_owned()
+                ),
+                (
+                    "signatures",
+                    "4 checked since start, 1 FAILED: someone holds this server's key or pair keys; rotate server.key".to_owned()
+                ),
                 ("refused", "7 since start: bad-mac=5 replayed=2".to_owned()),
                 (
                     "last reload",
@@ -644,6 +710,9 @@ mod tests {
             "knock_live_grants 2",
             "knock_capture_live 0",
             "knock_clients 3",
+            "knock_public_key_clients 1",
+            "knock_signature_checks_total 4",
+            "knock_signature_failures_total 1",
             "knock_kernel_drops_total 17",
             "# TYPE knock_refused_total counter",
             "knock_refused_total{reason=\"bad-mac\"} 5",

@@ -2,12 +2,29 @@
 //! [`PendingGrant`] or a [`Rejection`] out. No sockets, no firewall, no files,
 //! so every step is unit-tested without root.
 //!
-//! Steps, cheapest first: length → key hint (a hint kept only to diagnose
-//! clock skew is opened at most once a second) → AEAD → freshness and replay
-//! → expiry → source binding → the client's policy. A knock is consumed only
-//! by [`Verifier::consume`], after every check has passed, so a copy raced
-//! from another address (refused at source binding) never burns the real
-//! one.
+//! Steps, cheapest first (protocol v2, both modes); each one short-circuits:
+//!
+//! 1. length (`bad-length`);
+//! 2. key hint (`unknown-client`): one candidate client; a hint kept only to
+//!    diagnose clock skew is opened at most once a second (`stale-hint`);
+//! 3. one AEAD open with that client's pair keys (`bad-mac`);
+//! 4. decoding: version, flags, the mode of the knock must be the mode of
+//!    the entry (`wrong-mode`), ports, zero padding (`malformed`);
+//! 5. freshness and replay, checked only (`replay`, `too-old`, ...);
+//! 6. the policy: expiry, source binding, `require_bound_addr`, implausible
+//!    sources, `allow_from`, ports;
+//! 7. a shared-key client is done here;
+//! 8. a public-key client whose last failed signature check is less than
+//!    20 s old is refused without a check (`sig-limited`, [`crate::sig_limit`]);
+//! 9. the signature, against the key in its entry (`bad-signature`; the
+//!    failure is charged to that client's limit).
+//!
+//! So a replayed or refused knock never costs a signature check, and a
+//! forger (who holds this server's key, or its pair-key cache) can never
+//! consume a client's knock, only hold that one client down. A knock is
+//! consumed only by [`Verifier::consume`], after every check has passed, so
+//! a copy raced from another address (refused at source binding) never burns
+//! the real one.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,10 +33,14 @@ use std::time::Duration;
 use knock_keys::entry::ClientEntry;
 use knock_keys::policy::{Cidr, Expiry};
 use knock_proto::{
-    open, slot_range, FreshKnock, HintIndex, KeyHint, KnockBytes, KnockKeys, OpenError, ParseError,
-    PortSpec, ReplayError, ReplayGuard, ReplayId, ServerId, Tick,
+    open, slot_range, ClientPublicKey, FreshKnock, HintIndex, KeyHint, KnockBytes, Mode,
+    OpenError, OpenedKnock, PairKeys, ParseError, PortSpec, ReplayError, ReplayGuard, ReplayId,
+    ServerId, ServerPublicKey, Tick,
 };
 use thiserror::Error;
+
+use crate::clients::{credential, Credential};
+use crate::sig_limit::{SigLimiter, SIG_FAILURE_EVERY_MS};
 
 /// Why a datagram did not open anything. Each reason has a short name for the
 /// rate-limited counters.
@@ -28,6 +49,8 @@ use thiserror::Error;
 pub enum Rejection {
     #[error("not a knock: {0}")]
     Length(ParseError),
+    /// No client has this hint now: junk, a knock for another server, or
+    /// from a client no longer configured.
     #[error("unknown client (no key hint matches)")]
     UnknownClient,
     #[error("client {client}: {reason}")]
@@ -57,6 +80,16 @@ pub enum Rejection {
     /// junk.
     #[error("a stale key hint, opened less than a second ago")]
     StaleHint,
+    /// A public-key knock, authentic under the pair keys, whose client had a
+    /// signature check fail less than [`SIG_FAILURE_EVERY_MS`] ago: refused
+    /// without a check.
+    #[error("client {client}: a knock in its name failed its signature check less than {}s ago; refused without a check, not consumed (someone holds this server's key or pair keys and impersonates this client)", SIG_FAILURE_EVERY_MS / 1000)]
+    SigLimited { client: String },
+    /// A public-key knock, authentic under the pair keys, whose signature
+    /// does not verify against the client's key: whoever made it holds this
+    /// server's key or pair keys, not the client's identity.
+    #[error("client {client}: signature does not verify: someone holds this server's key or pair keys; rotate server.key (and re-issue the public profiles); not consumed")]
+    BadSignature { client: String },
 }
 
 impl Rejection {
@@ -70,9 +103,9 @@ impl Rejection {
                 ..
             } => "bad-mac",
             Rejection::Open {
-                reason: OpenError::WrongServer,
+                reason: OpenError::WrongMode,
                 ..
-            } => "wrong-server",
+            } => "wrong-mode",
             Rejection::Open { .. } => "malformed",
             Rejection::Replay {
                 reason: ReplayError::TooOld { .. },
@@ -98,11 +131,14 @@ impl Rejection {
             Rejection::NotAllowedFrom { .. } => "not-allowed-from",
             Rejection::Expired { .. } => "expired",
             Rejection::StaleHint => "stale-hint",
+            Rejection::SigLimited { .. } => "sig-limited",
+            Rejection::BadSignature { .. } => "bad-signature",
         }
     }
 
-    /// Rejections that only a holder of a client key can cause: worth a log
-    /// line each (rate-limited by the caller), unlike junk.
+    /// Rejections that only a holder of a client key (or, for a public-key
+    /// client, of this server's key) can cause: worth a log line each
+    /// (rate-limited by the caller), unlike junk.
     pub fn is_authentic(&self) -> bool {
         !matches!(
             self,
@@ -139,9 +175,13 @@ pub struct Grant {
 
 struct Client {
     name: String,
-    keys: KnockKeys,
-    /// Its key's name in the replay memory: a renamed file keeps it.
+    mode: Mode,
+    keys: PairKeys,
+    /// Its pair key's name in the replay memory (and in the signature
+    /// limiter): a renamed file keeps it.
     replay_id: ReplayId,
+    /// A public-key client's key, which its signatures must verify with.
+    public_key: Option<ClientPublicKey>,
     ports: Vec<PortSpec>,
     max_open_for: Option<Duration>,
     allow_from: Vec<Cidr>,
@@ -161,15 +201,39 @@ pub struct ServerPolicy {
     pub require_bound_addr: bool,
 }
 
+/// What the verifier knows of the server itself: its identity, and its
+/// public key (the signatures of public-key clients are made over both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerIdentity {
+    pub id: ServerId,
+    /// `None` when the server has no key (it has no public-key client).
+    pub public: Option<ServerPublicKey>,
+}
+
+/// Signature checks since start, for `knock-server status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignatureCounts {
+    /// Checks made (each a decompression and an Ed25519 verification).
+    pub checked: u64,
+    /// Checks that failed (`bad-signature`).
+    pub failed: u64,
+    /// Knocks refused without a check (`sig-limited`).
+    pub limited: u64,
+}
+
 /// The server's verifier: clients, their hint index and the replay guard.
 pub struct Verifier {
-    server_id: ServerId,
+    server: ServerIdentity,
     clients: Vec<Client>,
     index: HintIndex<usize>,
     guard: ReplayGuard,
     policy: ServerPolicy,
     /// When each stale hint was last opened.
     stale_opened: HashMap<KeyHint, u64>,
+    sig_limit: SigLimiter,
+    signatures: SignatureCounts,
+    /// Clients in public-key mode.
+    public_clients: usize,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -181,34 +245,46 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// `keys` are the pair keys of `entries`, in order
+    /// ([`crate::pair_keys::Keyring::derive`]).
     pub fn new(
-        server_id: ServerId,
+        server: ServerIdentity,
         entries: &[ClientEntry],
+        keys: Vec<PairKeys>,
         policy: ServerPolicy,
         guard: ReplayGuard,
         now_ms: u64,
     ) -> Self {
-        let clients = to_clients(entries);
+        let clients = to_clients(entries, keys);
         let index = build_index(&clients, now_ms, guard.window_ms());
         Self {
-            server_id,
+            public_clients: count_public(&clients),
+            server,
             clients,
             index,
             guard,
             policy,
             stale_opened: HashMap::new(),
+            sig_limit: SigLimiter::default(),
+            signatures: SignatureCounts::default(),
         }
     }
 
-    /// Replaces clients and policy (SIGHUP), keeping the replay memory.
+    /// Replaces clients and policy (SIGHUP), keeping the replay memory and
+    /// the signature limits. `server` may have gained a key (its first
+    /// public-key client); its identity is the same.
     pub fn reconfigure(
         &mut self,
+        server: ServerIdentity,
         entries: &[ClientEntry],
+        keys: Vec<PairKeys>,
         policy: ServerPolicy,
         window_ms: u64,
         now_ms: u64,
     ) {
-        self.clients = to_clients(entries);
+        self.server = server;
+        self.clients = to_clients(entries, keys);
+        self.public_clients = count_public(&self.clients);
         self.policy = policy;
         self.guard.set_window_ms(window_ms);
         self.index = build_index(&self.clients, now_ms, window_ms);
@@ -228,6 +304,7 @@ impl Verifier {
         }
         self.stale_opened
             .retain(|_, &mut at| now_ms.saturating_sub(at) < STALE_HINT_EVERY_MS && at <= now_ms);
+        self.sig_limit.prune(now_ms);
         self.guard.tick(now_ms)
     }
 
@@ -263,15 +340,31 @@ impl Verifier {
         self.clients.len()
     }
 
+    /// How many clients of the mode `mode` are loaded.
+    pub fn count_of(&self, mode: Mode) -> usize {
+        match mode {
+            Mode::Public => self.public_clients,
+            Mode::Shared => self.clients.len() - self.public_clients,
+        }
+    }
+
+    /// Signature checks since start.
+    pub fn signature_counts(&self) -> SignatureCounts {
+        self.signatures
+    }
+
     /// Runs every check on one datagram from `source` at `now_ms`. Consumes
-    /// nothing (it only notes when a stale hint was opened).
+    /// nothing (it notes when a stale hint was opened, and charges a failed
+    /// signature check to its client's limit).
     pub fn verify(
         &mut self,
         payload: &[u8],
         source: IpAddr,
         now_ms: u64,
     ) -> Result<PendingGrant, Rejection> {
+        // 1. Length.
         let knock = KnockBytes::parse(payload).map_err(Rejection::Length)?;
+        // 2. Hint.
         let (&index, slot) = self
             .index
             .lookup_with_slot(knock.hint())
@@ -292,11 +385,12 @@ impl Verifier {
         }
         let client = self.clients.get(index).ok_or(Rejection::UnknownClient)?;
         let name = || client.name.clone();
-        let opened =
-            open(&client.keys, &self.server_id, &knock).map_err(|reason| Rejection::Open {
-                client: name(),
-                reason,
-            })?;
+        // 3, 4. One AEAD open, and decoding in the entry's mode.
+        let opened = open(&client.keys, client.mode, &knock).map_err(|reason| Rejection::Open {
+            client: name(),
+            reason,
+        })?;
+        // 5. Freshness and replay: checked, not consumed.
         let fresh = self
             .guard
             .check(client.replay_id, opened.timestamp_ms, now_ms)
@@ -304,13 +398,54 @@ impl Verifier {
                 client: name(),
                 reason,
             })?;
+        // 6. Policy.
+        let (addr, duration) = self.policy_check(client, &opened, source, now_ms)?;
+        // 7-9. The signature of a public-key client, rate limited.
+        if client.mode == Mode::Public {
+            if !self.sig_limit.allows(client.replay_id, now_ms) {
+                self.signatures.limited += 1;
+                return Err(Rejection::SigLimited { client: name() });
+            }
+            self.signatures.checked += 1;
+            let verified = match (&client.public_key, &self.server.public) {
+                (Some(key), Some(server)) => opened
+                    .verify_signature(key, server, &self.server.id)
+                    .is_ok(),
+                // Not reached: a public-key client has both.
+                _ => false,
+            };
+            if !verified {
+                self.signatures.failed += 1;
+                self.sig_limit.charge(client.replay_id, now_ms);
+                return Err(Rejection::BadSignature { client: name() });
+            }
+        }
+        Ok(PendingGrant {
+            fresh,
+            client: name(),
+            addr,
+            ports: opened.request.ports,
+            duration,
+        })
+    }
+
+    /// Step 6: the client's and the server's policy. Returns the address to
+    /// open for and for how long.
+    fn policy_check(
+        &self,
+        client: &Client,
+        opened: &OpenedKnock,
+        source: IpAddr,
+        now_ms: u64,
+    ) -> Result<(IpAddr, Duration), Rejection> {
+        let name = || client.name.clone();
         if let Some(expires) = client.expires.as_ref().filter(|e| e.has_passed(now_ms)) {
             return Err(Rejection::Expired {
                 client: name(),
                 expires: expires.to_string(),
             });
         }
-        let request = opened.request;
+        let request = &opened.request;
         let addr = match request.bound_addr {
             Some(bound) if canonical(bound) != canonical(source) => {
                 return Err(Rejection::SourceMismatch {
@@ -362,13 +497,7 @@ impl Verifier {
             0 => cap,
             secs => Duration::from_secs(u64::from(secs)).min(cap),
         };
-        Ok(PendingGrant {
-            fresh,
-            client: name(),
-            addr,
-            ports: request.ports,
-            duration,
-        })
+        Ok((addr, duration))
     }
 
     /// Consumes a verified knock. Returns the grant and the replay state that
@@ -386,15 +515,25 @@ impl Verifier {
     }
 }
 
-fn to_clients(entries: &[ClientEntry]) -> Vec<Client> {
+fn count_public(clients: &[Client]) -> usize {
+    clients.iter().filter(|c| c.mode == Mode::Public).count()
+}
+
+fn to_clients(entries: &[ClientEntry], keys: Vec<PairKeys>) -> Vec<Client> {
     entries
         .iter()
-        .map(|e| {
-            let keys = e.secret.derive();
+        .zip(keys)
+        .map(|(e, keys)| {
+            let (mode, public_key) = match credential(e) {
+                Credential::Shared(_) => (Mode::Shared, None),
+                Credential::Public(key) => (Mode::Public, Some(key)),
+            };
             Client {
                 name: e.name.clone(),
+                mode,
                 replay_id: keys.replay_id(),
                 keys,
+                public_key,
                 ports: e.ports.clone(),
                 max_open_for: e.max_open_for,
                 allow_from: e.allow_from.clone(),
@@ -450,17 +589,32 @@ fn canonical(addr: IpAddr) -> IpAddr {
 #[allow(clippy::unwrap_used)]
 pub(crate) mod fixtures {
     use std::net::IpAddr;
+    use std::path::Path;
     use std::time::Duration;
 
     use knock_keys::entry::ClientEntry;
     use knock_proto::{
-        seal, ClientSecret, PortSpec, ReplayGuard, Request, SealRandomness, ServerId,
+        seal, ClientSecret, PairKeys, PortSpec, ReplayGuard, Request, SealRandomness, Sealer,
+        ServerId, ServerSecretKey,
     };
 
-    use super::{ServerPolicy, Verifier};
+    use super::{ServerIdentity, ServerPolicy, Verifier};
+    use crate::pair_keys::Keyring;
 
     pub const NOW: u64 = 1_800_000_000_000;
     pub const SERVER: ServerId = ServerId([7; 16]);
+
+    /// This server's X25519 key.
+    pub fn server_key() -> ServerSecretKey {
+        ServerSecretKey::from_bytes([9; 32])
+    }
+
+    pub fn identity() -> ServerIdentity {
+        ServerIdentity {
+            id: SERVER,
+            public: Some(server_key().public()),
+        }
+    }
 
     pub fn client(name: &str, byte: u8, ports: &[u16]) -> ClientEntry {
         ClientEntry {
@@ -482,16 +636,47 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// The pair keys of `clients` on this server, as the daemon makes them.
+    pub fn keys(clients: &[ClientEntry]) -> Vec<PairKeys> {
+        Keyring::new(SERVER, Some(server_key()), "/etc/knock/server.key".into())
+            .derive(clients, Path::new("/etc/knock/clients.d"))
+            .unwrap()
+            .keys
+    }
+
     pub fn verifier(clients: &[ClientEntry]) -> Verifier {
         Verifier::new(
-            SERVER,
+            identity(),
             clients,
+            keys(clients),
             policy(),
             ReplayGuard::first_start(30_000, NOW - 60_000),
             NOW,
         )
     }
 
+    /// Reloads `v` with `clients` and `policy`.
+    pub fn reload(v: &mut Verifier, clients: &[ClientEntry], policy: ServerPolicy) {
+        v.reconfigure(identity(), clients, keys(clients), policy, 30_000, NOW);
+    }
+
+    pub fn request(ports: &[u16], bound: Option<IpAddr>) -> Request {
+        Request {
+            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
+            duration_s: 0,
+            bound_addr: bound,
+        }
+    }
+
+    pub fn randomness(at: u64) -> SealRandomness {
+        SealRandomness {
+            nonce: [at as u8; 24],
+            padding: at as u8,
+        }
+    }
+
+    /// A shared-key knock of the client whose secret is `[secret; 32]`, for
+    /// the server `server`.
     pub fn knock(
         secret: u8,
         ports: &[u16],
@@ -499,21 +684,13 @@ pub(crate) mod fixtures {
         at: u64,
         server: ServerId,
     ) -> Vec<u8> {
-        let request = Request {
-            ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
-            duration_s: 0,
-            bound_addr: bound,
-        };
-        let randomness = SealRandomness {
-            nonce: [at as u8; 24],
-            padding: at as u8,
-        };
+        let keys = PairKeys::shared(&ClientSecret::from_bytes([secret; 32]), &server);
         seal(
-            &ClientSecret::from_bytes([secret; 32]).derive(),
-            &server,
-            &request,
+            &keys,
+            &Sealer::Shared,
+            &request(ports, bound),
             at,
-            &randomness,
+            &randomness(at),
         )
         .unwrap()
     }
@@ -525,7 +702,7 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{addr, client, knock, verifier, NOW, SERVER};
+    use super::fixtures::{addr, client, knock, reload, verifier, NOW, SERVER};
     use super::*;
 
     fn reason(result: Result<PendingGrant, Rejection>) -> &'static str {
@@ -549,9 +726,10 @@ mod tests {
             *last ^= 1;
         }
         assert_eq!(reason(v.verify(&forged, a, NOW)), "bad-mac");
+        // A knock for another server: its hint is another server's.
         assert_eq!(
             reason(v.verify(&knock(1, &[4992], None, NOW, ServerId([8; 16])), a, NOW)),
-            "wrong-server"
+            "unknown-client"
         );
         assert_eq!(
             reason(v.verify(&knock(1, &[4992], None, NOW - 31_000, SERVER), a, NOW)),
@@ -626,14 +804,13 @@ mod tests {
     #[test]
     fn the_server_can_demand_binding() {
         let mut v = verifier(&[client("alice", 1, &[4992])]);
-        v.reconfigure(
+        reload(
+            &mut v,
             &[client("alice", 1, &[4992])],
             ServerPolicy {
                 require_bound_addr: true,
                 ..super::fixtures::policy()
             },
-            30_000,
-            NOW,
         );
         let a = addr("198.18.0.2");
         let unbound = knock(1, &[4992], None, NOW, SERVER);
@@ -661,11 +838,10 @@ mod tests {
         let k = knock(1, &[4992], None, NOW, SERVER);
         let pending = v.verify(&k, a, NOW).unwrap();
         let _ = v.consume(pending, NOW);
-        v.reconfigure(
+        reload(
+            &mut v,
             &[client("alice-laptop", 1, &[4992])],
             super::fixtures::policy(),
-            30_000,
-            NOW,
         );
         assert_eq!(reason(v.verify(&k, a, NOW + 10)), "replay");
     }

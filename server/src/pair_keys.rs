@@ -1,0 +1,530 @@
+//! Every client's pair keys, and the cache that makes a warm start cheap.
+//!
+//! A knock names its client only through its hint, so every client's hint
+//! key must exist before the first knock arrives: pair keys cannot be made
+//! lazily. A shared-key client's pair key costs a few HMACs. A public-key
+//! client's costs an X25519 and an Ed25519 point check (some 50-70 µs), so
+//! 100,000 of them would take seconds on every start. Hence the cache,
+//! `<state_dir>/pair-keys` (mode 0600, replaced atomically):
+//!
+//! ```text
+//! knock-pair-keys v1
+//! server <hex SHA-256("knock/v2 pair cache server" || s_pk || server_id)[..16]>
+//! <hex client fingerprint: SHA-256("knock/v2 pair cache client" || ed_pk || x_pk)[..16]> <hex pair_prk>
+//! ...
+//! ```
+//!
+//! * A file whose `server` line is not this server's (another `server.key`
+//!   or `server.id`), or that is not a cache at all, is ignored as a whole
+//!   and rewritten. A line that cannot be read is ignored (and said once).
+//! * A cached pair key was validated when it was computed: the client's
+//!   keys are checked when they are missing from the cache, not again.
+//! * Tampering with the cache can only break a client's knocks: a knock is
+//!   honoured only with a signature by the key in `clients.d`.
+//! * Pair keys missing from the cache are computed in parallel
+//!   (`available_parallelism()` threads); on reload, the keys already in
+//!   memory are used. Clients no longer configured are pruned.
+//! * The file is rewritten (in a thread of its own, off the packet loop)
+//!   whenever something was computed or pruned.
+//! * Losing the cache costs time (a cold start), never a lockout.
+//!
+//! The cache holds secrets: with it, anyone can recognise, open and make
+//! AEAD-valid knocks of the cached clients to this server (not sign them).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use knock_keys::entry::ClientEntry;
+use knock_proto::{
+    KeyError, PairKeys, PairPrk, ServerId, ServerPublicKey, ServerSecretKey,
+    PAIR_PRK_LEN,
+};
+use thiserror::Error;
+use tracing::warn;
+use zeroize::Zeroizing;
+
+use crate::clients::{credential, Credential};
+use crate::state::{replace_file, Sync as Durability};
+
+/// The cache's name in the state directory.
+pub const FILE_NAME: &str = "pair-keys";
+const HEADER: &str = "knock-pair-keys v1";
+const FINGERPRINT_LEN: usize = 16;
+/// Below this many clients per thread, one thread does it all.
+const PER_THREAD_AT_LEAST: usize = 256;
+
+/// Where the cache of this state directory is.
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
+/// A client whose pair key cannot be made: the configuration is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PairKeyError {
+    /// Public-key clients are configured, and the server has no key.
+    #[error("{key_file}: missing: the server key, which public-key clients ({client} and {others} more) need; restore it from your backup of the configuration directory, or run knock-keygen (which creates it)")]
+    NoServerKey {
+        key_file: PathBuf,
+        client: String,
+        others: usize,
+    },
+    /// The public key of a client's entry is not usable.
+    #[error("{path}: field `public_key`: {error}; enrol the client's line again (knock-keygen NAME --host HOST --public-key LINE --force)")]
+    BadKey { path: PathBuf, error: KeyError },
+}
+
+/// The server's keys: its identity (both modes) and its X25519 key
+/// (public-key clients), with the cache of public-key clients' pair keys.
+pub struct Keyring {
+    id: ServerId,
+    key_file: PathBuf,
+    secret: Option<ServerSecretKey>,
+    cache: PairCache,
+    writer: CacheWriter,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("id", &self.id)
+            .field("server_public", &self.server_public())
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Keyring::derive`] made.
+#[derive(Debug)]
+pub struct Derived {
+    /// One per entry, in order.
+    pub keys: Vec<PairKeys>,
+    /// Public-key pair keys computed (missing from the cache).
+    pub computed: usize,
+    /// Public-key pair keys taken from the cache.
+    pub cached: usize,
+}
+
+impl Keyring {
+    /// `key_file` is where the server key is (or would be), for messages.
+    pub fn new(id: ServerId, secret: Option<ServerSecretKey>, key_file: PathBuf) -> Self {
+        let tag = secret.as_ref().map(|s| s.public().pair_cache_tag(&id));
+        Self {
+            id,
+            key_file,
+            secret,
+            cache: PairCache::new(tag.unwrap_or([0; FINGERPRINT_LEN])),
+            writer: CacheWriter::default(),
+        }
+    }
+
+    pub fn server_id(&self) -> ServerId {
+        self.id
+    }
+
+    /// The server's public key, if it has a key.
+    pub fn server_public(&self) -> Option<ServerPublicKey> {
+        self.secret.as_ref().map(ServerSecretKey::public)
+    }
+
+    pub fn has_secret(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    pub fn key_file(&self) -> &Path {
+        &self.key_file
+    }
+
+    /// Gives a server that started without a key (it had no public-key
+    /// client) its key. A key it has already is not replaced: changing it
+    /// needs a restart.
+    pub fn adopt_secret(&mut self, secret: ServerSecretKey) {
+        if self.secret.is_none() {
+            self.cache = PairCache::new(secret.public().pair_cache_tag(&self.id));
+            self.secret = Some(secret);
+        }
+    }
+
+    /// Reads the cache in `state_dir` (which must be this server's).
+    pub fn load_cache(&mut self, state_dir: &Path) -> CacheLoad {
+        if self.secret.is_none() {
+            return CacheLoad::NotNeeded;
+        }
+        let text = match std::fs::read(path(state_dir)) {
+            Ok(bytes) => Zeroizing::new(bytes),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return CacheLoad::Missing,
+            Err(err) => {
+                self.cache.changed = true;
+                return CacheLoad::Unreadable(err.to_string());
+            }
+        };
+        self.cache.parse(&text)
+    }
+
+    /// The pair keys of `entries`, in order: from memory, from the cache, or
+    /// computed (in parallel). Afterwards the cache holds exactly the
+    /// public-key clients of `entries`.
+    pub fn derive(
+        &mut self,
+        entries: &[ClientEntry],
+        clients_dir: &Path,
+    ) -> Result<Derived, PairKeyError> {
+        let publics: Vec<&str> = entries
+            .iter()
+            .filter(|e| matches!(credential(e), Credential::Public(_)))
+            .map(|e| e.name.as_str())
+            .collect();
+        if let (None, Some(first)) = (&self.secret, publics.first()) {
+            return Err(PairKeyError::NoServerKey {
+                key_file: self.key_file.clone(),
+                client: (*first).to_owned(),
+                others: publics.len() - 1,
+            });
+        }
+        let (id, secret, cache) = (&self.id, self.secret.as_ref(), &self.cache.prks);
+        let results = parallel_map(entries, |entry| {
+            derive_one(&credential(entry), id, secret, cache)
+        });
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut fresh = Vec::new();
+        let mut configured = HashSet::with_capacity(publics.len());
+        let mut cached = 0;
+        for (entry, result) in entries.iter().zip(results) {
+            let one = result.map_err(|error| PairKeyError::BadKey {
+                path: clients_dir.join(format!("{}.toml", entry.name)),
+                error,
+            })?;
+            if let Some(fingerprint) = one.fingerprint {
+                configured.insert(fingerprint);
+                match one.computed {
+                    Some(prk) => fresh.push((fingerprint, prk)),
+                    None => cached += 1,
+                }
+            }
+            keys.push(one.keys);
+        }
+        let computed = fresh.len();
+        if computed > 0 {
+            self.cache.changed = true;
+        }
+        self.cache.prks.extend(fresh);
+        let before = self.cache.prks.len();
+        self.cache.prks.retain(|f, _| configured.contains(f));
+        if self.cache.prks.len() != before {
+            self.cache.changed = true;
+        }
+        Ok(Derived {
+            keys,
+            computed,
+            cached,
+        })
+    }
+
+    /// Rewrites the cache in `state_dir` if it changed since it was read or
+    /// written, in a thread of its own. A failure is logged, never fatal:
+    /// the next start is slower, nothing else.
+    pub fn save_cache_in_background(&mut self, state_dir: &Path) {
+        if !self.cache.changed || self.secret.is_none() {
+            return;
+        }
+        self.cache.changed = false;
+        let text = self.cache.render();
+        self.writer.spawn(state_dir.to_path_buf(), text);
+    }
+
+    /// Rewrites the cache now if it changed; waits for a write under way.
+    pub fn save_cache(&mut self, state_dir: &Path) -> io::Result<()> {
+        self.writer.finish();
+        if !self.cache.changed || self.secret.is_none() {
+            return Ok(());
+        }
+        write_cache(state_dir, &self.cache.render())?;
+        self.cache.changed = false;
+        Ok(())
+    }
+
+    /// Waits for a cache write under way (at shutdown).
+    pub fn finish_writing(&mut self) {
+        self.writer.finish();
+    }
+
+    /// Pair keys in the cache.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+/// What [`Keyring::load_cache`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheLoad {
+    /// No public-key clients can exist (no server key): no cache is used.
+    NotNeeded,
+    /// No cache yet (or it was lost): a cold start.
+    Missing,
+    /// Could not be read; it is rewritten.
+    Unreadable(String),
+    /// Not a cache of this format; it is rewritten.
+    NotACache,
+    /// Made for another server key or identity; ignored and rewritten.
+    OtherServer,
+    /// Read: this many pair keys, and this many lines that were not (the
+    /// first of them is `first_bad`, 1-based).
+    Loaded {
+        entries: usize,
+        bad_lines: usize,
+        first_bad: usize,
+    },
+}
+
+impl CacheLoad {
+    /// A line for the log, if there is something to say.
+    pub fn describe(&self, file: &Path) -> Option<String> {
+        let file = file.display();
+        match self {
+            Self::NotNeeded | Self::Loaded { bad_lines: 0, .. } => None,
+            Self::Missing => Some(format!(
+                "no pair-key cache at {file}: computing every public-key client's pair key (a cold start)"
+            )),
+            Self::Unreadable(err) => Some(format!(
+                "pair-key cache {file} cannot be read ({err}): ignored, computing every public-key client's pair key, and rewriting it"
+            )),
+            Self::NotACache => Some(format!(
+                "{file} is not a pair-key cache: ignored, computing every public-key client's pair key, and rewriting it"
+            )),
+            Self::OtherServer => Some(format!(
+                "pair-key cache {file} was made for another server key or identity: ignored, computing every public-key client's pair key, and rewriting it"
+            )),
+            Self::Loaded {
+                bad_lines,
+                first_bad,
+                ..
+            } => Some(format!(
+                "pair-key cache {file}: {bad_lines} damaged lines ignored (the first is line {first_bad}); their clients' pair keys are computed again"
+            )),
+        }
+    }
+}
+
+/// Pair keys by client fingerprint, for one server key and identity.
+struct PairCache {
+    /// The `server` line this server's cache has.
+    tag: [u8; FINGERPRINT_LEN],
+    prks: HashMap<[u8; FINGERPRINT_LEN], PairPrk>,
+    /// What is on disk is not what is here.
+    changed: bool,
+}
+
+impl PairCache {
+    fn new(tag: [u8; FINGERPRINT_LEN]) -> Self {
+        Self {
+            tag,
+            prks: HashMap::new(),
+            changed: false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.prks.len()
+    }
+
+    /// Replaces what is held with the file's `bytes`.
+    fn parse(&mut self, bytes: &[u8]) -> CacheLoad {
+        self.prks.clear();
+        // Rewritten unless it reads back whole.
+        self.changed = true;
+        let mut lines = bytes.split(|&b| b == b'\n');
+        if lines.next() != Some(HEADER.as_bytes()) {
+            return CacheLoad::NotACache;
+        }
+        let server = lines
+            .next()
+            .and_then(|line| line.strip_prefix(b"server "))
+            .and_then(from_hex::<FINGERPRINT_LEN>);
+        if server != Some(self.tag) {
+            return CacheLoad::OtherServer;
+        }
+        let (mut bad_lines, mut first_bad) = (0, 0);
+        for (index, line) in lines.enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            match parse_line(line) {
+                Some((fingerprint, prk)) => {
+                    self.prks.insert(fingerprint, prk);
+                }
+                None => {
+                    if bad_lines == 0 {
+                        first_bad = index + 3;
+                    }
+                    bad_lines += 1;
+                }
+            }
+        }
+        self.changed = bad_lines > 0;
+        CacheLoad::Loaded {
+            entries: self.prks.len(),
+            bad_lines,
+            first_bad,
+        }
+    }
+
+    /// The file's text, sorted so that equal caches give equal files.
+    fn render(&self) -> Zeroizing<String> {
+        let mut entries: Vec<_> = self.prks.iter().collect();
+        entries.sort_unstable_by_key(|(f, _)| **f);
+        let mut text = Zeroizing::new(String::with_capacity(
+            64 + entries.len() * (2 * (FINGERPRINT_LEN + PAIR_PRK_LEN) + 2),
+        ));
+        let _ = writeln!(text, "{HEADER}\nserver {}", to_hex(&self.tag));
+        for (fingerprint, prk) in entries {
+            let _ = writeln!(text, "{} {}", to_hex(fingerprint), to_hex(prk.expose()));
+        }
+        text
+    }
+}
+
+fn parse_line(line: &[u8]) -> Option<([u8; FINGERPRINT_LEN], PairPrk)> {
+    let space = line.iter().position(|&b| b == b' ')?;
+    let (fingerprint, prk) = (line.get(..space)?, line.get(space + 1..)?);
+    let prk = Zeroizing::new(from_hex::<PAIR_PRK_LEN>(prk)?);
+    Some((from_hex(fingerprint)?, PairPrk::from_bytes(*prk)))
+}
+
+/// One entry's pair keys, and what the cache learns from it.
+struct One {
+    keys: PairKeys,
+    /// A public-key client's fingerprint.
+    fingerprint: Option<[u8; FINGERPRINT_LEN]>,
+    /// Its pair key, if it was computed rather than found.
+    computed: Option<PairPrk>,
+}
+
+fn derive_one(
+    credential: &Credential,
+    id: &ServerId,
+    secret: Option<&ServerSecretKey>,
+    cache: &HashMap<[u8; FINGERPRINT_LEN], PairPrk>,
+) -> Result<One, KeyError> {
+    match credential {
+        Credential::Shared(secret) => Ok(One {
+            keys: PairKeys::shared(secret, id),
+            fingerprint: None,
+            computed: None,
+        }),
+        Credential::Public(client) => {
+            let fingerprint = client.fingerprint();
+            if let Some(prk) = cache.get(&fingerprint) {
+                return Ok(One {
+                    keys: PairKeys::from_prk(prk),
+                    fingerprint: Some(fingerprint),
+                    computed: None,
+                });
+            }
+            // derive() refuses public-key clients without a server key
+            // before it gets here; a missing key is no valid key either.
+            let secret = secret.ok_or(KeyError::LowOrderX25519)?;
+            let prk = secret.pair_prk(client, id)?;
+            Ok(One {
+                keys: PairKeys::from_prk(&prk),
+                fingerprint: Some(fingerprint),
+                computed: Some(prk),
+            })
+        }
+    }
+}
+
+/// `f` over `items`, in order, on up to `available_parallelism()` threads.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len().div_ceil(PER_THREAD_AT_LEAST))
+        .max(1);
+    if threads == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for worker in workers {
+            match worker.join() {
+                Ok(part) => out.extend(part),
+                // A panicking worker is a bug; its panic goes on here.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
+/// Cache writes, one at a time (they share a temporary file name).
+#[derive(Debug, Default)]
+struct CacheWriter {
+    under_way: Option<JoinHandle<()>>,
+}
+
+/// Serialises the writes of every keyring in this process.
+static WRITING: Mutex<()> = Mutex::new(());
+
+impl CacheWriter {
+    fn spawn(&mut self, state_dir: PathBuf, text: Zeroizing<String>) {
+        self.finish();
+        let spawned = std::thread::Builder::new()
+            .name("pair-cache".into())
+            .spawn(move || {
+                if let Err(err) = write_cache(&state_dir, &text) {
+                    warn!(
+                        "cannot write the pair-key cache {} ({err}): the next start computes public-key clients' pair keys again",
+                        path(&state_dir).display()
+                    );
+                }
+            });
+        match spawned {
+            Ok(handle) => self.under_way = Some(handle),
+            Err(err) => warn!("cannot start writing the pair-key cache: {err}"),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(handle) = self.under_way.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn write_cache(state_dir: &Path, text: &str) -> io::Result<()> {
+    let _one_at_a_time = WRITING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    replace_file(state_dir, FILE_NAME, text.as_bytes(), Durability::Durable)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn from_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (&hi, &lo) = (pair.first()?, pair.get(1)?);
+        *o = digit(hi)? << 4 | digit(lo)?;
+    }
+    Some(out)
+}
