@@ -12,8 +12,8 @@ use cli::Args;
 
 use knock_keys::cli::{parse_args, Failure};
 use knock_keys::config::ServerConfig;
-use knock_keys::entry::ClientEntry;
-use knock_keys::profile::ClientProfile;
+use knock_keys::entry::{ClientEntry, Credential};
+use knock_keys::profile::{ClientProfile, ProfileKey};
 use knock_keys::secret_file::{ensure_private_dir, write_private};
 use knock_keys::{identity, FileError};
 use knock_proto::{port_list, valid_client_name, ClientSecret, PortSpec, CLIENT_SECRET_LEN};
@@ -123,7 +123,7 @@ fn run(args: Args) -> Result<(), Failure> {
     let kept = ClientEntry::load(&entry_path).ok();
     let entry = ClientEntry {
         name: args.name.clone(),
-        secret: secret.clone(),
+        credential: Credential::Shared(secret.clone()),
         ports: ports.clone(),
         max_open_for: kept.as_ref().and_then(|e| e.max_open_for),
         allow_from: kept
@@ -139,7 +139,7 @@ fn run(args: Args) -> Result<(), Failure> {
         aliases: args.alias.clone(),
         knock_port: config.knock_port,
         server_id,
-        secret,
+        key: ProfileKey::Shared(secret),
         ports: ports.clone(),
         stun: Vec::new(),
     };
