@@ -511,7 +511,7 @@ fn malformed_client_entries_are_refused() {
         ("binary junk", "bob.toml", Rng(7).bytes(300), 0o600),
         // Public-key entries.
         ("both key and public_key", "bob.toml", format!("{}public_key = \"{}\"\n", s.alice_entry, public_line(1)).into_bytes(), 0o600),
-        ("a public_key that is not a line", "bob.toml", format!("public_key = \"ssh-ed25519 AAAA\"\nports = [\"tcp/4992\"]\n").into_bytes(), 0o644),
+        ("a public_key that is not a line", "bob.toml", b"public_key = \"ssh-ed25519 AAAA\"\nports = [\"tcp/4992\"]\n".to_vec(), 0o644),
         ("a public_key with a bad check", "bob.toml", format!("public_key = \"{}\"\nports = [\"tcp/4992\"]\n", flip_last(&public_line(1))).into_bytes(), 0o644),
         ("a public_key of small order", "bob.toml", format!("public_key = \"{}\"\nports = [\"tcp/4992\"]\n", small_order_line()).into_bytes(), 0o644),
         ("a public_key with a weak Ed25519 key", "bob.toml", format!("public_key = \"{}\"\nports = [\"tcp/4992\"]\n", weak_ed25519_line()).into_bytes(), 0o644),
@@ -650,7 +650,7 @@ fn keygen_refuses_bad_public_keys() {
         ("a line too long", format!("{good}A")),
         ("a mistyped character", flip_last(&good)),
         ("padding", format!("{good}=")),
-        ("not base64url", good.replace(|c| c == '-' || c == '_', "+")),
+        ("not base64url", good.replace(['-', '_'], "+")),
         ("an X25519 key of small order", small_order_line()),
         ("a weak Ed25519 key", weak_ed25519_line()),
     ];

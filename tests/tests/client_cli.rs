@@ -828,7 +828,11 @@ fn write_public_profile(
 /// `knock-client identity` with KNOCK_HOME `home` (and `extra` arguments):
 /// its public line, checked to be one line on stdout.
 fn identity_line(home: &Path, extra: &[&str]) -> (String, String) {
-    let out = client(home).arg("identity").args(extra).output().unwrap();
+    let out = client(home)
+        .arg("identity")
+        .args(extra)
+        .output()
+        .expect("running knock-client identity");
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -837,7 +841,7 @@ fn identity_line(home: &Path, extra: &[&str]) -> (String, String) {
     );
     (
         one_line(&out.stdout),
-        String::from_utf8(out.stderr).unwrap(),
+        String::from_utf8(out.stderr).expect("stderr is UTF-8"),
     )
 }
 
