@@ -18,7 +18,13 @@ use crate::PROGRAM;
 pub fn identity_path(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
     match explicit {
         Some(path) => Ok(path.to_path_buf()),
-        None => Ok(client_identity::default_path(&knock_home()?)),
+        None => match knock_home() {
+            Ok(home) => Ok(client_identity::default_path(&home)),
+            Err(_) => Err(Failure::usage(
+                "neither KNOCK_HOME nor HOME is set, so there is no default identity: set \
+                 KNOCK_HOME, or pass --identity FILE",
+            )),
+        },
     }
 }
 
