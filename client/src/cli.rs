@@ -24,10 +24,21 @@ pub enum Command {
     Open(OpenArgs),
     /// Knock, connect and relay stdin/stdout: `ProxyCommand knock-client connect %h %p`.
     Connect(ConnectArgs),
-    /// Install a profile under $KNOCK_HOME (default ~/.config/knock), mode 0600.
+    /// Install a profile under $KNOCK_HOME (default ~/.config/knock), mode 0600
+    /// (a public-key profile may come at any mode; a shared-key one must be 0600).
     Import(ImportArgs),
-    /// Show the installed profiles, without their keys.
+    /// Show the installed profiles and their mode, without their keys.
     List,
+    /// Create this client's identity if there is none, and print its public
+    /// line (for `knock-keygen --public-key` on each server).
+    Identity(IdentityArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IdentityArgs {
+    /// The identity file [default: $KNOCK_HOME/identity].
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 /// The options shared by `open` and `connect`.
@@ -36,6 +47,10 @@ pub struct KnockArgs {
     /// The profile to use [default: the one under $KNOCK_HOME that answers to HOST].
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
+    /// The identity that knocks with public-key profiles (ignored for
+    /// shared-key ones) [default: $KNOCK_HOME/identity].
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     /// Give up when the ports do not accept a connection within this long.
     #[arg(long, value_name = "DUR", default_value = "5s")]
     pub timeout: String,

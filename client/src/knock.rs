@@ -6,9 +6,70 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use knock_keys::profile::ClientProfile;
-use knock_proto::{seal, KnockKeys, Request, SealRandomness, ServerId, NONCE_LEN};
+use knock_proto::{
+    seal, ClientIdentity, ClientSecret, KeyError, PairKeys, Request, SealRandomness, Sealer,
+    ServerId, ServerPublicKey, NONCE_LEN,
+};
 use ring::rand::{SecureRandom, SystemRandom};
+
+/// What one profile's knocks are sealed with: the pair keys, and in
+/// public-key mode the identity that signs them. Secrets are zeroized on
+/// drop (by their types).
+pub struct KnockKeys {
+    pair: PairKeys,
+    server_id: ServerId,
+    /// Public-key mode: the client's identity and the server's public key.
+    public: Option<(ClientIdentity, ServerPublicKey)>,
+}
+
+impl KnockKeys {
+    /// Shared-key mode: the profile's secret, bound to the server identity.
+    pub fn shared(secret: &ClientSecret, server_id: ServerId) -> Self {
+        Self {
+            pair: PairKeys::shared(secret, &server_id),
+            server_id,
+            public: None,
+        }
+    }
+
+    /// Public-key mode: `identity` agrees its pair key with `server`.
+    /// Refuses a server key of small order.
+    pub fn public(
+        identity: ClientIdentity,
+        server: ServerPublicKey,
+        server_id: ServerId,
+    ) -> Result<Self, KeyError> {
+        let prk = identity.pair_prk(&server, &server_id)?;
+        Ok(Self {
+            pair: PairKeys::from_prk(&prk),
+            server_id,
+            public: Some((identity, server)),
+        })
+    }
+
+    fn sealer(&self) -> Sealer<'_> {
+        match &self.public {
+            None => Sealer::Shared,
+            Some((identity, server)) => Sealer::Public {
+                identity,
+                server,
+                server_id: &self.server_id,
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for KnockKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnockKeys")
+            .field("server_id", &self.server_id)
+            .field("mode", &self.sealer().mode())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why a knock could not be sent.
 #[derive(Debug)]
@@ -39,8 +100,7 @@ pub struct Sent {
 /// Makes and sends the knocks of one run.
 #[derive(Debug)]
 pub struct Knocker {
-    keys: KnockKeys,
-    server_id: ServerId,
+    keys: Arc<KnockKeys>,
     knock_port: u16,
     request: Request,
     last_stamp: Option<u64>,
@@ -48,10 +108,9 @@ pub struct Knocker {
 }
 
 impl Knocker {
-    pub fn new(profile: &ClientProfile, request: Request) -> Self {
+    pub fn new(profile: &ClientProfile, keys: Arc<KnockKeys>, request: Request) -> Self {
         Self {
-            keys: profile.secret.derive(),
-            server_id: profile.server_id,
+            keys,
             knock_port: profile.knock_port,
             request,
             last_stamp: None,
@@ -133,8 +192,8 @@ impl Knocker {
         let padding = tail.first().copied().unwrap_or(0);
         let randomness = SealRandomness { nonce, padding };
         let bytes = seal(
-            &self.keys,
-            &self.server_id,
+            &self.keys.pair,
+            &self.keys.sealer(),
             &self.request,
             stamp,
             &randomness,
@@ -155,7 +214,8 @@ fn unspecified_like(addr: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use knock_proto::{open, ClientSecret, KnockBytes, PortSpec};
+    use knock_keys::profile::ProfileKey;
+    use knock_proto::{open, IdentitySeed, KnockBytes, Mode, PortSpec, ServerSecretKey};
 
     fn profile() -> ClientProfile {
         ClientProfile {
@@ -164,10 +224,22 @@ mod tests {
             aliases: vec![],
             knock_port: 1,
             server_id: ServerId([7; 16]),
-            secret: ClientSecret::from_bytes([9; 32]),
+            key: ProfileKey::Shared(ClientSecret::from_bytes([9; 32])),
             ports: vec![],
             stun: vec![],
         }
+    }
+
+    fn shared_keys() -> Arc<KnockKeys> {
+        Arc::new(KnockKeys::shared(
+            &ClientSecret::from_bytes([9; 32]),
+            ServerId([7; 16]),
+        ))
+    }
+
+    /// The server's view of the shared profile's pair.
+    fn server_keys() -> PairKeys {
+        PairKeys::shared(&ClientSecret::from_bytes([9; 32]), &ServerId([7; 16]))
     }
 
     #[test]
@@ -178,19 +250,54 @@ mod tests {
             duration_s: 0,
             bound_addr: Some("203.0.113.5".parse().unwrap()),
         };
-        let mut knocker = Knocker::new(&profile, request.clone());
+        let mut knocker = Knocker::new(&profile, shared_keys(), request.clone());
         let (first, t1) = knocker.make().unwrap();
         knocker.last_stamp = Some(t1);
         let (second, t2) = knocker.make().unwrap();
         assert!(t2 > t1, "timestamps must increase: {t1} then {t2}");
         assert_ne!(first, second);
-        let keys = profile.secret.derive();
+        let keys = server_keys();
         for (bytes, stamp) in [(&first, t1), (&second, t2)] {
             let parsed = KnockBytes::parse(bytes).unwrap();
-            let opened = open(&keys, &profile.server_id, &parsed).unwrap();
+            let opened = open(&keys, Mode::Shared, &parsed).unwrap();
             assert_eq!(opened.request, request);
             assert_eq!(opened.timestamp_ms, stamp);
         }
+    }
+
+    /// A public-key knock opens with the server's side of the pair key,
+    /// in public-key mode only, and its signature verifies against the
+    /// enrolled key.
+    #[test]
+    fn public_key_knocks_are_signed_and_open_at_the_server() {
+        let seed = IdentitySeed::from_bytes([3; 32]);
+        let identity = ClientIdentity::from_seed(&seed);
+        let client_pk = identity.public();
+        let server_sk = ServerSecretKey::from_bytes([5; 32]);
+        let server_id = ServerId([7; 16]);
+        let keys = KnockKeys::public(identity, server_sk.public(), server_id).unwrap();
+        assert!(!format!("{keys:?}").contains("03, 03"));
+        let request = Request {
+            ports: vec![PortSpec::tcp(22)],
+            duration_s: 0,
+            bound_addr: None,
+        };
+        let knocker = Knocker::new(&profile(), Arc::new(keys), request.clone());
+        let (bytes, stamp) = knocker.make().unwrap();
+        let server_pair = PairKeys::from_prk(&server_sk.pair_prk(&client_pk, &server_id).unwrap());
+        let parsed = KnockBytes::parse(&bytes).unwrap();
+        assert!(open(&server_pair, Mode::Shared, &parsed).is_err());
+        let opened = open(&server_pair, Mode::Public, &parsed).unwrap();
+        assert_eq!(opened.request, request);
+        assert_eq!(opened.timestamp_ms, stamp);
+        opened
+            .verify_signature(&client_pk, &server_sk.public(), &server_id)
+            .unwrap();
+        // A server key of small order is refused before anything is sealed.
+        let identity = ClientIdentity::from_seed(&seed);
+        assert!(
+            KnockKeys::public(identity, ServerPublicKey::from_bytes([0; 32]), server_id).is_err()
+        );
     }
 
     #[test]
@@ -206,14 +313,14 @@ mod tests {
             duration_s: 0,
             bound_addr: None,
         };
-        let mut knocker = Knocker::new(&profile, request.clone());
+        let mut knocker = Knocker::new(&profile, shared_keys(), request.clone());
         let sent = knocker.send("127.0.0.1:0".parse().unwrap()).unwrap();
         let mut buf = [0u8; 2048];
         let (len, from) = receiver.recv_from(&mut buf).unwrap();
         assert_eq!(len, sent.len);
         assert_eq!(from, sent.local);
         let parsed = KnockBytes::parse(&buf[..len]).unwrap();
-        let opened = open(&profile.secret.derive(), &profile.server_id, &parsed).unwrap();
+        let opened = open(&server_keys(), Mode::Shared, &parsed).unwrap();
         assert_eq!(opened.request, request);
     }
 
@@ -231,7 +338,7 @@ mod tests {
             duration_s: 0,
             bound_addr: None,
         };
-        let mut knocker = Knocker::new(&profile, request);
+        let mut knocker = Knocker::new(&profile, shared_keys(), request);
         let server: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(
             knocker.source_toward(server).unwrap(),

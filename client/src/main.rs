@@ -1,5 +1,6 @@
 //! knock-client: sends one knock, then proves that the ports opened; relays a
-//! TCP connection for ssh's `ProxyCommand`; installs and lists profiles.
+//! TCP connection for ssh's `ProxyCommand`; installs and lists profiles;
+//! creates and shows the client's identity (public-key mode).
 //!
 //! The path of `open` and `connect`:
 //!
@@ -13,6 +14,7 @@
 
 mod cli;
 mod connect;
+mod identity;
 mod knock;
 mod lookup;
 mod open;
@@ -41,6 +43,8 @@ const PROGRAM: &str = "knock-client";
 #[derive(Debug, Clone)]
 pub(crate) struct KnockOptions {
     pub profile: Option<PathBuf>,
+    /// `--identity`: for public-key profiles.
+    pub identity: Option<PathBuf>,
     pub timeout: Duration,
     pub allow_ip: Option<AllowIp>,
     /// `--stun`: tried before the profile's and client.toml's lists.
@@ -109,6 +113,7 @@ impl KnockArgs {
         };
         Ok(KnockOptions {
             profile: self.profile,
+            identity: self.identity,
             timeout,
             allow_ip,
             stun,
@@ -163,6 +168,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => run_connect(args),
         Command::Import(args) => store::import(&args.file, &args.alias, args.force),
         Command::List => store::list(),
+        Command::Identity(args) => identity::run(args.identity.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -17,7 +17,9 @@ use knock_keys::duration::format_duration;
 use knock_keys::profile::{ClientConfig, ClientProfile, StunServer};
 use knock_proto::{PortSpec, Request};
 
-use crate::knock::{Knocker, SendError, Sent};
+use std::sync::Arc;
+
+use crate::knock::{KnockKeys, Knocker, SendError, Sent};
 use crate::lookup;
 use crate::progress::Progress;
 use crate::race::Race;
@@ -58,6 +60,7 @@ pub struct Session {
 struct Pending<'a> {
     host: &'a str,
     found: lookup::Found,
+    keys: Arc<KnockKeys>,
     request: Request,
     options: &'a KnockOptions,
     progress: Progress,
@@ -70,6 +73,11 @@ impl Session {
         let resolver = Resolver::new(host);
         let found = lookup::find(&resolver, options.profile.as_deref())?;
         check_permitted(&found, ports)?;
+        let keys = Arc::new(crate::identity::knock_keys(
+            &found.profile,
+            &found.path,
+            options.identity.as_deref(),
+        )?);
         let stun_servers = match options.allow_ip {
             Some(AllowIp::Auto) => Some(stun_servers(options, &found)?),
             _ => None,
@@ -86,6 +94,7 @@ impl Session {
         let pending = Pending {
             host,
             found,
+            keys,
             request: Request {
                 ports: ports.to_vec(),
                 duration_s,
@@ -230,7 +239,11 @@ impl Pending<'_> {
         candidates: &[SocketAddr],
         stun: Option<(StunServer, UdpSocket)>,
     ) -> Result<Session, Failure> {
-        let mut knocker = Knocker::new(&self.found.profile, self.request.clone());
+        let mut knocker = Knocker::new(
+            &self.found.profile,
+            Arc::clone(&self.keys),
+            self.request.clone(),
+        );
         let knock_port = knocker.knock_port();
         let mut errors = Vec::new();
         for &server in candidates {
@@ -293,7 +306,11 @@ impl Pending<'_> {
                 families.push(addr.is_ipv4());
             }
         }
-        let knocker = Knocker::new(&self.found.profile, self.request.clone());
+        let knocker = Knocker::new(
+            &self.found.profile,
+            Arc::clone(&self.keys),
+            self.request.clone(),
+        );
         let mut failures = Vec::new();
         for v4 in families {
             let candidates: Vec<SocketAddr> = addrs

@@ -1,5 +1,9 @@
 //! The installed profiles: `$KNOCK_HOME` (default `~/.config/knock`), one
 //! `NAME@HOST.knock` file per profile, mode 0600, in a 0700 directory.
+//!
+//! A shared-key profile holds a secret and is imported only from a 0600
+//! file; a public-key profile holds none and is imported at any mode. Both
+//! are installed 0600, so that the directory is uniform.
 
 use std::fs;
 use std::io::Write;
@@ -150,10 +154,11 @@ pub fn import(file: &Path, aliases: &[String], force: bool) -> Result<ExitCode, 
         .collect::<Vec<_>>()
         .join(", ");
     println!(
-        "installed {} (client {:?} of {}; found as {names})",
+        "installed {} (client {:?} of {}, {}; found as {names})",
         target.display(),
         profile.name,
-        profile.host
+        profile.host,
+        profile.mode()
     );
     for clash in clashes {
         eprintln!("{PROGRAM}: note: {clash}; use --profile to choose between them");
@@ -178,6 +183,7 @@ pub fn list() -> Result<ExitCode, Failure> {
         "HOST".to_owned(),
         "ALIASES".to_owned(),
         "KNOCK PORT".to_owned(),
+        "MODE".to_owned(),
         "PORTS".to_owned(),
     ]];
     let mut broken = Vec::new();
@@ -189,6 +195,7 @@ pub fn list() -> Result<ExitCode, Failure> {
                 p.host.clone(),
                 dash_if_empty(p.aliases.join(",")),
                 format!("udp/{}", p.knock_port),
+                p.mode().to_string(),
                 dash_if_empty(
                     p.ports
                         .iter()
@@ -200,7 +207,7 @@ pub fn list() -> Result<ExitCode, Failure> {
             Err(err) => broken.push(err),
         }
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());

@@ -108,6 +108,9 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     pub clients_dir: PathBuf,
     pub identity_file: PathBuf,
+    /// The server's X25519 key pair for public-key clients (`server.key`):
+    /// `server_key_file`, by default beside `identity_file`.
+    pub server_key_file: PathBuf,
     pub max_clock_skew: Duration,
     pub on_exit: OnExit,
     pub refuse: Refuse,
@@ -140,6 +143,7 @@ struct RawConfig {
     state_dir: Option<String>,
     clients_dir: Option<String>,
     identity_file: Option<String>,
+    server_key_file: Option<String>,
     max_clock_skew: Option<String>,
     on_exit: Option<String>,
     refuse: Option<String>,
@@ -245,6 +249,19 @@ impl ServerConfig {
         let state_dir = resolve("state_dir", raw.state_dir, "/var/lib/knock")?;
         let clients_dir = resolve("clients_dir", raw.clients_dir, "/etc/knock/clients.d")?;
         let identity_file = resolve("identity_file", raw.identity_file, "server.id")?;
+        let server_key_file = match raw.server_key_file {
+            Some(text) => resolve("server_key_file", Some(text), "")?,
+            None => identity_file
+                .parent()
+                .unwrap_or(base)
+                .join(crate::identity::SERVER_KEY_FILE_NAME),
+        };
+        if server_key_file == identity_file {
+            return Err(field(
+                "server_key_file",
+                "must not be the identity_file".into(),
+            ));
+        }
         let on_exit = match raw.on_exit.as_deref() {
             None | Some("stay-closed") => OnExit::StayClosed,
             Some("remove-rules") => OnExit::RemoveRules,
@@ -309,6 +326,7 @@ impl ServerConfig {
             state_dir,
             clients_dir,
             identity_file,
+            server_key_file,
             max_clock_skew,
             on_exit,
             refuse,
@@ -348,6 +366,27 @@ clients_dir = "/etc/knock/clients.d"
         assert_eq!(config.protected, vec![PortSpec::tcp(4992)]);
         assert_eq!(config.open_for, Duration::from_secs(30));
         assert_eq!(config.identity_file, PathBuf::from("/etc/knock/server.id"));
+        assert_eq!(
+            config.server_key_file,
+            PathBuf::from("/etc/knock/server.key")
+        );
+    }
+
+    #[test]
+    fn the_server_key_lives_beside_the_identity_unless_configured() {
+        let config = parse("protected = [\"tcp/22\"]\nidentity_file = \"/srv/k/id\"\n").unwrap();
+        assert_eq!(config.server_key_file, PathBuf::from("/srv/k/server.key"));
+        let config = parse("protected = [\"tcp/22\"]\nserver_key_file = \"keys/s.key\"\n").unwrap();
+        assert_eq!(
+            config.server_key_file,
+            PathBuf::from("/etc/knock/keys/s.key")
+        );
+        for bad in ["server_key_file = \"\"", "server_key_file = \"server.id\""] {
+            let err = parse(&format!("protected = [\"tcp/22\"]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("server_key_file"), "{err}");
+        }
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //!
 //! * [`config`]: the server's `server.toml`, shared by the server and by
 //!   `knock-keygen`, which takes the knock port, ports and identity from it;
-//! * [`identity`]: the server identity file that profiles depend on;
+//! * [`identity`]: the server identity (`server.id`) that profiles depend on,
+//!   and the server's key pair (`server.key`) for public-key clients;
+//! * [`client_identity`]: the client's identity (`$KNOCK_HOME/identity`),
+//!   the secret behind a public-key client;
 //! * [`entry`]: one client's file in `clients.d/` (server side);
 //! * [`profile`]: the client's profile;
 //! * [`secret_file`]: reading and writing 0600 files, refusing loose modes.
 #![forbid(unsafe_code)]
 
+pub mod client_identity;
 pub mod config;
 pub mod duration;
 pub mod entry;
@@ -43,6 +47,17 @@ pub enum FileError {
          readable by group or others; run `chmod 600 {path}`"
     )]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "{path}: permissions 0{mode:03o} let group or others change it, and it decides who \
+         may knock; run `chmod go-w {path}`"
+    )]
+    Writable { path: PathBuf, mode: u32 },
+    #[error(
+        "{path}: missing: public-key clients need this server key; restore it from the backup \
+         of this server's configuration (with server.id), or run knock-keygen to create a new one \
+         (this server's public profiles must then be issued again)"
+    )]
+    MissingServerKey { path: PathBuf },
     #[error("{path}: not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: field `{field}`: {message}")]

@@ -1,15 +1,27 @@
 //! The client's files: the profile, everything `knock-client` needs to knock
 //! on one server; and `client.toml`, the settings that hold for every server.
+//!
+//! A profile is of one of two kinds, told apart by the key it holds (there is
+//! no separate mode field that could disagree):
+//!
+//! * shared-key: `key`, the client's secret. The profile is a secret (0600).
+//! * public-key: `server_public_key`, the server's X25519 public key (and
+//!   `client_public_key`, the identity it was made for). The profile holds no
+//!   secret and may be published; the secret is the client's identity
+//!   (`$KNOCK_HOME/identity`, see [`crate::client_identity`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
-use knock_proto::{valid_client_name, ClientSecret, PortSpec, ServerId, SERVER_ID_LEN};
+use knock_proto::{
+    valid_client_name, ClientPublicKey, ClientSecret, Mode, PortSpec, ServerId, ServerPublicKey,
+    SERVER_ID_LEN, SERVER_PUBLIC_KEY_LEN,
+};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::secret_file::{read_config, read_secret};
+use crate::secret_file::{check_secret_mode, read_config, read_with_mode};
 use crate::{decode_base64, encode_base64, parse_ports, FileError};
 
 /// A client's view of one server.
@@ -23,12 +35,39 @@ pub struct ClientProfile {
     pub aliases: Vec<String>,
     pub knock_port: u16,
     pub server_id: ServerId,
-    pub secret: ClientSecret,
+    /// The key: a shared secret, or the server's public key.
+    pub key: ProfileKey,
     /// The ports this client may open.
     pub ports: Vec<PortSpec>,
     /// STUN servers that `--allow-ip auto` asks for this host's public
     /// address when knocking on this server (optional; none by default).
     pub stun: Vec<StunServer>,
+}
+
+/// What a profile knocks with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileKey {
+    /// `key`: the secret the server's entry holds too (shared-key mode).
+    Shared(ClientSecret),
+    /// Public-key mode: the client's identity (not in the profile) and the
+    /// server's public key.
+    Public {
+        /// `server_public_key`.
+        server: ServerPublicKey,
+        /// `client_public_key`: the identity this profile was made for, so
+        /// that a knock with another one can be refused with a clear message
+        /// instead of being ignored by the server. Optional in the file.
+        client: Option<ClientPublicKey>,
+    },
+}
+
+impl ProfileKey {
+    pub fn mode(&self) -> Mode {
+        match self {
+            ProfileKey::Shared(_) => Mode::Shared,
+            ProfileKey::Public { .. } => Mode::Public,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -40,7 +79,9 @@ struct RawProfile {
     aliases: Vec<String>,
     knock_port: i64,
     server_id: String,
-    key: Zeroizing<String>,
+    key: Option<Zeroizing<String>>,
+    server_public_key: Option<String>,
+    client_public_key: Option<String>,
     #[serde(default)]
     ports: Vec<String>,
     #[serde(default)]
@@ -48,10 +89,20 @@ struct RawProfile {
 }
 
 impl ClientProfile {
-    /// Reads a profile; it must be 0600 or stricter.
+    /// Reads a profile. A shared-key profile holds a secret and must be 0600
+    /// or stricter; a public-key profile holds none and may have any mode.
     pub fn load(path: &Path) -> Result<Self, FileError> {
-        let text = read_secret(path)?;
-        Self::parse(path, &text)
+        let (text, mode) = read_with_mode(path)?;
+        let profile = Self::parse(path, &text)?;
+        if profile.mode() == Mode::Shared {
+            check_secret_mode(path, mode)?;
+        }
+        Ok(profile)
+    }
+
+    /// `shared-key` or `public-key`.
+    pub fn mode(&self) -> Mode {
+        self.key.mode()
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, FileError> {
@@ -91,9 +142,67 @@ impl ClientProfile {
                     format!("must be {SERVER_ID_LEN} bytes of base64"),
                 )
             })?;
-        let secret = decode_base64(&raw.key)
-            .and_then(|bytes| ClientSecret::from_slice(&bytes))
-            .ok_or_else(|| FileError::field(path, "key", "must be 32 bytes of base64"))?;
+        let key = match (&raw.key, &raw.server_public_key) {
+            (Some(key), None) => {
+                if raw.client_public_key.is_some() {
+                    return Err(FileError::field(
+                        path,
+                        "client_public_key",
+                        "only a public-key profile (with `server_public_key`) names the \
+                         client's public key; remove it",
+                    ));
+                }
+                ProfileKey::Shared(
+                    decode_base64(key)
+                        .and_then(|bytes| ClientSecret::from_slice(&bytes))
+                        .ok_or_else(|| {
+                            FileError::field(path, "key", "must be 32 bytes of base64")
+                        })?,
+                )
+            }
+            (None, Some(server)) => {
+                let server = decode_base64(server)
+                    .and_then(|bytes| ServerPublicKey::from_slice(&bytes))
+                    .ok_or_else(|| {
+                        FileError::field(
+                            path,
+                            "server_public_key",
+                            format!("must be {SERVER_PUBLIC_KEY_LEN} bytes of base64"),
+                        )
+                    })?;
+                if server.is_small_order() {
+                    return Err(FileError::field(
+                        path,
+                        "server_public_key",
+                        "not a usable X25519 key (small order): ask the server's operator for \
+                         a new profile",
+                    ));
+                }
+                let client = raw
+                    .client_public_key
+                    .as_deref()
+                    .map(ClientPublicKey::parse_line)
+                    .transpose()
+                    .map_err(|err| FileError::field(path, "client_public_key", err.to_string()))?;
+                ProfileKey::Public { server, client }
+            }
+            (Some(_), Some(_)) => {
+                return Err(FileError::field(
+                    path,
+                    "server_public_key",
+                    "the profile holds both `key` and `server_public_key`: a profile is \
+                     shared-key (`key`) or public-key (`server_public_key`), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(FileError::field(
+                    path,
+                    "key",
+                    "missing: a profile holds `key` (shared-key) or `server_public_key` \
+                     (public-key); use the file knock-keygen wrote",
+                ))
+            }
+        };
         let ports = parse_ports(path, "ports", &raw.ports)?;
         let stun = parse_stun_list(path, &raw.stun)?;
         Ok(Self {
@@ -102,7 +211,7 @@ impl ClientProfile {
             aliases: raw.aliases,
             knock_port,
             server_id,
-            secret,
+            key,
             ports,
             stun,
         })
@@ -133,15 +242,32 @@ impl ClientProfile {
                 quote(&mut self.stun.iter().map(|s| s.to_string()))
             )
         };
+        let (header, key) = match &self.key {
+            ProfileKey::Shared(secret) => (
+                "It holds a secret: keep it 0600.",
+                format!("key = \"{}\"\n", encode_base64(secret.expose())),
+            ),
+            ProfileKey::Public { server, client } => (
+                "Public-key profile: it holds no secret and may be published;\n\
+                 # the client's secret is its identity (`knock-client identity`).",
+                format!(
+                    "server_public_key = \"{}\"\n{}",
+                    encode_base64(server.as_bytes()),
+                    client
+                        .map(|c| format!("client_public_key = \"{}\"\n", c.to_line()))
+                        .unwrap_or_default()
+                ),
+            ),
+        };
         Zeroizing::new(format!(
             "# knock client profile: client \"{name}\".\n\
-             # Install it with `knock-client import FILE`. It holds a secret: keep it 0600.\n\
+             # Install it with `knock-client import FILE`. {header}\n\
              name = \"{name}\"\n\
              host = {host_toml}\n\
              aliases = [{aliases}]\n\
              knock_port = {port}\n\
              server_id = \"{server_id}\"\n\
-             key = \"{key}\"\n\
+             {key}\
              ports = [{ports}]\n\
              {stun}",
             name = self.name,
@@ -149,7 +275,6 @@ impl ClientProfile {
             aliases = quote(&mut self.aliases.iter().cloned()),
             port = self.knock_port,
             server_id = encode_base64(&self.server_id.0),
-            key = encode_base64(self.secret.expose()),
             ports = quote(&mut self.ports.iter().map(|p| p.to_string())),
         ))
     }
@@ -391,6 +516,126 @@ mod tests {
         assert!(bad.contains("field `stun`"), "{bad}");
         let missing = ClientConfig::load(Path::new("/nonexistent/knock/client.toml")).unwrap();
         assert!(missing.stun.is_empty());
+    }
+
+    fn public_profile_text() -> String {
+        let server = knock_proto::ServerSecretKey::from_bytes([8; 32]).public();
+        let client =
+            knock_proto::ClientIdentity::from_seed(&knock_proto::IdentitySeed::from_bytes([1; 32]))
+                .public();
+        format!(
+            "name = \"alice\"\nhost = \"relay.example\"\nknock_port = 62201\n\
+             server_id = \"AAAAAAAAAAAAAAAAAAAAAA==\"\n\
+             server_public_key = \"{}\"\nclient_public_key = \"{}\"\nports = [\"tcp/22\"]\n",
+            encode_base64(server.as_bytes()),
+            client.to_line()
+        )
+    }
+
+    #[test]
+    fn public_profiles_round_trip_and_hold_no_secret() {
+        let path = Path::new("p.knock");
+        let profile = ClientProfile::parse(path, &public_profile_text()).unwrap();
+        assert_eq!(profile.mode(), Mode::Public);
+        let ProfileKey::Public { server, client } = &profile.key else {
+            panic!("not public: {profile:?}");
+        };
+        assert_eq!(
+            *server,
+            knock_proto::ServerSecretKey::from_bytes([8; 32]).public()
+        );
+        assert!(client.is_some());
+        let text = profile.to_toml();
+        assert!(!text.contains("\nkey ="), "{}", text.as_str());
+        assert!(text.contains("may be published"), "{}", text.as_str());
+        let again = ClientProfile::parse(path, &text).unwrap();
+        assert_eq!(again.key, profile.key);
+        assert_eq!(again.ports, profile.ports);
+        // client_public_key is optional.
+        let without: String = public_profile_text()
+            .lines()
+            .filter(|l| !l.starts_with("client_public_key"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let profile = ClientProfile::parse(path, &without).unwrap();
+        assert!(matches!(
+            profile.key,
+            ProfileKey::Public { client: None, .. }
+        ));
+        assert!(!profile.to_toml().contains("client_public_key"));
+    }
+
+    #[test]
+    fn a_profile_is_shared_or_public_not_both() {
+        let path = Path::new("/k/p.knock");
+        let key = "key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n";
+        let public = public_profile_text();
+        let client_line = public
+            .lines()
+            .find(|l| l.starts_with("client_public_key"))
+            .unwrap()
+            .to_owned();
+        let neither: String = public
+            .lines()
+            .filter(|l| !l.starts_with("server_public_key") && !l.starts_with("client_public_key"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let small_order = public.replace(
+            &encode_base64(
+                knock_proto::ServerSecretKey::from_bytes([8; 32])
+                    .public()
+                    .as_bytes(),
+            ),
+            &encode_base64(&[0u8; 32]),
+        );
+        for (text, field) in [
+            (format!("{public}{key}"), "server_public_key"),
+            (neither.clone(), "key"),
+            (
+                format!("{neither}{key}{client_line}\n"),
+                "client_public_key",
+            ),
+            (small_order, "server_public_key"),
+            (
+                public.replace("server_public_key = \"", "server_public_key = \"AA"),
+                "server_public_key",
+            ),
+            (
+                public.replace("knock-id1:", "knock-id1:x"),
+                "client_public_key",
+            ),
+        ] {
+            let err = ClientProfile::parse(path, &text).unwrap_err().to_string();
+            assert!(err.contains("/k/p.knock"), "{err}");
+            assert!(err.contains(&format!("field `{field}`")), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_shared_profiles_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("knock-keys-prof-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let public = dir.join("public.knock");
+        std::fs::write(&public, public_profile_text()).unwrap();
+        let shared = dir.join("shared.knock");
+        let shared_profile = ClientProfile {
+            key: ProfileKey::Shared(ClientSecret::from_bytes([4; 32])),
+            ..ClientProfile::parse(&public, &public_profile_text()).unwrap()
+        };
+        std::fs::write(&shared, shared_profile.to_toml()).unwrap();
+        for mode in [0o644, 0o666, 0o600] {
+            std::fs::set_permissions(&public, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(ClientProfile::load(&public).is_ok(), "0{mode:o}");
+        }
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ClientProfile::load(&shared).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let loaded = ClientProfile::load(&shared).unwrap();
+        assert_eq!(loaded.mode(), Mode::Shared);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -22,14 +22,41 @@ const MAX_FILE_LEN: u64 = 64 * 1024;
 /// or write it.
 pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, FileError> {
     let (file, meta) = open_with_metadata(path)?;
+    check_secret_mode(path, meta.mode() & 0o777)?;
+    read_limited(path, file, meta.len())
+}
+
+/// Reads a file and returns its text with its permission bits (`mode &
+/// 0o777`), both from one open file descriptor, for files whose rule depends
+/// on what they hold (see [`check_secret_mode`] and [`check_not_writable`]).
+pub fn read_with_mode(path: &Path) -> Result<(Zeroizing<String>, u32), FileError> {
+    let (file, meta) = open_with_metadata(path)?;
     let mode = meta.mode() & 0o777;
+    Ok((read_limited(path, file, meta.len())?, mode))
+}
+
+/// A file that holds a secret must not be readable or writable by group or
+/// others.
+pub fn check_secret_mode(path: &Path, mode: u32) -> Result<(), FileError> {
     if mode & 0o077 != 0 {
         return Err(FileError::TooOpen {
             path: path.into(),
             mode,
         });
     }
-    read_limited(path, file, meta.len())
+    Ok(())
+}
+
+/// A file that holds no secret but decides who gets in (a public-key client
+/// entry) may be readable by anyone, but not writable by group or others.
+pub fn check_not_writable(path: &Path, mode: u32) -> Result<(), FileError> {
+    if mode & 0o022 != 0 {
+        return Err(FileError::Writable {
+            path: path.into(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// Reads a configuration file that holds no secret.

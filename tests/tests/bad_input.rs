@@ -509,6 +509,14 @@ fn malformed_client_entries_are_refused() {
         ("non-UTF-8", "bob.toml", b"key = \"\xff\xfe\"\nports = [\"tcp/4992\"]\n".to_vec(), 0o600),
         ("an empty file", "bob.toml", Vec::new(), 0o600),
         ("binary junk", "bob.toml", Rng(7).bytes(300), 0o600),
+        // Public-key entries.
+        ("both key and public_key", "bob.toml", format!("{}public_key = \"{}\"\n", s.alice_entry, public_line(1)).into_bytes(), 0o600),
+        ("a public_key that is not a line", "bob.toml", b"public_key = \"ssh-ed25519 AAAA\"\nports = [\"tcp/4992\"]\n".to_vec(), 0o644),
+        ("a public_key with a bad check", "bob.toml", format!("public_key = \"{}\"\nports = [\"tcp/4992\"]\n", flip_last(&public_line(1))).into_bytes(), 0o644),
+        ("a public_key of small order", "bob.toml", format!("public_key = \"{}\"\nports = [\"tcp/4992\"]\n", small_order_line()).into_bytes(), 0o644),
+        ("a public_key with a weak Ed25519 key", "bob.toml", format!("public_key = \"{}\"\nports = [\"tcp/4992\"]\n", weak_ed25519_line()).into_bytes(), 0o644),
+        ("a group-writable public entry", "bob.toml", format!("public_key = \"{}\"\nports = [\"tcp/4992\"]\n", public_line(1)).into_bytes(), 0o664),
+        ("a public_key as a number", "bob.toml", b"public_key = 5\nports = [\"tcp/4992\"]\n".to_vec(), 0o644),
     ];
     for (what, name, bytes, mode) in &corpus {
         let path = clients.join(name);
@@ -517,6 +525,19 @@ fn malformed_client_entries_are_refused() {
         s.server_refuses(what, &s.config, &path.display().to_string());
         fs::remove_file(&path).unwrap();
     }
+    // Two public-key clients with one identity: the second is named.
+    let entry = format!(
+        "public_key = \"{}\"\nports = [\"tcp/4992\"]\n",
+        public_line(2)
+    );
+    let (first, second) = (clients.join("carol.toml"), clients.join("dave.toml"));
+    for path in [&first, &second] {
+        fs::write(path, &entry).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    s.server_refuses("a duplicate public key", &s.config, "dave.toml");
+    fs::remove_file(&first).unwrap();
+    fs::remove_file(&second).unwrap();
     // A clients_dir that does not exist.
     let config = s.write(
         "nodir.toml",
@@ -540,6 +561,196 @@ fn malformed_client_entries_are_refused() {
         ],
     );
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+}
+
+/// The public line of the identity whose seed is 32 × `seed`.
+fn public_line(seed: u8) -> String {
+    knock_proto::ClientIdentity::from_seed(&knock_proto::IdentitySeed::from_bytes([seed; 32]))
+        .public()
+        .to_line()
+}
+
+/// A well-formed line (its check bytes right) whose X25519 key has small
+/// order: every agreement with it is all zero.
+fn small_order_line() -> String {
+    let good = knock_proto::ClientPublicKey::parse_line(&public_line(1)).unwrap();
+    knock_proto::ClientPublicKey::from_bytes(*good.ed25519_bytes(), [0; 32]).to_line()
+}
+
+/// A well-formed line whose Ed25519 key is the identity point (weak: it
+/// verifies signatures on many messages).
+fn weak_ed25519_line() -> String {
+    let good = knock_proto::ClientPublicKey::parse_line(&public_line(1)).unwrap();
+    let mut identity_point = [0u8; 32];
+    identity_point[0] = 1;
+    knock_proto::ClientPublicKey::from_bytes(identity_point, *good.x25519_bytes()).to_line()
+}
+
+/// `line` with its last character changed (the check bytes then disagree).
+fn flip_last(line: &str) -> String {
+    let mut text = line.to_owned();
+    let last = text.pop().unwrap();
+    text.push(if last == 'A' { 'B' } else { 'A' });
+    text
+}
+
+/// `knock-keygen --public-key` with a line that is not a usable public key:
+/// exit 2, one line naming --public-key, and nothing written (not even the
+/// server's identity or key). An identity enrolled under another name, or
+/// another key for an enrolled name without --force, is refused the same way.
+#[test]
+fn keygen_refuses_bad_public_keys() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let config = dir.join("server.toml");
+    fs::write(
+        &config,
+        format!(
+            "protected = [\"tcp/4992\"]\nstate_dir = \"{0}/state\"\nclients_dir = \"{0}/clients.d\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let listing = || -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let keygen = |name: &str, line: &str| -> Outcome {
+        let out = dir.join("out.knock");
+        run_bin(
+            "knock-keygen",
+            &[
+                OsString::from(name),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--public-key".into(),
+                line.into(),
+                "--config".into(),
+                config.clone().into(),
+                "--out".into(),
+                out.into(),
+            ],
+        )
+    };
+    let good = public_line(1);
+    let cases: Vec<(&str, String)> = vec![
+        ("an empty line", String::new()),
+        ("junk", "hello".to_owned()),
+        (
+            "an ssh key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA alice@laptop".to_owned(),
+        ),
+        ("another version", good.replace("knock-id1:", "knock-id2:")),
+        ("a truncated line", good[..good.len() - 1].to_owned()),
+        ("a line too long", format!("{good}A")),
+        ("a mistyped character", flip_last(&good)),
+        ("padding", format!("{good}=")),
+        ("not base64url", good.replace(['-', '_'], "+")),
+        ("an X25519 key of small order", small_order_line()),
+        ("a weak Ed25519 key", weak_ed25519_line()),
+    ];
+    for (what, line) in &cases {
+        if line == &good {
+            continue;
+        }
+        let o = keygen("bob", line);
+        assert_usage_error(what, "knock-keygen", &o, Some("--public-key"));
+        assert_eq!(listing(), before, "{what}: a file was written");
+    }
+
+    // Enrolled once...
+    let o = keygen("alice", &format!("{good} alice@laptop"));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let entry = fs::read(dir.join("clients.d/alice.toml")).unwrap();
+    // ...the same identity under another name is refused, naming the entry.
+    let o = keygen("bob", &good);
+    assert_usage_error(
+        "a duplicate identity",
+        "knock-keygen",
+        &o,
+        Some("alice.toml"),
+    );
+    assert!(!dir.join("clients.d/bob.toml").exists());
+    // ...and another identity for alice needs --force.
+    let o = keygen("alice", &public_line(2));
+    assert_usage_error("another key for alice", "knock-keygen", &o, Some("--force"));
+    assert_eq!(fs::read(dir.join("clients.d/alice.toml")).unwrap(), entry);
+}
+
+/// Malformed public-key profiles through `knock-client open --profile`
+/// (exit 2, naming the profile), whatever their mode.
+#[test]
+fn malformed_public_profiles_are_refused() {
+    let scratch = tempfile::tempdir().unwrap();
+    let server_pk = "Za8+yMSzUUaSWg5+X7kjwATUB+CnZoroBPPug4YYA0s=";
+    let valid = format!(
+        "name = \"alice\"\nhost = \"127.0.0.1\"\nknock_port = 62201\n\
+         server_id = \"AAAAAAAAAAAAAAAAAAAAAA==\"\nserver_public_key = \"{server_pk}\"\n\
+         client_public_key = \"{}\"\nports = [\"tcp/4992\"]\n",
+        public_line(1)
+    );
+    let with = |key: &str, line: &str| replace_line(&valid, key, line).into_bytes();
+    let plus = |line: &str| format!("{valid}{line}\n").into_bytes();
+    let corpus: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "both key and server_public_key",
+            plus("key = \"QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=\""),
+        ),
+        ("neither key", with("server_public_key", "")),
+        (
+            "a short server_public_key",
+            with("server_public_key", "server_public_key = \"AAAA\""),
+        ),
+        (
+            "a server_public_key of small order",
+            with(
+                "server_public_key",
+                "server_public_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"",
+            ),
+        ),
+        (
+            "server_public_key as a number",
+            with("server_public_key", "server_public_key = 7"),
+        ),
+        (
+            "a damaged client_public_key",
+            with(
+                "client_public_key",
+                &format!("client_public_key = \"{}\"", flip_last(&public_line(1))),
+            ),
+        ),
+        (
+            "client_public_key in a shared-key profile",
+            with(
+                "server_public_key",
+                "key = \"QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=\"",
+            ),
+        ),
+    ];
+    for (i, (what, bytes)) in corpus.iter().enumerate() {
+        let path = scratch.path().join(format!("bad{i}.knock"));
+        fs::write(&path, bytes).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let args = [
+            OsString::from("open"),
+            "127.0.0.1".into(),
+            "4992".into(),
+            "--no-wait".into(),
+            "--profile".into(),
+            path.clone().into(),
+        ];
+        assert_usage_error(
+            what,
+            "knock-client",
+            &run_bin("knock-client", &args),
+            Some(&path.display().to_string()),
+        );
+    }
 }
 
 /// Malformed profiles through `knock-client open --profile` (exit 2, naming
@@ -880,6 +1091,9 @@ fn malformed_arguments_are_usage_errors() {
             Some("/nonexistent/alice.knock"),
         ),
         (os(&["list", "extra"]), Some("extra")),
+        (os(&["identity", "extra"]), Some("extra")),
+        (os(&["identity", "--identity"]), Some("--identity")),
+        (open(&["4992", "--identity"]), None),
         (
             vec![
                 "open".into(),
@@ -908,6 +1122,22 @@ fn malformed_arguments_are_usage_errors() {
             Some("/nonexistent/server.toml"),
         ),
         (os(&["bob", "--host", "h", "--bogus"]), Some("--bogus")),
+        (
+            os(&["bob", "--host", "h", "--public-key"]),
+            Some("--public-key"),
+        ),
+        (
+            os(&[
+                "bob",
+                "--host",
+                "h",
+                "--public-key",
+                "nope",
+                "--config",
+                config,
+            ]),
+            Some("--public-key"),
+        ),
         (
             vec![
                 "bob".into(),

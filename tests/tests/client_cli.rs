@@ -14,7 +14,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use knock_proto::{open, ClientSecret, KnockBytes, OpenedKnock, PortSpec, ServerId};
+use knock_proto::{
+    open, ClientIdentity, ClientPublicKey, ClientSecret, IdentitySeed, KnockBytes, Mode,
+    OpenedKnock, PairKeys, PortSpec, ServerId, ServerSecretKey,
+};
 
 /// The profile's secrets: 16 × 0x11 and 32 × 0x42, as base64.
 const SERVER_ID_B64: &str = "EREREREREREREREREREREQ==";
@@ -135,9 +138,9 @@ impl KnockCatcher {
 
 /// Opens a caught knock with the test profile's key.
 fn open_knock(bytes: &[u8]) -> OpenedKnock {
-    let keys = ClientSecret::from_bytes([0x42; 32]).derive();
+    let keys = PairKeys::shared(&ClientSecret::from_bytes([0x42; 32]), &ServerId([0x11; 16]));
     let parsed = KnockBytes::parse(bytes).expect("a knock-shaped datagram");
-    open(&keys, &ServerId([0x11; 16]), &parsed).expect("a knock sealed with the profile's key")
+    open(&keys, Mode::Shared, &parsed).expect("a knock sealed with the profile's key")
 }
 
 /// A TCP port on 127.0.0.1 where nothing listens.
@@ -765,4 +768,464 @@ fn connect_relays_both_ways_with_half_close_from_the_server() {
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.is_empty(), "{stderr}");
     assert_eq!(catcher.caught().len(), 1);
+}
+
+// Public-key mode: the client's identity, public profiles, and the keygen
+// that makes them.
+
+/// The test server's key: 32 × 0x55.
+fn server_key() -> ServerSecretKey {
+    ServerSecretKey::from_bytes([0x55; 32])
+}
+
+/// base64 of `bytes`, as the files hold it (standard alphabet, padded).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Writes a public-key profile for the test server, made for `client` (when
+/// given), with the given mode.
+fn write_public_profile(
+    path: &Path,
+    spec: &ProfileSpec<'_>,
+    client: Option<&ClientPublicKey>,
+    mode: u32,
+) {
+    let client_line = client
+        .map(|c| format!("client_public_key = \"{}\"\n", c.to_line()))
+        .unwrap_or_default();
+    let text = format!(
+        "name = {:?}\nhost = {:?}\naliases = [{}]\nknock_port = {}\nserver_id = \"{SERVER_ID_B64}\"\n\
+         server_public_key = \"{}\"\n{client_line}ports = [{}]\n",
+        spec.name,
+        spec.host,
+        quoted(spec.aliases),
+        spec.knock_port,
+        base64(server_key().public().as_bytes()),
+        quoted(spec.ports),
+    );
+    fs::write(path, text).expect("writing the profile");
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// `knock-client identity` with KNOCK_HOME `home` (and `extra` arguments):
+/// its public line, checked to be one line on stdout.
+fn identity_line(home: &Path, extra: &[&str]) -> (String, String) {
+    let out = client(home)
+        .arg("identity")
+        .args(extra)
+        .output()
+        .expect("running knock-client identity");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        one_line(&out.stdout),
+        String::from_utf8(out.stderr).expect("stderr is UTF-8"),
+    )
+}
+
+/// Opens a caught public-key knock as the test server does, and checks its
+/// signature against `client`.
+fn open_public_knock(bytes: &[u8], client: &ClientPublicKey) -> OpenedKnock {
+    let server = server_key();
+    let id = ServerId([0x11; 16]);
+    let keys = PairKeys::from_prk(&server.pair_prk(client, &id).expect("a valid client key"));
+    let parsed = KnockBytes::parse(bytes).expect("a knock-shaped datagram");
+    assert!(
+        open(&keys, Mode::Shared, &parsed).is_err(),
+        "a public-key knock opened as a shared-key one"
+    );
+    let opened = open(&keys, Mode::Public, &parsed).expect("a knock sealed with the pair keys");
+    opened
+        .verify_signature(client, &server.public(), &id)
+        .expect("signed by the client's identity");
+    opened
+}
+
+#[test]
+fn identity_is_created_once_and_its_line_printed() {
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("config").join("knock");
+    let (line, stderr) = identity_line(&home, &[]);
+    assert!(line.starts_with("knock-id1:"), "{line}");
+    assert_eq!(line.len(), knock_proto::PUBLIC_LINE_LEN, "{line}");
+    assert!(!line.contains(char::is_whitespace), "{line}");
+    assert!(stderr.contains("created"), "{stderr}");
+    let file = home.join("identity");
+    assert_eq!(mode_of(&file), 0o600);
+    assert_eq!(mode_of(&home), 0o700);
+    let key = ClientPublicKey::parse_line(&line).unwrap();
+    key.validate().unwrap();
+
+    // Again: the same identity, nothing said on stderr, the file unchanged.
+    let before = fs::read(&file).unwrap();
+    let (again, stderr) = identity_line(&home, &[]);
+    assert_eq!(again, line);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(fs::read(&file).unwrap(), before);
+
+    // --identity FILE: another identity, elsewhere.
+    let other = scratch.path().join("other").join("id");
+    let (other_line, _) = identity_line(&home, &["--identity", other.to_str().unwrap()]);
+    assert_ne!(other_line, line);
+    assert_eq!(mode_of(&other), 0o600);
+    let (same, _) = identity_line(&home, &["--identity", other.to_str().unwrap()]);
+    assert_eq!(same, other_line);
+
+    // A loose identity is refused, not replaced.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = client(&home).arg("identity").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = one_error_line(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(fs::read(&file).unwrap(), before);
+
+    // A damaged one is named, not replaced.
+    fs::write(&file, "seed = \"AAAA\"\n").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = client(&home).arg("identity").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = one_error_line(&out.stderr);
+    assert!(err.contains("seed"), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+}
+
+#[test]
+fn public_profiles_knock_with_the_identity() {
+    let home = tempfile::tempdir().unwrap();
+    let catcher = KnockCatcher::new();
+    let (line, _) = identity_line(home.path(), &[]);
+    let me = ClientPublicKey::parse_line(&line).unwrap();
+    let path = home.path().join("p.knock");
+    let spec = ProfileSpec {
+        knock_port: catcher.port(),
+        ..Default::default()
+    };
+    // World-readable: a public profile holds no secret.
+    write_public_profile(&path, &spec, Some(&me), 0o644);
+    let out = client(home.path())
+        .args([
+            "open",
+            "127.0.0.1",
+            "4992",
+            "--no-wait",
+            "--allow-ip",
+            "203.0.113.5",
+        ])
+        .arg("--profile")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    one_line(&out.stdout);
+    let knocks = catcher.caught();
+    assert_eq!(knocks.len(), 1);
+    let knock = open_public_knock(&knocks[0], &me);
+    assert_eq!(knock.request.ports, vec![PortSpec::tcp(4992)]);
+    assert_eq!(
+        knock.request.bound_addr,
+        Some("203.0.113.5".parse().unwrap())
+    );
+
+    // With --identity elsewhere, and a profile that does not name its
+    // client: that identity knocks.
+    let other_file = home.path().join("elsewhere").join("id");
+    let (other_line, _) = identity_line(home.path(), &["--identity", other_file.to_str().unwrap()]);
+    let other = ClientPublicKey::parse_line(&other_line).unwrap();
+    write_public_profile(&path, &spec, None, 0o644);
+    let out = client(home.path())
+        .args(["open", "127.0.0.1", "4992", "--no-wait", "--profile"])
+        .arg(&path)
+        .arg("--identity")
+        .arg(&other_file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let knocks = catcher.caught();
+    assert_eq!(knocks.len(), 1);
+    open_public_knock(&knocks[0], &other);
+
+    // A profile made for another identity: refused before anything is sent,
+    // naming both.
+    write_public_profile(&path, &spec, Some(&me), 0o644);
+    let out = client(home.path())
+        .args(["open", "127.0.0.1", "4992", "--no-wait", "--profile"])
+        .arg(&path)
+        .arg("--identity")
+        .arg(&other_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = one_error_line(&out.stderr);
+    assert!(err.contains(&line) && err.contains(&other_line), "{err}");
+    assert!(catcher.caught().is_empty());
+
+    // No identity at all: a clear usage error, nothing sent.
+    let empty = tempfile::tempdir().unwrap();
+    let out = client(empty.path())
+        .args(["open", "127.0.0.1", "4992", "--no-wait", "--profile"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = one_error_line(&out.stderr);
+    let default = empty.path().join("identity");
+    assert!(err.contains(&default.display().to_string()), "{err}");
+    assert!(err.contains("knock-client identity"), "{err}");
+    assert!(catcher.caught().is_empty());
+    assert!(!default.exists(), "open created an identity");
+
+    // --identity is ignored for a shared-key profile.
+    write_profile(&path, &spec, 0o600);
+    let out = client(empty.path())
+        .args([
+            "open",
+            "127.0.0.1",
+            "4992",
+            "--no-wait",
+            "--identity",
+            "/nonexistent/id",
+        ])
+        .arg("--profile")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    open_knock(&catcher.caught()[0]);
+}
+
+#[test]
+fn import_takes_public_profiles_at_any_mode_and_list_shows_modes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("knock");
+    let public = scratch.path().join("alice@relay.knock");
+    let shared = scratch.path().join("bob@relay2.knock");
+    let me = ClientIdentity::from_seed(&IdentitySeed::from_bytes([7; 32])).public();
+    write_public_profile(
+        &public,
+        &ProfileSpec {
+            host: "relay.example.invalid",
+            ports: &["tcp/22"],
+            ..Default::default()
+        },
+        Some(&me),
+        0o644,
+    );
+    write_profile(
+        &shared,
+        &ProfileSpec {
+            name: "bob",
+            host: "relay2.example.invalid",
+            ..Default::default()
+        },
+        0o644,
+    );
+    // The shared-key profile, world-readable: refused, nothing installed.
+    let out = client(&home).arg("import").arg(&shared).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = one_error_line(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(err.contains(&shared.display().to_string()), "{err}");
+    assert!(!home.exists() || fs::read_dir(&home).unwrap().next().is_none());
+    // The public-key profile, world-readable: installed 0600.
+    let out = client(&home).arg("import").arg(&public).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = one_line(&out.stdout);
+    assert!(line.contains("public-key"), "{line}");
+    let installed = home.join("alice@relay.example.invalid.knock");
+    assert_eq!(mode_of(&installed), 0o600);
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = client(&home).arg("import").arg(&shared).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(one_line(&out.stdout).contains("shared-key"));
+
+    let out = client(&home).arg("list").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 3, "{listing}");
+    assert!(lines[0].contains("MODE"), "{listing}");
+    assert!(
+        lines[1].contains("alice") && lines[1].contains("public-key"),
+        "{listing}"
+    );
+    assert!(
+        lines[2].contains("bob") && lines[2].contains("shared-key"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("QkJC"),
+        "list shows part of a key: {listing}"
+    );
+}
+
+/// knock-keygen --public-key, end to end: the line `knock-client identity`
+/// prints is enrolled, the entry holds no secret, the profile is 0644 and
+/// knocks that the server's key opens.
+#[test]
+fn keygen_enrols_an_identity() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let config = dir.join("server.toml");
+    fs::write(
+        &config,
+        format!(
+            "protected = [\"tcp/22\", \"tcp/4992\"]\nstate_dir = \"{0}/state\"\n\
+             clients_dir = \"{0}/clients.d\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let home = dir.join("home");
+    let (line, _) = identity_line(&home, &[]);
+    let me = ClientPublicKey::parse_line(&line).unwrap();
+    let profile = dir.join("alice.knock");
+    let keygen = |name: &str, key: &str, extra: &[&str]| {
+        let mut cmd = Command::new(knock_tests::bin("knock-keygen"));
+        cmd.args([name, "--host", "127.0.0.1", "--public-key", key, "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&profile)
+            .args(extra)
+            .timeout(Duration::from_secs(20));
+        cmd.output().unwrap()
+    };
+    // A comment after the line is ignored.
+    let out = keygen(
+        "alice",
+        &format!("{line}  alice@laptop"),
+        &["--ports", "tcp/22"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(mode_of(&profile), 0o644);
+    assert_eq!(mode_of(&dir.join("server.key")), 0o600);
+    assert_eq!(mode_of(&dir.join("server.id")), 0o600);
+    assert!(dir.join("state/replay.state").exists());
+    let entry = fs::read_to_string(dir.join("clients.d/alice.toml")).unwrap();
+    assert!(
+        entry.contains(&format!("public_key = \"{line}\"")),
+        "{entry}"
+    );
+    assert!(!entry.contains("\nkey ="), "{entry}");
+    let text = fs::read_to_string(&profile).unwrap();
+    assert!(!text.contains("\nkey ="), "{text}");
+    assert!(text.contains("server_public_key"), "{text}");
+    let server = knock_keys::identity::load_server_key(&dir.join("server.key")).unwrap();
+    let server_id = knock_keys::identity::load(&dir.join("server.id")).unwrap();
+    assert!(text.contains(&base64(server.public().as_bytes())), "{text}");
+    let entry = knock_keys::entry::ClientEntry::load(&dir.join("clients.d/alice.toml")).unwrap();
+    assert_eq!(entry.credential.public_key(), Some(&me));
+    assert_eq!(entry.ports, vec![PortSpec::tcp(22)]);
+
+    // Again, same name and key: unchanged, and the profile written again.
+    let before = fs::read(dir.join("clients.d/alice.toml")).unwrap();
+    fs::remove_file(&profile).unwrap();
+    let out = keygen("alice", &line, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(dir.join("clients.d/alice.toml")).unwrap(), before);
+    assert_eq!(fs::read_to_string(&profile).unwrap(), text);
+
+    // The same key under another name: refused, naming alice's entry.
+    let out = keygen("alice2", &line, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("alice.toml"), "{err}");
+    assert!(!dir.join("clients.d/alice2.toml").exists());
+
+    // Another key for alice needs --force.
+    let (other_line, _) = identity_line(
+        &home,
+        &["--identity", dir.join("other-id").to_str().unwrap()],
+    );
+    let out = keygen("alice", &other_line, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--force"));
+    assert_eq!(fs::read(dir.join("clients.d/alice.toml")).unwrap(), before);
+
+    // The profile, imported from 0644, knocks as the server expects.
+    let catcher = KnockCatcher::new();
+    let text = text.replace(
+        "knock_port = 62201",
+        &format!("knock_port = {}", catcher.port()),
+    );
+    fs::write(&profile, text).unwrap();
+    let out = client(&home).arg("import").arg(&profile).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client(&home)
+        .args(["open", "127.0.0.1", "22", "--no-wait"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let knocks = catcher.caught();
+    assert_eq!(knocks.len(), 1);
+    let keys = PairKeys::from_prk(&server.pair_prk(&me, &server_id).unwrap());
+    let opened = open(&keys, Mode::Public, &KnockBytes::parse(&knocks[0]).unwrap()).unwrap();
+    opened
+        .verify_signature(&me, &server.public(), &server_id)
+        .unwrap();
 }

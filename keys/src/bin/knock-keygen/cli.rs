@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// Create a knock client: a new secret, the server's entry and the client's profile.
+/// Create a knock client: the server's entry and the client's profile, with a
+/// new shared secret, or for a client identity (--public-key).
 #[derive(Parser, Debug)]
 #[command(name = "knock-keygen", version, long_about = None)]
 pub struct Args {
@@ -29,4 +30,9 @@ pub struct Args {
     /// Replace an existing client of that name (its old secret stops working).
     #[arg(long)]
     pub force: bool,
+    /// Enrol this client identity (the line `knock-client identity` prints)
+    /// instead of creating a shared secret: the entry and the profile then
+    /// hold no secret, and the profile may be published.
+    #[arg(long, value_name = "LINE")]
+    pub public_key: Option<String>,
 }
