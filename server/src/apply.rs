@@ -181,6 +181,33 @@ enum Decision {
     Interrupted,
 }
 
+/// What the server would refuse of public-key clients, said before it is
+/// asked: an unusable public key, or no server key to use it with.
+fn check_public_keys(new: &Loaded) -> Result<(), Failure> {
+    let public: Vec<&str> = new
+        .clients
+        .iter()
+        .filter(|c| c.mode() == knock_proto::Mode::Public)
+        .map(|c| c.name.as_str())
+        .collect();
+    let Some(first) = public.first() else {
+        return Ok(());
+    };
+    let key_file = &new.config.server_key_file;
+    if !key_file.exists() {
+        return Err(Failure::usage(crate::pair_keys::PairKeyError::NoServerKey {
+            key_file: key_file.clone(),
+            client: (*first).to_owned(),
+            others: public.len() - 1,
+        }));
+    }
+    identity::load_server_key(key_file)?;
+    for client in &new.clients {
+        client.validate(&new.config.clients_dir.join(format!("{}.toml", client.name)))?;
+    }
+    Ok(())
+}
+
 /// `knock-server apply`.
 pub fn apply(config_path: &Path, timeout: Duration) -> Result<(), Failure> {
     // Before anything is loaded: from then on a hang-up must not kill us
@@ -193,6 +220,7 @@ pub fn apply(config_path: &Path, timeout: Duration) -> Result<(), Failure> {
     let config_path = &fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     let mut new = Loaded::from_disk(config_path)?;
     identity::load(&new.config.identity_file)?;
+    check_public_keys(&new)?;
     firewall_settings(&new.config)
         .resolve()
         .map_err(Failure::usage)?;

@@ -18,7 +18,7 @@ use crate::control::{ControlSocket, ReloadReport, Request};
 use crate::firewall::{
     iptables, nftables, Firewall, FirewallError, Policy, Settings, SettingsChange,
 };
-use crate::clients::{load_server_key, mode, server_key_file};
+use crate::clients::mode;
 use crate::health::RulesKeeper;
 use crate::pair_keys::{Derived, Keyring, PairKeyError};
 use crate::pipeline::{honour, Outcome};
@@ -576,8 +576,8 @@ impl Daemon {
         config: &ServerConfig,
         clients: &[knock_keys::entry::ClientEntry],
     ) -> Result<(), ReloadError> {
-        let file = server_key_file(config);
-        if server_key_file(&self.config) != file {
+        let file = &config.server_key_file;
+        if self.config.server_key_file != *file {
             return Err(ReloadError::NeedsRestart("server_key_file"));
         }
         let wanted = clients.iter().any(|c| mode(c) == Mode::Public);
@@ -585,7 +585,7 @@ impl Daemon {
             // Without a file, derive() says what is missing.
             return Ok(());
         }
-        let key = load_server_key(&file)?;
+        let key = knock_keys::identity::load_server_key(file)?;
         match self.keyring.server_public() {
             None => self.keyring.adopt_secret(key),
             Some(public) if public != key.public() => {

@@ -15,7 +15,7 @@ use knock_proto::{port_list, Mode};
 use knock_server::apply;
 use knock_server::capture::{filter, Capture};
 use knock_server::control::{ControlSocket, ANSWER_WITHIN};
-use knock_server::clients::{load_server_key, mode, server_key_file};
+use knock_server::clients::mode;
 use knock_server::daemon::{
     firewall_settings, identity_of, log_pair_keys, policy, record_running, server_policy,
     window_ms, Daemon, Exit, Signals, POLL_EVERY,
@@ -114,9 +114,9 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     }
     // The server key is read when it exists, and required when a client is
     // public-key (derive() says so, naming the file).
-    let key_file = server_key_file(&config);
+    let key_file = config.server_key_file.clone();
     let server_key = if key_file.exists() {
-        Some(load_server_key(&key_file)?)
+        Some(identity::load_server_key(&key_file)?)
     } else {
         None
     };
@@ -279,9 +279,9 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     };
     let clients = knock_server::clients::load_clients(&config.clients_dir)?;
     let public_clients = clients.iter().filter(|c| mode(c) == Mode::Public).count();
-    let key_file = server_key_file(&config);
+    let key_file = &config.server_key_file;
     let server_key = if key_file.exists() {
-        load_server_key(&key_file)?;
+        identity::load_server_key(key_file)?;
         if public_clients == 0 {
             "present (no public-key client uses it yet)".to_owned()
         } else {

@@ -186,7 +186,7 @@ impl Keyring {
         }
         let (id, secret, cache) = (&self.id, self.secret.as_ref(), &self.cache.prks);
         let results = parallel_map(entries, |entry| {
-            derive_one(&credential(entry), id, secret, cache)
+            derive_one(credential(entry), id, secret, cache)
         });
         let mut keys = Vec::with_capacity(entries.len());
         let mut fresh = Vec::new();

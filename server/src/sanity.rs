@@ -51,6 +51,7 @@ pub fn warnings(config: &ServerConfig, clients: &[ClientEntry], now_ms: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use knock_keys::entry::Credential;
     use knock_proto::{ClientSecret, PortSpec};
     use std::path::Path;
 
@@ -62,7 +63,9 @@ mod tests {
     fn client(name: &str, ports: &[&str], key: u8) -> ClientEntry {
         ClientEntry {
             name: name.into(),
-            secret: ClientSecret::from_slice(&[key; 32]).expect("secret"),
+            credential: Credential::Shared(
+                ClientSecret::from_slice(&[key; 32]).expect("secret"),
+            ),
             ports: ports
                 .iter()
                 .map(|p| p.parse::<PortSpec>().expect("port"))

@@ -526,7 +526,7 @@ fn to_clients(entries: &[ClientEntry], keys: Vec<PairKeys>) -> Vec<Client> {
         .map(|(e, keys)| {
             let (mode, public_key) = match credential(e) {
                 Credential::Shared(_) => (Mode::Shared, None),
-                Credential::Public(key) => (Mode::Public, Some(key)),
+                Credential::Public(key) => (Mode::Public, Some(*key)),
             };
             Client {
                 name: e.name.clone(),
@@ -592,10 +592,10 @@ pub(crate) mod fixtures {
     use std::path::Path;
     use std::time::Duration;
 
-    use knock_keys::entry::ClientEntry;
+    use knock_keys::entry::{ClientEntry, Credential};
     use knock_proto::{
-        seal, ClientSecret, PairKeys, PortSpec, ReplayGuard, Request, SealRandomness, Sealer,
-        ServerId, ServerSecretKey,
+        seal, ClientIdentity, ClientSecret, IdentitySeed, PairKeys, PortSpec, ReplayGuard,
+        Request, SealRandomness, Sealer, ServerId, ServerSecretKey,
     };
 
     use super::{ServerIdentity, ServerPolicy, Verifier};
@@ -616,16 +616,83 @@ pub(crate) mod fixtures {
         }
     }
 
-    pub fn client(name: &str, byte: u8, ports: &[u16]) -> ClientEntry {
+    fn entry(name: &str, credential: Credential, ports: &[u16]) -> ClientEntry {
         ClientEntry {
             name: name.into(),
-            secret: ClientSecret::from_bytes([byte; 32]),
+            credential,
             ports: ports.iter().map(|&p| PortSpec::tcp(p)).collect(),
             max_open_for: None,
             allow_from: Vec::new(),
             expires: None,
             require_bound_addr: false,
         }
+    }
+
+    /// A shared-key client whose secret is `[byte; 32]`.
+    pub fn client(name: &str, byte: u8, ports: &[u16]) -> ClientEntry {
+        entry(
+            name,
+            Credential::Shared(ClientSecret::from_bytes([byte; 32])),
+            ports,
+        )
+    }
+
+    /// The identity whose seed is `[seed; 32]`.
+    pub fn person(seed: u8) -> ClientIdentity {
+        ClientIdentity::from_seed(&IdentitySeed::from_bytes([seed; 32]))
+    }
+
+    /// A public-key client: the identity [`person`]`(seed)`.
+    pub fn public_client(name: &str, seed: u8, ports: &[u16]) -> ClientEntry {
+        entry(name, Credential::Public(person(seed).public()), ports)
+    }
+
+    /// A public-key knock of [`person`]`(seed)` to this server.
+    pub fn public_knock(seed: u8, ports: &[u16], bound: Option<IpAddr>, at: u64) -> Vec<u8> {
+        let identity = person(seed);
+        let server = server_key().public();
+        let prk = identity.pair_prk(&server, &SERVER).unwrap();
+        let sealer = Sealer::Public {
+            identity: &identity,
+            server: &server,
+            server_id: &SERVER,
+        };
+        seal(
+            &PairKeys::from_prk(&prk),
+            &sealer,
+            &request(ports, bound),
+            at,
+            &randomness(at),
+        )
+        .unwrap()
+    }
+
+    /// What a thief who holds this server's key makes for the public-key
+    /// client [`person`]`(victim)`: its pair keys (AEAD-valid, the right
+    /// hint), signed by another identity, or (`shared_style`) unsigned.
+    pub fn forged_knock(victim: u8, at: u64, shared_style: bool) -> Vec<u8> {
+        let server = server_key().public();
+        let prk = server_key()
+            .pair_prk(&person(victim).public(), &SERVER)
+            .unwrap();
+        let thief = person(0xee);
+        let sealer = if shared_style {
+            Sealer::Shared
+        } else {
+            Sealer::Public {
+                identity: &thief,
+                server: &server,
+                server_id: &SERVER,
+            }
+        };
+        seal(
+            &PairKeys::from_prk(&prk),
+            &sealer,
+            &request(&[4992], None),
+            at,
+            &randomness(at),
+        )
+        .unwrap()
     }
 
     pub fn policy() -> ServerPolicy {
@@ -702,7 +769,10 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{addr, client, knock, reload, verifier, NOW, SERVER};
+    use super::fixtures::{
+        addr, client, forged_knock, knock, person, public_client, public_knock, reload, verifier,
+        NOW, SERVER,
+    };
     use super::*;
 
     fn reason(result: Result<PendingGrant, Rejection>) -> &'static str {
@@ -916,5 +986,193 @@ mod tests {
             .verify(&k, addr("::ffff:198.18.0.2"), NOW)
             .expect("bound to the address it maps");
         assert_eq!(pending.addr, addr("198.18.0.2"));
+    }
+
+    /// Shared-key and public-key clients side by side: each opens with its
+    /// own kind of knock, and only the public-key one costs a signature
+    /// check.
+    #[test]
+    fn shared_and_public_clients_mix() {
+        let mut v = verifier(&[client("alice", 1, &[4992]), public_client("bob", 2, &[22])]);
+        assert_eq!((v.count_of(Mode::Shared), v.count_of(Mode::Public)), (1, 1));
+        let a = addr("198.18.0.2");
+        let pending = v.verify(&knock(1, &[4992], None, NOW, SERVER), a, NOW).unwrap();
+        assert_eq!(pending.client, "alice");
+        assert_eq!(v.signature_counts().checked, 0);
+        let pending = v.verify(&public_knock(2, &[22], None, NOW), a, NOW).unwrap();
+        assert_eq!(pending.client, "bob");
+        assert_eq!(
+            v.signature_counts(),
+            SignatureCounts {
+                checked: 1,
+                failed: 0,
+                limited: 0
+            }
+        );
+        // A knock of an identity that is not enrolled is junk here.
+        assert_eq!(
+            reason(v.verify(&public_knock(3, &[22], None, NOW), a, NOW)),
+            "unknown-client"
+        );
+    }
+
+    /// The signed flag must agree with the entry's mode, both ways: a thief
+    /// who holds the server's key cannot send an unsigned "shared-style"
+    /// knock for a public-key client.
+    #[test]
+    fn the_mode_of_a_knock_must_be_its_entrys() {
+        let mut v = verifier(&[client("alice", 1, &[4992]), public_client("bob", 2, &[4992])]);
+        let a = addr("198.18.0.2");
+        assert_eq!(
+            reason(v.verify(&forged_knock(2, NOW, true), a, NOW)),
+            "wrong-mode"
+        );
+        // Alice's pair keys, sealed as a signed knock.
+        let identity = person(1);
+        let server = super::fixtures::server_key().public();
+        let signed = knock_proto::seal(
+            &PairKeys::shared(&knock_proto::ClientSecret::from_bytes([1; 32]), &SERVER),
+            &knock_proto::Sealer::Public {
+                identity: &identity,
+                server: &server,
+                server_id: &SERVER,
+            },
+            &super::fixtures::request(&[4992], None),
+            NOW,
+            &super::fixtures::randomness(NOW),
+        )
+        .unwrap();
+        assert_eq!(reason(v.verify(&signed, a, NOW)), "wrong-mode");
+        assert_eq!(v.signature_counts().checked, 0);
+    }
+
+    /// Replayed, stale, expired, unbound, misdirected or over-reaching
+    /// public-key knocks are refused before their signature is looked at.
+    #[test]
+    fn a_refused_public_knock_costs_no_signature_check() {
+        let mut expired = public_client("old", 3, &[4992]);
+        expired.expires = Some("2020-01-01".parse().unwrap());
+        let mut bound = public_client("bound", 4, &[4992]);
+        bound.require_bound_addr = true;
+        let mut fenced = public_client("fenced", 5, &[4992]);
+        fenced.allow_from = vec!["198.18.0.0/24".parse().unwrap()];
+        let mut v = verifier(&[public_client("bob", 2, &[4992]), expired, bound, fenced]);
+        let a = addr("198.18.0.2");
+        let good = public_knock(2, &[4992], None, NOW);
+        let pending = v.verify(&good, a, NOW).unwrap();
+        let _ = v.consume(pending, NOW);
+        assert_eq!(v.signature_counts().checked, 1);
+
+        let cases = [
+            (good.clone(), a, "replay"),
+            (public_knock(2, &[4992], None, NOW - 31_000), a, "too-old"),
+            (public_knock(2, &[4992], None, NOW + 31_000), a, "from-future"),
+            (public_knock(2, &[22], None, NOW + 1), a, "port-not-permitted"),
+            (public_knock(2, &[80], None, NOW + 1), a, "port-not-permitted"),
+            (
+                public_knock(2, &[4992], Some(addr("198.18.0.9")), NOW + 1),
+                a,
+                "source-mismatch",
+            ),
+            (
+                public_knock(2, &[4992], None, NOW + 1),
+                addr("0.0.0.0"),
+                "implausible-source",
+            ),
+            (public_knock(3, &[4992], None, NOW), a, "expired"),
+            (public_knock(4, &[4992], None, NOW), a, "unbound"),
+            (
+                public_knock(5, &[4992], None, NOW),
+                addr("198.18.1.66"),
+                "not-allowed-from",
+            ),
+            (forged_knock(2, NOW, true), a, "wrong-mode"),
+        ];
+        for (knock, from, expected) in cases {
+            assert_eq!(reason(v.verify(&knock, from, NOW)), expected);
+        }
+        assert_eq!(
+            v.signature_counts().checked,
+            1,
+            "no refused knock was signature-checked"
+        );
+        // A forgery that is a replay or out of policy costs nothing either:
+        // the forger cannot even spend the client's limit with it.
+        assert_eq!(
+            reason(v.verify(&forged_knock(2, NOW, false), a, NOW)),
+            "replay"
+        );
+        assert_eq!(v.signature_counts().checked, 1);
+    }
+
+    /// A thief with the server's key makes AEAD-valid knocks for bob, which
+    /// fail their signature check: bob is held down for 20 s, alice (public)
+    /// and carol (shared) are not, and nothing of bob's is consumed.
+    #[test]
+    fn a_bad_signature_holds_down_only_the_impersonated_client() {
+        let mut v = verifier(&[
+            public_client("alice", 1, &[4992]),
+            public_client("bob", 2, &[4992]),
+            client("carol", 3, &[4992]),
+        ]);
+        let a = addr("198.18.0.2");
+        match v.verify(&forged_knock(2, NOW, false), addr("203.0.113.9"), NOW) {
+            Err(r @ Rejection::BadSignature { .. }) => {
+                assert_eq!(r.reason(), "bad-signature");
+                assert!(r.is_authentic());
+                assert!(r.to_string().contains("rotate server.key"), "{r}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            v.signature_counts(),
+            SignatureCounts {
+                checked: 1,
+                failed: 1,
+                limited: 0
+            }
+        );
+        // Bob's own knock, and more forgeries, are refused without a check.
+        let bobs = public_knock(2, &[4992], None, NOW + 1);
+        assert_eq!(reason(v.verify(&bobs, a, NOW + 1)), "sig-limited");
+        assert_eq!(
+            reason(v.verify(&forged_knock(2, NOW + 2, false), a, NOW + 2)),
+            "sig-limited"
+        );
+        assert_eq!(v.signature_counts().checked, 1, "no check while limited");
+        assert_eq!(v.signature_counts().limited, 2);
+        // The others are not slowed at all.
+        assert!(v
+            .verify(&public_knock(1, &[4992], None, NOW + 3), a, NOW + 3)
+            .is_ok());
+        assert!(v
+            .verify(&knock(3, &[4992], None, NOW + 3, SERVER), a, NOW + 3)
+            .is_ok());
+        // The limit is kept across a reload and a rename.
+        reload(
+            &mut v,
+            &[
+                public_client("alice", 1, &[4992]),
+                public_client("bob-laptop", 2, &[4992]),
+                client("carol", 3, &[4992]),
+            ],
+            super::fixtures::policy(),
+        );
+        let t = NOW + SIG_FAILURE_EVERY_MS - 1;
+        v.tick(t);
+        assert_eq!(reason(v.verify(&bobs, a, t)), "sig-limited");
+        // 20 s later bob's knock, which was never consumed, opens.
+        let t = NOW + SIG_FAILURE_EVERY_MS;
+        v.tick(t);
+        let pending = v.verify(&bobs, a, t).expect("bob opens again");
+        assert_eq!(pending.client, "bob-laptop");
+        let _ = v.consume(pending, t);
+        // Successes are never charged: bob knocks again at once.
+        for n in 1..=3 {
+            assert!(v
+                .verify(&public_knock(2, &[4992], None, t + n), a, t + n)
+                .is_ok());
+        }
+        assert_eq!(v.signature_counts().failed, 1);
     }
 }
