@@ -195,11 +195,13 @@ fn check_public_keys(new: &Loaded) -> Result<(), Failure> {
     };
     let key_file = &new.config.server_key_file;
     if !key_file.exists() {
-        return Err(Failure::usage(crate::pair_keys::PairKeyError::NoServerKey {
-            key_file: key_file.clone(),
-            client: (*first).to_owned(),
-            others: public.len() - 1,
-        }));
+        return Err(Failure::usage(
+            crate::pair_keys::PairKeyError::NoServerKey {
+                key_file: key_file.clone(),
+                client: (*first).to_owned(),
+                others: public.len() - 1,
+            },
+        ));
     }
     identity::load_server_key(key_file)?;
     for client in &new.clients {

@@ -123,3 +123,99 @@ fn is_client_file(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     !name.starts_with('.') && name.ends_with(".toml") && path.is_file()
 }
+
+#[cfg(test)]
+mod tests {
+    use knock_keys::secret_file::write_with_mode;
+    use knock_proto::ClientPublicKey;
+
+    use super::*;
+    use crate::verify::fixtures::{client, person, public_client};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("knock-clients-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write(dir: &Path, entry: &ClientEntry, mode: u32) {
+        let path = dir.join(format!("{}.toml", entry.name));
+        write_with_mode(&path, entry.to_toml().as_bytes(), mode, true).unwrap();
+    }
+
+    fn error(dir: &Path) -> String {
+        load_clients_with_text(dir).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn shared_and_public_entries_load_side_by_side() {
+        let dir = scratch("mixed");
+        write(&dir, &client("alice", 1, &[22]), 0o600);
+        // A public entry holds no secret: readable by anyone is fine.
+        write(&dir, &public_client("bob", 2, &[22]), 0o644);
+        let loaded = load_clients(&dir).unwrap();
+        let modes: Vec<(&str, Mode)> = loaded.iter().map(|c| (c.name.as_str(), mode(c))).collect();
+        assert_eq!(modes, [("alice", Mode::Shared), ("bob", Mode::Public)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_naming_the_other_client() {
+        let dir = scratch("twins");
+        write(&dir, &client("alice", 1, &[22]), 0o600);
+        write(&dir, &client("bob", 1, &[22]), 0o600);
+        let err = error(&dir);
+        assert!(
+            err.contains("bob.toml: field `key`: same key as client \"alice\""),
+            "{err}"
+        );
+        std::fs::remove_file(dir.join("bob.toml")).unwrap();
+
+        write(&dir, &public_client("carol", 3, &[22]), 0o600);
+        write(&dir, &public_client("dave", 3, &[22]), 0o600);
+        let err = error(&dir);
+        assert!(
+            err.contains("dave.toml: field `public_key`: same public key (its Ed25519 part) as client \"carol\""),
+            "{err}"
+        );
+        // Either half alone is a twin too.
+        let (carol, other) = (person(3).public(), person(4).public());
+        for (key, part) in [
+            (
+                ClientPublicKey::from_bytes(*carol.ed25519_bytes(), *other.x25519_bytes()),
+                "Ed25519",
+            ),
+            (
+                ClientPublicKey::from_bytes(*other.ed25519_bytes(), *carol.x25519_bytes()),
+                "X25519",
+            ),
+        ] {
+            let mut dave = public_client("dave", 4, &[22]);
+            dave.credential = Credential::Public(key);
+            write(&dir, &dave, 0o600);
+            let err = error(&dir);
+            assert!(
+                err.contains(&format!("(its {part} part) as client \"carol\"")),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn load_clients_checks_the_curve_points_the_server_checks_later() {
+        let dir = scratch("points");
+        let mut bad = public_client("mallory", 5, &[22]);
+        bad.credential = Credential::Public(ClientPublicKey::from_bytes(
+            *person(5).public().ed25519_bytes(),
+            [0; 32],
+        ));
+        write(&dir, &bad, 0o600);
+        // Loading for the daemon defers the check to the pair key.
+        assert_eq!(load_clients_with_text(&dir).unwrap().len(), 1);
+        let err = load_clients(&dir).unwrap_err().to_string();
+        assert!(err.contains("mallory.toml: field `public_key`"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -14,11 +14,11 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::capture::{Capture, CaptureError, Link, Next};
+use crate::clients::mode;
 use crate::control::{ControlSocket, ReloadReport, Request};
 use crate::firewall::{
     iptables, nftables, Firewall, FirewallError, Policy, Settings, SettingsChange,
 };
-use crate::clients::mode;
 use crate::health::RulesKeeper;
 use crate::pair_keys::{Derived, Keyring, PairKeyError};
 use crate::pipeline::{honour, Outcome};
@@ -654,8 +654,7 @@ impl Daemon {
             window_ms(&config),
             unix_ms(),
         );
-        self.keyring
-            .save_cache_in_background(&config.state_dir);
+        self.keyring.save_cache_in_background(&config.state_dir);
         let summary = format!(
             "{} clients, protecting {}",
             clients.len(),

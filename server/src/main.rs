@@ -14,15 +14,15 @@ use knock_keys::identity;
 use knock_proto::{port_list, Mode};
 use knock_server::apply;
 use knock_server::capture::{filter, Capture};
-use knock_server::control::{ControlSocket, ANSWER_WITHIN};
 use knock_server::clients::mode;
+use knock_server::control::{ControlSocket, ANSWER_WITHIN};
 use knock_server::daemon::{
     firewall_settings, identity_of, log_pair_keys, policy, record_running, server_policy,
     window_ms, Daemon, Exit, Signals, POLL_EVERY,
 };
-use knock_server::pair_keys::{self, Keyring};
 use knock_server::firewall::{self, Policy, Refusal, Settings};
 use knock_server::health::RulesKeeper;
+use knock_server::pair_keys::{self, Keyring};
 use knock_server::privileges;
 use knock_server::running_config::Loaded;
 use knock_server::sanity;

@@ -40,8 +40,7 @@ use std::thread::JoinHandle;
 
 use knock_keys::entry::ClientEntry;
 use knock_proto::{
-    KeyError, PairKeys, PairPrk, ServerId, ServerPublicKey, ServerSecretKey,
-    PAIR_PRK_LEN,
+    KeyError, PairKeys, PairPrk, ServerId, ServerPublicKey, ServerSecretKey, PAIR_PRK_LEN,
 };
 use thiserror::Error;
 use tracing::warn;
@@ -500,7 +499,9 @@ impl CacheWriter {
 }
 
 fn write_cache(state_dir: &Path, text: &str) -> io::Result<()> {
-    let _one_at_a_time = WRITING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one_at_a_time = WRITING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     replace_file(state_dir, FILE_NAME, text.as_bytes(), Durability::Durable)
 }
 
@@ -527,4 +528,301 @@ fn from_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
         *o = digit(hi)? << 4 | digit(lo)?;
     }
     Some(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use knock_keys::entry::{ClientEntry, Credential};
+    use knock_proto::{ClientPublicKey, ClientSecret, PortSpec};
+
+    use super::*;
+    use crate::verify::fixtures::{client, person, public_client, server_key, SERVER};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("knock-pairs-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::new(SERVER, Some(server_key()), "/etc/knock/server.key".into())
+    }
+
+    fn clients() -> Vec<ClientEntry> {
+        vec![
+            public_client("alice", 1, &[22]),
+            client("bob", 2, &[22]),
+            public_client("carol", 3, &[22]),
+        ]
+    }
+
+    fn ids(derived: &Derived) -> Vec<knock_proto::ReplayId> {
+        derived.keys.iter().map(PairKeys::replay_id).collect()
+    }
+
+    fn dir() -> &'static Path {
+        Path::new("/etc/knock/clients.d")
+    }
+
+    #[test]
+    fn a_warm_start_computes_nothing_and_gives_the_same_keys() {
+        let state = scratch("warm");
+        let mut cold = keyring();
+        assert_eq!(cold.load_cache(&state), CacheLoad::Missing);
+        let first = cold.derive(&clients(), dir()).unwrap();
+        assert_eq!((first.computed, first.cached), (2, 0));
+        cold.save_cache(&state).unwrap();
+        let mode = fs::metadata(path(&state)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the cache holds secrets");
+        let text = fs::read_to_string(path(&state)).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some(HEADER));
+        assert_eq!(
+            lines.next(),
+            Some(
+                format!(
+                    "server {}",
+                    to_hex(&server_key().public().pair_cache_tag(&SERVER))
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(lines.count(), 2, "one line per public-key client");
+
+        let mut warm = keyring();
+        assert_eq!(
+            warm.load_cache(&state),
+            CacheLoad::Loaded {
+                entries: 2,
+                bad_lines: 0,
+                first_bad: 0
+            }
+        );
+        let again = warm.derive(&clients(), dir()).unwrap();
+        assert_eq!((again.computed, again.cached), (0, 2));
+        assert_eq!(ids(&again), ids(&first));
+        // Nothing changed: nothing to write.
+        assert!(!warm.cache.changed);
+        fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn a_cache_for_another_server_is_ignored_and_rewritten() {
+        let state = scratch("other");
+        let mut other = Keyring::new(
+            ServerId([8; 16]),
+            Some(server_key()),
+            "/k/server.key".into(),
+        );
+        other.derive(&clients(), dir()).unwrap();
+        other.save_cache(&state).unwrap();
+        let theirs = fs::read(path(&state)).unwrap();
+        let mut other_key = Keyring::new(
+            SERVER,
+            Some(ServerSecretKey::from_bytes([10; 32])),
+            "/k/server.key".into(),
+        );
+        other_key.derive(&clients(), dir()).unwrap();
+        let file_of_other_key = scratch("other-key");
+        other_key.save_cache(&file_of_other_key).unwrap();
+
+        for made_by in [&state, &file_of_other_key] {
+            let mut ours = keyring();
+            assert_eq!(ours.load_cache(made_by), CacheLoad::OtherServer);
+            let derived = ours.derive(&clients(), dir()).unwrap();
+            assert_eq!((derived.computed, derived.cached), (2, 0));
+            assert_eq!(
+                ids(&derived),
+                ids(&keyring().derive(&clients(), dir()).unwrap())
+            );
+            ours.save_cache(made_by).unwrap();
+            assert_ne!(fs::read(path(made_by)).unwrap(), theirs);
+            let mut again = keyring();
+            assert!(matches!(
+                again.load_cache(made_by),
+                CacheLoad::Loaded { entries: 2, .. }
+            ));
+        }
+        fs::remove_dir_all(&state).unwrap();
+        fs::remove_dir_all(&file_of_other_key).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_cache_is_ignored_line_by_line_or_whole() {
+        let state = scratch("damaged");
+        let mut good = keyring();
+        good.derive(&clients(), dir()).unwrap();
+        good.save_cache(&state).unwrap();
+        let text = fs::read_to_string(path(&state)).unwrap();
+
+        // One line damaged: that client is computed again, and the file is
+        // rewritten whole.
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines[2] = format!("{} zz", &lines[2][..32]);
+        lines.push("not a line at all".into());
+        fs::write(path(&state), lines.join("\n") + "\n").unwrap();
+        let mut warm = keyring();
+        let load = warm.load_cache(&state);
+        assert_eq!(
+            load,
+            CacheLoad::Loaded {
+                entries: 1,
+                bad_lines: 2,
+                first_bad: 3
+            }
+        );
+        assert!(load
+            .describe(&path(&state))
+            .unwrap()
+            .contains("2 damaged lines ignored (the first is line 3)"));
+        let derived = warm.derive(&clients(), dir()).unwrap();
+        assert_eq!((derived.computed, derived.cached), (1, 1));
+        warm.save_cache(&state).unwrap();
+        assert_eq!(fs::read_to_string(path(&state)).unwrap(), text);
+
+        // Not a cache at all, or unreadable: ignored whole.
+        for junk in [&b""[..], b"\xff\xfe garbage", b"knock-pair-keys v9\n"] {
+            fs::write(path(&state), junk).unwrap();
+            let mut k = keyring();
+            assert_eq!(k.load_cache(&state), CacheLoad::NotACache);
+            assert_eq!(k.derive(&clients(), dir()).unwrap().computed, 2);
+        }
+        fs::write(path(&state), format!("{HEADER}\nserver xyz\n")).unwrap();
+        assert_eq!(keyring().load_cache(&state), CacheLoad::OtherServer);
+        fs::remove_file(path(&state)).unwrap();
+        fs::create_dir(path(&state)).unwrap();
+        assert!(matches!(
+            keyring().load_cache(&state),
+            CacheLoad::Unreadable(_)
+        ));
+        fs::remove_dir_all(&state).unwrap();
+    }
+
+    /// A pair key changed in the cache breaks that client's knocks (a hint
+    /// miss), nothing else: it cannot make a knock pass.
+    #[test]
+    fn a_tampered_cache_only_breaks_the_tampered_client() {
+        let state = scratch("tampered");
+        let mut good = keyring();
+        let right = ids(&good.derive(&clients(), dir()).unwrap());
+        good.save_cache(&state).unwrap();
+        let text = fs::read_to_string(path(&state)).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines[2] = format!("{} {}", &lines[2][..32], "ab".repeat(32));
+        fs::write(path(&state), lines.join("\n") + "\n").unwrap();
+        let mut k = keyring();
+        k.load_cache(&state);
+        let got = ids(&k.derive(&clients(), dir()).unwrap());
+        assert_eq!(got.iter().zip(&right).filter(|(a, b)| a != b).count(), 1);
+        fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn clients_no_longer_configured_are_pruned_and_memory_is_reused() {
+        let state = scratch("pruned");
+        let mut k = keyring();
+        k.derive(&clients(), dir()).unwrap();
+        k.save_cache(&state).unwrap();
+        // A reload without carol: alice comes from memory, carol is pruned.
+        let fewer = &clients()[..2];
+        let derived = k.derive(fewer, dir()).unwrap();
+        assert_eq!((derived.computed, derived.cached), (0, 1));
+        assert_eq!(k.cached(), 1);
+        k.save_cache(&state).unwrap();
+        let text = fs::read_to_string(path(&state)).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn unusable_keys_and_a_missing_server_key_are_configuration_errors() {
+        let mut no_key = Keyring::new(SERVER, None, "/etc/knock/server.key".into());
+        // Shared-key clients need no server key.
+        assert_eq!(
+            no_key
+                .derive(&[client("bob", 2, &[22])], dir())
+                .unwrap()
+                .keys
+                .len(),
+            1
+        );
+        assert_eq!(
+            no_key.load_cache(Path::new("/nonexistent")),
+            CacheLoad::NotNeeded
+        );
+        let err = no_key.derive(&clients(), dir()).unwrap_err();
+        assert_eq!(
+            err,
+            PairKeyError::NoServerKey {
+                key_file: "/etc/knock/server.key".into(),
+                client: "alice".into(),
+                others: 1
+            }
+        );
+        assert!(err
+            .to_string()
+            .starts_with("/etc/knock/server.key: missing:"));
+
+        let low_order = ClientEntry {
+            credential: Credential::Public(ClientPublicKey::from_bytes(
+                *person(4).public().ed25519_bytes(),
+                [0; 32],
+            )),
+            ..public_client("mallory", 4, &[22])
+        };
+        let mut entries = clients();
+        entries.push(low_order);
+        let err = keyring().derive(&entries, dir()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("/etc/knock/clients.d/mallory.toml: field `public_key`: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn many_clients_are_derived_in_order_on_several_threads() {
+        let entries: Vec<ClientEntry> = (0..700u32)
+            .map(|i| {
+                let mut secret = [0u8; 32];
+                secret[..4].copy_from_slice(&i.to_be_bytes());
+                ClientEntry {
+                    credential: Credential::Shared(ClientSecret::from_bytes(secret)),
+                    ports: vec![PortSpec::tcp(22)],
+                    ..client(&format!("c{i}"), 0, &[22])
+                }
+            })
+            .collect();
+        let derived = keyring().derive(&entries, dir()).unwrap();
+        for (entry, keys) in entries.iter().zip(&derived.keys) {
+            let Credential::Shared(secret) = &entry.credential else {
+                unreachable!()
+            };
+            assert_eq!(
+                keys.replay_id(),
+                PairKeys::shared(secret, &SERVER).replay_id()
+            );
+        }
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_junk() {
+        let bytes = [0x00, 0x7f, 0xa5, 0xff];
+        assert_eq!(to_hex(&bytes), "007fa5ff");
+        assert_eq!(from_hex::<4>(b"007fa5ff"), Some(bytes));
+        for junk in [
+            &b"007fa5f"[..],
+            b"007fa5fff",
+            b"007FA5FF",
+            b"007fa5fg",
+            b"+07fa5ff",
+        ] {
+            assert_eq!(from_hex::<4>(junk), None, "{junk:?}");
+        }
+    }
 }

@@ -54,7 +54,8 @@ mod tests {
     use super::*;
     use crate::firewall::memory::MemoryFirewall;
     use crate::verify::fixtures::{
-        addr, client, knock, policy, randomness, reload, verifier, NOW, SERVER,
+        addr, client, forged_knock, knock, policy, public_client, public_knock, randomness, reload,
+        verifier, NOW, SERVER,
     };
 
     #[derive(Default)]
@@ -262,5 +263,49 @@ mod tests {
             Outcome::Granted(g) => assert_eq!(g.duration, Duration::from_secs(10)),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A public-key client's knock is granted once; its replays, from
+    /// anywhere, are refused without a signature check; a forgery by a
+    /// holder of the server's key grants nothing and consumes nothing.
+    #[test]
+    fn public_knocks_are_granted_once_and_forgeries_never() {
+        let mut v = verifier(&[
+            client("alice", 1, &[4992]),
+            public_client("bob", 2, &[4992]),
+        ]);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        let a = addr("198.18.0.2");
+        let k = public_knock(2, &[4992], None, NOW);
+        let forged = forged_knock(2, NOW + 1, false);
+        match honour(&mut v, &mut store, &mut fw, &forged, a, NOW) {
+            Outcome::Rejected(r) => assert_eq!(r.reason(), "bad-signature"),
+            other => panic!("{other:?}"),
+        }
+        assert!(fw.granted.is_empty() && store.writes.is_empty());
+        // Bob is held down for 20 s, then his knock (not consumed) opens.
+        let later = NOW + crate::sig_limit::SIG_FAILURE_EVERY_MS;
+        match honour(&mut v, &mut store, &mut fw, &k, a, NOW + 2) {
+            Outcome::Rejected(r) => assert_eq!(r.reason(), "sig-limited"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            honour(&mut v, &mut store, &mut fw, &k, a, later),
+            Outcome::Granted(Grant { ref client, .. }) if client == "bob"
+        ));
+        let checks = v.signature_counts().checked;
+        for from in [a, addr("198.18.0.66"), addr("fd00:18::66")] {
+            match honour(&mut v, &mut store, &mut fw, &k, from, later + 10) {
+                Outcome::Rejected(r) => assert_eq!(r.reason(), "replay"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            v.signature_counts().checked,
+            checks,
+            "replays cost no check"
+        );
+        assert_eq!(fw.granted.len(), 1);
+        assert_eq!(store.writes.len(), 1);
     }
 }

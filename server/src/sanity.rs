@@ -63,9 +63,7 @@ mod tests {
     fn client(name: &str, ports: &[&str], key: u8) -> ClientEntry {
         ClientEntry {
             name: name.into(),
-            credential: Credential::Shared(
-                ClientSecret::from_slice(&[key; 32]).expect("secret"),
-            ),
+            credential: Credential::Shared(ClientSecret::from_slice(&[key; 32]).expect("secret")),
             ports: ports
                 .iter()
                 .map(|p| p.parse::<PortSpec>().expect("port"))

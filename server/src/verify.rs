@@ -33,9 +33,9 @@ use std::time::Duration;
 use knock_keys::entry::ClientEntry;
 use knock_keys::policy::{Cidr, Expiry};
 use knock_proto::{
-    open, slot_range, ClientPublicKey, FreshKnock, HintIndex, KeyHint, KnockBytes, Mode,
-    OpenError, OpenedKnock, PairKeys, ParseError, PortSpec, ReplayError, ReplayGuard, ReplayId,
-    ServerId, ServerPublicKey, Tick,
+    open, slot_range, ClientPublicKey, FreshKnock, HintIndex, KeyHint, KnockBytes, Mode, OpenError,
+    OpenedKnock, PairKeys, ParseError, PortSpec, ReplayError, ReplayGuard, ReplayId, ServerId,
+    ServerPublicKey, Tick,
 };
 use thiserror::Error;
 
@@ -594,8 +594,8 @@ pub(crate) mod fixtures {
 
     use knock_keys::entry::{ClientEntry, Credential};
     use knock_proto::{
-        seal, ClientIdentity, ClientSecret, IdentitySeed, PairKeys, PortSpec, ReplayGuard,
-        Request, SealRandomness, Sealer, ServerId, ServerSecretKey,
+        seal, ClientIdentity, ClientSecret, IdentitySeed, PairKeys, PortSpec, ReplayGuard, Request,
+        SealRandomness, Sealer, ServerId, ServerSecretKey,
     };
 
     use super::{ServerIdentity, ServerPolicy, Verifier};
@@ -996,10 +996,14 @@ mod tests {
         let mut v = verifier(&[client("alice", 1, &[4992]), public_client("bob", 2, &[22])]);
         assert_eq!((v.count_of(Mode::Shared), v.count_of(Mode::Public)), (1, 1));
         let a = addr("198.18.0.2");
-        let pending = v.verify(&knock(1, &[4992], None, NOW, SERVER), a, NOW).unwrap();
+        let pending = v
+            .verify(&knock(1, &[4992], None, NOW, SERVER), a, NOW)
+            .unwrap();
         assert_eq!(pending.client, "alice");
         assert_eq!(v.signature_counts().checked, 0);
-        let pending = v.verify(&public_knock(2, &[22], None, NOW), a, NOW).unwrap();
+        let pending = v
+            .verify(&public_knock(2, &[22], None, NOW), a, NOW)
+            .unwrap();
         assert_eq!(pending.client, "bob");
         assert_eq!(
             v.signature_counts(),
@@ -1021,7 +1025,10 @@ mod tests {
     /// knock for a public-key client.
     #[test]
     fn the_mode_of_a_knock_must_be_its_entrys() {
-        let mut v = verifier(&[client("alice", 1, &[4992]), public_client("bob", 2, &[4992])]);
+        let mut v = verifier(&[
+            client("alice", 1, &[4992]),
+            public_client("bob", 2, &[4992]),
+        ]);
         let a = addr("198.18.0.2");
         assert_eq!(
             reason(v.verify(&forged_knock(2, NOW, true), a, NOW)),
@@ -1066,9 +1073,21 @@ mod tests {
         let cases = [
             (good.clone(), a, "replay"),
             (public_knock(2, &[4992], None, NOW - 31_000), a, "too-old"),
-            (public_knock(2, &[4992], None, NOW + 31_000), a, "from-future"),
-            (public_knock(2, &[22], None, NOW + 1), a, "port-not-permitted"),
-            (public_knock(2, &[80], None, NOW + 1), a, "port-not-permitted"),
+            (
+                public_knock(2, &[4992], None, NOW + 31_000),
+                a,
+                "from-future",
+            ),
+            (
+                public_knock(2, &[22], None, NOW + 1),
+                a,
+                "port-not-permitted",
+            ),
+            (
+                public_knock(2, &[80], None, NOW + 1),
+                a,
+                "port-not-permitted",
+            ),
             (
                 public_knock(2, &[4992], Some(addr("198.18.0.9")), NOW + 1),
                 a,
