@@ -10,8 +10,13 @@
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use knock_keys::profile::{ClientProfile, ProfileKey};
+use knock_proto::{
+    seal, ClientIdentity, PairKeys, Request, SealRandomness, Sealer, ServerId, ServerPublicKey,
+};
 use ring::rand::{SecureRandom, SystemRandom};
 
 pub use knock_keys::duration::parse_duration;
@@ -20,6 +25,87 @@ pub use knock_keys::duration::parse_duration;
 /// knock.
 pub const EXIT_RUNTIME: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
+
+/// What a profile's knocks are sealed with, in either mode: its pair keys,
+/// and for a public-key profile the identity that signs them.
+pub struct Knocker {
+    pub pair: PairKeys,
+    pub server_id: ServerId,
+    public: Option<(ClientIdentity, ServerPublicKey)>,
+}
+
+impl std::fmt::Debug for Knocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Knocker")
+            .field("server_id", &self.server_id)
+            .field("public", &self.public.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Knocker {
+    /// The knocker of `profile`, read from `profile_path`. A public-key
+    /// profile needs an identity: `identity`, else the file `identity`
+    /// beside the profile (where `knock-client identity` puts it when
+    /// `KNOCK_HOME` is the profile's directory).
+    pub fn for_profile(
+        profile: &ClientProfile,
+        profile_path: &Path,
+        identity: Option<&Path>,
+    ) -> Result<Self, String> {
+        match &profile.key {
+            ProfileKey::Shared(secret) => Ok(Self {
+                pair: PairKeys::shared(secret, &profile.server_id),
+                server_id: profile.server_id,
+                public: None,
+            }),
+            ProfileKey::Public { server, .. } => {
+                let path = identity_path(profile_path, identity);
+                let identity =
+                    knock_keys::client_identity::load(&path).map_err(|e| e.to_string())?;
+                let prk = identity
+                    .pair_prk(server, &profile.server_id)
+                    .map_err(|e| format!("{}: server_public_key: {e}", profile.host))?;
+                Ok(Self {
+                    pair: PairKeys::from_prk(&prk),
+                    server_id: profile.server_id,
+                    public: Some((identity, *server)),
+                })
+            }
+        }
+    }
+
+    pub fn is_public(&self) -> bool {
+        self.public.is_some()
+    }
+
+    pub fn seal(
+        &self,
+        request: &Request,
+        timestamp_ms: u64,
+        randomness: &SealRandomness,
+    ) -> Result<Vec<u8>, String> {
+        let sealer = match &self.public {
+            None => Sealer::Shared,
+            Some((identity, server)) => Sealer::Public {
+                identity,
+                server,
+                server_id: &self.server_id,
+            },
+        };
+        seal(&self.pair, &sealer, request, timestamp_ms, randomness)
+            .map_err(|e| format!("sealing failed: {e}"))
+    }
+}
+
+/// `identity`, or the `identity` file beside the profile (`--profile P`
+/// means `KNOCK_HOME` is P's directory, as in the probe's `client` mode).
+pub fn identity_path(profile_path: &Path, identity: Option<&Path>) -> PathBuf {
+    identity.map(Path::to_path_buf).unwrap_or_else(|| {
+        let dir = profile_path.parent().unwrap_or(Path::new("."));
+        knock_keys::client_identity::default_path(dir)
+    })
+}
 
 /// A small, fast, non-cryptographic generator (xorshift64*), seeded from the
 /// system CSPRNG. Good enough for junk payloads and lengths; real knocks use

@@ -14,6 +14,15 @@
 //!   diagnose clock skew), sent over and over, as an observer who copied an
 //!   old knock would. The server opens it at most once a second. Needs
 //!   `--profile`.
+//! * `forged-signature`: what someone who stole the server's key
+//!   (`server.key`, and `server.id` from the profile) sends for a public-key
+//!   client: knocks that pass the hint and the AEAD, with fresh stamps, but
+//!   signed by random identities. The server checks one signature per client
+//!   per 20 s and refuses the rest as `sig-limited`. Needs `--profile` (a
+//!   public-key profile) and `--server-key`.
+//!
+//! A public-key profile knocks with `--identity FILE`, or the `identity`
+//! file beside the profile.
 //!
 //! Pacing: every tick (1 ms by default) it sends the datagrams that are due,
 //! one `send` each on a connected socket (no sendmmsg). The achieved rate is
@@ -25,11 +34,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
-use knock_bench::{parse_duration, FastRng, EXIT_RUNTIME, EXIT_USAGE};
-use knock_keys::profile::ClientProfile;
+use knock_bench::{identity_path, parse_duration, FastRng, Knocker, EXIT_RUNTIME, EXIT_USAGE};
+use knock_keys::profile::{ClientProfile, ProfileKey};
 use knock_proto::{
-    seal, ClientSecret, KeyHint, PortSpec, Request, SealRandomness, ServerId, MAX_KNOCK_LEN,
-    MIN_KNOCK_LEN,
+    seal, ClientIdentity, ClientSecret, IdentitySeed, KeyHint, PairKeys, PortSpec, Request,
+    SealRandomness, Sealer, ServerId, MAX_KNOCK_LEN, MIN_KNOCK_LEN,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -46,6 +55,7 @@ enum Mode {
     WrongKey,
     ForgedHint,
     StaleCopy,
+    ForgedSignature,
 }
 
 #[derive(Debug, Parser)]
@@ -74,9 +84,17 @@ struct Args {
     /// Source address to bind (default: chosen by the route).
     #[arg(long)]
     source: Option<std::net::IpAddr>,
-    /// Profile whose key hint `forged-hint` copies.
+    /// Profile whose key hint `forged-hint` copies (and whose client the
+    /// other profile modes knock or forge for).
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// The identity of a public-key profile (default: `identity` beside the
+    /// profile).
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// The stolen server key, for `forged-signature`.
+    #[arg(long)]
+    server_key: Option<PathBuf>,
     /// Protected port the `wrong-key` knocks ask for.
     #[arg(long, default_value_t = 4992)]
     port: u16,
@@ -125,15 +143,27 @@ fn run(args: &Args) -> Result<(), (i32, String)> {
     let pool = match args.mode {
         Mode::Junk => junk_pool(&mut rng),
         Mode::WrongKey => wrong_key_pool(&mut rng, args.port).map_err(runtime)?,
-        Mode::ForgedHint | Mode::StaleCopy => {
+        Mode::ForgedHint | Mode::StaleCopy | Mode::ForgedSignature => {
             let path = args.profile.as_ref().ok_or_else(|| {
-                usage("--mode forged-hint and stale-copy need --profile FILE".into())
+                usage(
+                    "--mode forged-hint, stale-copy and forged-signature need --profile FILE"
+                        .into(),
+                )
             })?;
             let profile = ClientProfile::load(path).map_err(|e| usage(e.to_string()))?;
-            if args.mode == Mode::StaleCopy {
-                stale_copy_pool(&mut rng, &profile).map_err(runtime)?
-            } else {
-                forged_hint_pool(&mut rng, &profile)
+            match args.mode {
+                Mode::ForgedSignature => {
+                    forged_signature_pool(&mut rng, args, path, &profile).map_err(usage)?
+                }
+                _ => {
+                    let knocker = Knocker::for_profile(&profile, path, args.identity.as_deref())
+                        .map_err(usage)?;
+                    if args.mode == Mode::StaleCopy {
+                        stale_copy_pool(&mut rng, &profile, &knocker).map_err(runtime)?
+                    } else {
+                        forged_hint_pool(&mut rng, &knocker)
+                    }
+                }
             }
         }
     };
@@ -253,10 +283,10 @@ fn wrong_key_pool(rng: &mut FastRng, port: u16) -> Result<Vec<Vec<u8>>, String> 
                 nonce,
                 padding: rng.next_u64() as u8,
             };
-            let keys = ClientSecret::from_bytes(secret).derive();
+            let keys = PairKeys::shared(&ClientSecret::from_bytes(secret), &ServerId(server));
             seal(
                 &keys,
-                &ServerId(server),
+                &Sealer::Shared,
                 &request,
                 now + i as u64,
                 &randomness,
@@ -267,7 +297,11 @@ fn wrong_key_pool(rng: &mut FastRng, port: u16) -> Result<Vec<Vec<u8>>, String> 
 }
 
 /// One real knock of the client, stamped five minutes ago, in every slot.
-fn stale_copy_pool(rng: &mut FastRng, profile: &ClientProfile) -> Result<Vec<Vec<u8>>, String> {
+fn stale_copy_pool(
+    rng: &mut FastRng,
+    profile: &ClientProfile,
+    knocker: &Knocker,
+) -> Result<Vec<Vec<u8>>, String> {
     let request = Request {
         ports: profile.ports.iter().take(1).copied().collect(),
         duration_s: 0,
@@ -279,21 +313,17 @@ fn stale_copy_pool(rng: &mut FastRng, profile: &ClientProfile) -> Result<Vec<Vec
         nonce,
         padding: rng.next_u64() as u8,
     };
-    let knock = seal(
-        &profile.secret.derive(),
-        &profile.server_id,
+    let knock = knocker.seal(
         &request,
         now_ms()?.saturating_sub(5 * 60 * 1000),
         &randomness,
-    )
-    .map_err(|e| format!("sealing failed: {e}"))?;
+    )?;
     Ok(vec![knock; POOL])
 }
 
 /// The real client's current key hint, then random bytes.
-fn forged_hint_pool(rng: &mut FastRng, profile: &ClientProfile) -> Vec<Vec<u8>> {
-    let keys = profile.secret.derive();
-    let hint = KeyHint::at(&keys, now_ms().unwrap_or(0));
+fn forged_hint_pool(rng: &mut FastRng, knocker: &Knocker) -> Vec<Vec<u8>> {
+    let hint = KeyHint::at(&knocker.pair, now_ms().unwrap_or(0));
     (0..POOL)
         .map(|_| {
             let mut payload = vec![0u8; rng.range(MIN_KNOCK_LEN, MAX_KNOCK_LEN)];
@@ -302,6 +332,78 @@ fn forged_hint_pool(rng: &mut FastRng, profile: &ClientProfile) -> Vec<Vec<u8>> 
                 head.copy_from_slice(&hint.0);
             }
             payload
+        })
+        .collect()
+}
+
+/// Knocks for the profile's public-key client made with the stolen server
+/// key: its pair keys (so the right hint and a valid AEAD), a fresh stamp
+/// each, signed by random identities. The client's public key comes from
+/// the profile's `client_public_key`, else from its identity.
+fn forged_signature_pool(
+    rng: &mut FastRng,
+    args: &Args,
+    profile_path: &std::path::Path,
+    profile: &ClientProfile,
+) -> Result<Vec<Vec<u8>>, String> {
+    let ProfileKey::Public { server, client } = &profile.key else {
+        return Err("--mode forged-signature needs a public-key profile".into());
+    };
+    let key_file = args
+        .server_key
+        .as_ref()
+        .ok_or("--mode forged-signature needs --server-key FILE (the stolen server.key)")?;
+    let stolen = knock_keys::identity::load_server_key(key_file).map_err(|e| e.to_string())?;
+    if stolen.public() != *server {
+        return Err(format!(
+            "--server-key {}: not the key of this profile's server",
+            key_file.display()
+        ));
+    }
+    let client = match client {
+        Some(client) => *client,
+        None => {
+            let path = identity_path(profile_path, args.identity.as_deref());
+            knock_keys::client_identity::load(&path)
+                .map_err(|e| e.to_string())?
+                .public()
+        }
+    };
+    let prk = stolen
+        .pair_prk(&client, &profile.server_id)
+        .map_err(|e| format!("the profile's client key: {e}"))?;
+    let pair = PairKeys::from_prk(&prk);
+    let request = Request {
+        ports: profile.ports.iter().take(1).copied().collect(),
+        duration_s: 0,
+        bound_addr: None,
+    };
+    // Fresh stamps for the next POOL ms; a flood longer than the freshness
+    // window sees its later knocks refused as too old instead.
+    let now = now_ms()?;
+    let forgers: Vec<ClientIdentity> = (0..16)
+        .map(|_| {
+            let mut seed = [0u8; 32];
+            rng.fill(&mut seed);
+            ClientIdentity::from_seed(&IdentitySeed::from_bytes(seed))
+        })
+        .collect();
+    (0..POOL)
+        .map(|i| {
+            let mut nonce = [0u8; 24];
+            rng.fill(&mut nonce);
+            let randomness = SealRandomness {
+                nonce,
+                padding: rng.next_u64() as u8,
+            };
+            let forger = forgers.get(i % forgers.len()).ok_or("no forger")?;
+            let sealer = Sealer::Public {
+                identity: forger,
+                server,
+                server_id: &profile.server_id,
+            };
+            seal(&pair, &sealer, &request, now + i as u64, &randomness)
+                .map_err(|e| format!("sealing failed: {e}"))
         })
         .collect()
 }

@@ -29,9 +29,11 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use knock_bench::{ms, parse_duration, parse_ipv4_range, Summary, EXIT_RUNTIME, EXIT_USAGE};
+use knock_bench::{
+    ms, parse_duration, parse_ipv4_range, Knocker, Summary, EXIT_RUNTIME, EXIT_USAGE,
+};
 use knock_keys::profile::ClientProfile;
-use knock_proto::{seal, PortSpec, Request, SealRandomness, NONCE_LEN};
+use knock_proto::{PortSpec, Request, SealRandomness, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -54,6 +56,10 @@ struct Common {
     /// by `knock` and `client`.
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// The identity of a public-key profile (default: `identity` beside the
+    /// profile, where `knock-client identity` puts it for `client`).
+    #[arg(long)]
+    identity: Option<PathBuf>,
     /// The server address to knock on and connect to.
     #[arg(long)]
     server: IpAddr,
@@ -203,9 +209,10 @@ fn report(common: &Common, trials: usize, samples: &[Duration], started: Instant
 
 fn knock_trials(common: &Common, retry: Duration) -> Result<(), Failure> {
     let sources = sources(common)?;
-    let profile =
-        ClientProfile::load(profile_path(common)?).map_err(|e| (EXIT_USAGE, e.to_string()))?;
-    let keys = profile.secret.derive();
+    let path = profile_path(common)?;
+    let profile = ClientProfile::load(path).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    let knocker = Knocker::for_profile(&profile, path, common.identity.as_deref())
+        .map_err(|e| (EXIT_USAGE, e))?;
     let request = Request {
         ports: vec![PortSpec::tcp(common.port)],
         duration_s: 0,
@@ -239,8 +246,9 @@ fn knock_trials(common: &Common, retry: Duration) -> Result<(), Failure> {
             nonce,
             padding: random.get(NONCE_LEN).copied().unwrap_or(0),
         };
-        let bytes = seal(&keys, &profile.server_id, &request, stamp, &randomness)
-            .map_err(|e| (EXIT_RUNTIME, format!("sealing failed: {e}")))?;
+        let bytes = knocker
+            .seal(&request, stamp, &randomness)
+            .map_err(|e| (EXIT_RUNTIME, e))?;
         let udp = UdpSocket::bind(SocketAddr::new(source, 0)).map_err(|e| {
             (
                 EXIT_RUNTIME,
