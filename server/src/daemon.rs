@@ -680,18 +680,13 @@ pub fn log_pair_keys(derived: &Derived, took: Duration) {
     if derived.computed + derived.cached == 0 {
         return;
     }
-    let line = format!(
+    info!(
         "pair keys of {} public-key clients: {} from the cache, {} computed, in {:.2}s",
         derived.computed + derived.cached,
         derived.cached,
         derived.computed,
         took.as_secs_f64()
     );
-    if derived.computed > 0 {
-        info!("{line}");
-    } else {
-        debug!("{line}");
-    }
 }
 
 /// Records what the server now runs, for `knock-server apply` to roll back

@@ -121,11 +121,11 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         None
     };
     let mut keyring = Keyring::new(server_id, server_key, key_file);
-    if let Some(line) = keyring
-        .load_cache(&config.state_dir)
-        .describe(&pair_keys::path(&config.state_dir))
-    {
-        warn!("{line}");
+    let cache = keyring.load_cache(&config.state_dir);
+    match cache.describe(&pair_keys::path(&config.state_dir)) {
+        Some(line) if cache.is_warning() => warn!("{line}"),
+        Some(line) => info!("{line}"),
+        None => {}
     }
     let deriving = std::time::Instant::now();
     let derived = keyring
@@ -291,7 +291,7 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
         "missing (not needed: no public-key client; knock-keygen creates it)".to_owned()
     } else {
         format!(
-            "MISSING: {public_clients} public-key clients need it, and `run` refuses to start without it; restore it from your backup, or run knock-keygen"
+            "MISSING: {public_clients} public-key clients need it; `run` refuses to start without it"
         )
     };
     let settings = firewall_settings(&config);
@@ -303,10 +303,16 @@ fn check(config_path: &Path, json: bool) -> Result<(), Failure> {
     // there is nothing to warn about that we could see.
     let mut warnings = sanity::warnings(&config, &clients, unix_ms());
     if public_clients > 0 && !key_file.exists() {
-        warnings.push(format!(
-            "{}: missing: the server key, which {public_clients} public-key clients need; restore it from your backup of the configuration directory, or run knock-keygen (which creates it)",
-            key_file.display()
-        ));
+        if let Some(first) = clients.iter().find(|c| mode(c) == Mode::Public) {
+            warnings.push(
+                pair_keys::PairKeyError::NoServerKey {
+                    key_file: key_file.clone(),
+                    client: first.name.clone(),
+                    others: public_clients - 1,
+                }
+                .to_string(),
+            );
+        }
     }
     warnings.extend(firewall.audit(&policy).unwrap_or_default());
     let host = firewall::host::closed_ports();

@@ -65,15 +65,25 @@ pub fn path(state_dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PairKeyError {
     /// Public-key clients are configured, and the server has no key.
-    #[error("{key_file}: missing: the server key, which public-key clients ({client} and {others} more) need; restore it from your backup of the configuration directory, or run knock-keygen (which creates it)")]
+    #[error("{key_file}: missing: the server key, which {} need{}; restore it from your backup of the configuration directory, or run knock-keygen (which creates it)", needers(client, *others), if *others == 0 { "s" } else { "" })]
     NoServerKey {
         key_file: PathBuf,
+        /// The first public-key client.
         client: String,
+        /// How many more there are.
         others: usize,
     },
     /// The public key of a client's entry is not usable.
     #[error("{path}: field `public_key`: {error}; enrol the client's line again (knock-keygen NAME --host HOST --public-key LINE --force)")]
     BadKey { path: PathBuf, error: KeyError },
+}
+
+/// `the public-key client "alice"`, `3 public-key clients ("alice" and 2 more)`.
+fn needers(client: &str, others: usize) -> String {
+    match others {
+        0 => format!("the public-key client {client:?}"),
+        n => format!("{} public-key clients ({client:?} and {n} more)", n + 1),
+    }
 }
 
 /// The server's keys: its identity (both modes) and its X25519 key
@@ -279,6 +289,16 @@ pub enum CacheLoad {
 }
 
 impl CacheLoad {
+    /// Worth a warning: something was there and could not be used. (No
+    /// cache at all is a first start, or a lost state directory, which the
+    /// replay state says already.)
+    pub fn is_warning(&self) -> bool {
+        !matches!(
+            self,
+            Self::NotNeeded | Self::Missing | Self::Loaded { bad_lines: 0, .. }
+        )
+    }
+
     /// A line for the log, if there is something to say.
     pub fn describe(&self, file: &Path) -> Option<String> {
         let file = file.display();
