@@ -335,6 +335,22 @@ mod tests {
         assert_eq!(a.finish()[0].jf, 255);
     }
 
+    /// Protocol v2: every knock is 191..=254 bytes, in either mode, so UDP
+    /// lengths 199..=262 pass, and the filter names them.
+    #[test]
+    fn the_lengths_are_protocol_v2s() {
+        assert_eq!((MIN_KNOCK_LEN, MAX_KNOCK_LEN), (191, 254));
+        let text = describe(&knock_filter(62201));
+        assert!(text.contains("k=0xc7") && text.contains("k=0x106"), "{text}");
+        let prog = knock_filter(62201);
+        for len in [190, 255] {
+            assert_eq!(run(&prog, &v4(62201, len, 0), &IN4), 0, "{len}");
+        }
+        for len in [191, 222, 254] {
+            assert_ne!(run(&prog, &v4(62201, len, 0), &IN4), 0, "{len}");
+        }
+    }
+
     #[test]
     fn passes_plausible_knocks_only() {
         let prog = knock_filter(62201);
