@@ -846,3 +846,67 @@ mod tests {
         }
     }
 }
+
+/// `cargo test -p knock-server --release --lib pair_keys::scale -- --ignored --nocapture`:
+/// cold and warm derivation of many public-key clients.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod scale {
+    use std::time::Instant;
+
+    use knock_keys::entry::{ClientEntry, Credential};
+    use knock_proto::{ClientIdentity, IdentitySeed};
+
+    use super::*;
+    use crate::verify::fixtures::{client, server_key, SERVER};
+
+    #[test]
+    #[ignore = "slow: a measurement, not a check"]
+    fn cold_and_warm_derivation() {
+        let n: u32 = std::env::var("KNOCK_SCALE_CLIENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let started = Instant::now();
+        let entries: Vec<ClientEntry> = (0..n)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..4].copy_from_slice(&i.to_be_bytes());
+                let public = ClientIdentity::from_seed(&IdentitySeed::from_bytes(seed)).public();
+                ClientEntry {
+                    credential: Credential::Public(public),
+                    ..client(&format!("c{i}"), 0, &[22])
+                }
+            })
+            .collect();
+        println!("{n} identities made in {:.2}s", started.elapsed().as_secs_f64());
+        let state = std::env::temp_dir().join(format!("knock-scale-{}", std::process::id()));
+        std::fs::create_dir_all(&state).unwrap();
+        let dir = Path::new("/etc/knock/clients.d");
+
+        let mut cold = Keyring::new(SERVER, Some(server_key()), "/k".into());
+        let t = Instant::now();
+        let derived = cold.derive(&entries, dir).unwrap();
+        println!("cold: {} computed in {:.3}s", derived.computed, t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        cold.save_cache(&state).unwrap();
+        println!("cache written in {:.3}s", t.elapsed().as_secs_f64());
+
+        let mut warm = Keyring::new(SERVER, Some(server_key()), "/k".into());
+        let t = Instant::now();
+        let load = warm.load_cache(&state);
+        let loaded = t.elapsed();
+        let derived = warm.derive(&entries, dir).unwrap();
+        println!(
+            "warm: cache read in {:.3}s ({load:?}), {} from the cache, {} computed, total {:.3}s",
+            loaded.as_secs_f64(),
+            derived.cached,
+            derived.computed,
+            t.elapsed().as_secs_f64()
+        );
+        let t = Instant::now();
+        let again = warm.derive(&entries, dir).unwrap();
+        println!("reload from memory: {} in {:.3}s", again.cached, t.elapsed().as_secs_f64());
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+}
