@@ -587,7 +587,17 @@ impl Daemon {
         }
         let key = knock_keys::identity::load_server_key(file)?;
         match self.keyring.server_public() {
-            None => self.keyring.adopt_secret(key),
+            None => {
+                self.keyring.adopt_secret(key);
+                let cache = self.keyring.load_cache(&config.state_dir);
+                if let Some(line) = cache.describe(&crate::pair_keys::path(&config.state_dir)) {
+                    if cache.is_warning() {
+                        warn!("{line}");
+                    } else {
+                        info!("{line}");
+                    }
+                }
+            }
             Some(public) if public != key.public() => {
                 return Err(ReloadError::NeedsRestart("server.key (it was replaced)"))
             }
