@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use knock_keys::entry::ClientEntry;
 use knock_keys::FileError;
-use knock_proto::{Mode, PairKeys, ServerId};
+use knock_proto::{Mode, PairPrk, ServerId};
 use zeroize::Zeroizing;
 
 pub use knock_keys::entry::Credential;
@@ -60,9 +60,9 @@ fn load_all(dir: &Path) -> Result<Vec<(ClientEntry, Zeroizing<String>)>, FileErr
 /// the other's, and revoking one would not revoke the other.
 #[derive(Default)]
 struct Twins {
-    /// Shared secrets by a one-way name of them (the replay id of the
-    /// secret on a fixed, made-up server), so that no copy of a secret is
-    /// kept as a hash key.
+    /// Shared secrets by a one-way name of them (half the pair key of the
+    /// secret with a made-up server: one HMAC), so that no copy of a secret
+    /// is kept as a hash key.
     shared: HashMap<[u8; 16], String>,
     /// Public identities by their Ed25519 and by their X25519 key.
     ed25519: HashMap<[u8; 32], String>,
@@ -84,7 +84,11 @@ impl Twins {
         let name = entry.name.clone();
         match credential(entry) {
             Credential::Shared(secret) => {
-                let id = PairKeys::shared(secret, &TWIN_SERVER).replay_id().0;
+                let prk = PairPrk::shared(secret, &TWIN_SERVER);
+                let mut id = [0u8; 16];
+                for (o, b) in id.iter_mut().zip(prk.expose()) {
+                    *o = *b;
+                }
                 if let Some(other) = self.shared.insert(id, name) {
                     return Err(twin("key", &other, "key"));
                 }
