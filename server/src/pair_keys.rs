@@ -879,7 +879,10 @@ mod scale {
                 }
             })
             .collect();
-        println!("{n} identities made in {:.2}s", started.elapsed().as_secs_f64());
+        println!(
+            "{n} identities made in {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
         let state = std::env::temp_dir().join(format!("knock-scale-{}", std::process::id()));
         std::fs::create_dir_all(&state).unwrap();
         let dir = Path::new("/etc/knock/clients.d");
@@ -887,7 +890,11 @@ mod scale {
         let mut cold = Keyring::new(SERVER, Some(server_key()), "/k".into());
         let t = Instant::now();
         let derived = cold.derive(&entries, dir).unwrap();
-        println!("cold: {} computed in {:.3}s", derived.computed, t.elapsed().as_secs_f64());
+        println!(
+            "cold: {} computed in {:.3}s",
+            derived.computed,
+            t.elapsed().as_secs_f64()
+        );
         let t = Instant::now();
         cold.save_cache(&state).unwrap();
         println!("cache written in {:.3}s", t.elapsed().as_secs_f64());
@@ -906,7 +913,11 @@ mod scale {
         );
         let t = Instant::now();
         let again = warm.derive(&entries, dir).unwrap();
-        println!("reload from memory: {} in {:.3}s", again.cached, t.elapsed().as_secs_f64());
+        println!(
+            "reload from memory: {} in {:.3}s",
+            again.cached,
+            t.elapsed().as_secs_f64()
+        );
         std::fs::remove_dir_all(&state).unwrap();
     }
 }

@@ -341,7 +341,10 @@ mod tests {
     fn the_lengths_are_protocol_v2s() {
         assert_eq!((MIN_KNOCK_LEN, MAX_KNOCK_LEN), (191, 254));
         let text = describe(&knock_filter(62201));
-        assert!(text.contains("k=0xc7") && text.contains("k=0x106"), "{text}");
+        assert!(
+            text.contains("k=0xc7") && text.contains("k=0x106"),
+            "{text}"
+        );
         let prog = knock_filter(62201);
         for len in [190, 255] {
             assert_eq!(run(&prog, &v4(62201, len, 0), &IN4), 0, "{len}");
