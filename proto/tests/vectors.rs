@@ -34,7 +34,10 @@ fn protocol_md_has_vectors_of_both_modes_and_the_extremes() {
         assert!(lengths.contains(&MIN_KNOCK_LEN), "{mode}: {lengths:?}");
         assert!(lengths.contains(&MAX_KNOCK_LEN), "{mode}: {lengths:?}");
         let requests: Vec<_> = of_mode.iter().map(|v| v.request()).collect();
-        assert!(requests.iter().any(|r| r.ports.len() == MAX_PORTS), "{mode}");
+        assert!(
+            requests.iter().any(|r| r.ports.len() == MAX_PORTS),
+            "{mode}"
+        );
         assert!(
             requests
                 .iter()
@@ -103,7 +106,10 @@ fn open_recovers_every_vector() {
             Mode::Public => {
                 let client = ClientPublicKey::parse_line(v.get("public_line")).unwrap();
                 let server = v.server_key().public();
-                assert_eq!(opened.verify_signature(&client, &server, &v.server()), Ok(()));
+                assert_eq!(
+                    opened.verify_signature(&client, &server, &v.server()),
+                    Ok(())
+                );
                 // Over another server identity, the signature is refused.
                 let mut elsewhere = v.server();
                 elsewhere.0[0] ^= 1;
@@ -144,10 +150,7 @@ fn vectors_match_an_independent_implementation_of_the_spec() {
                 assert_eq!(public.to_line(), line, "{name}");
                 assert_eq!(public.ed25519_bytes(), &ed_pk, "{name}");
                 assert_eq!(public.x25519_bytes(), &x_pk, "{name}");
-                let s_pk = spec::x25519(
-                    &v.server_secret(),
-                    &x25519_dalek::X25519_BASEPOINT_BYTES,
-                );
+                let s_pk = spec::x25519(&v.server_secret(), &x25519_dalek::X25519_BASEPOINT_BYTES);
                 assert_eq!(hex(&s_pk), v.get("server_public_key"), "{name}");
                 assert_eq!(v.server_key().public().as_bytes(), &s_pk, "{name}");
                 let dh = spec::x25519(&x_sk, &s_pk);

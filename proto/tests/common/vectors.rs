@@ -122,7 +122,9 @@ impl Vector {
     /// from the identity and the server's public key.
     pub fn client_pair_prk(&self) -> PairPrk {
         match self.mode() {
-            Mode::Shared => PairPrk::shared(&ClientSecret::from_bytes(self.secret()), &self.server()),
+            Mode::Shared => {
+                PairPrk::shared(&ClientSecret::from_bytes(self.secret()), &self.server())
+            }
             Mode::Public => self
                 .identity()
                 .pair_prk(&self.server_key().public(), &self.server())
@@ -135,7 +137,9 @@ impl Vector {
     /// back from the document's `public_line`).
     pub fn server_pair_prk(&self) -> PairPrk {
         match self.mode() {
-            Mode::Shared => PairPrk::shared(&ClientSecret::from_bytes(self.secret()), &self.server()),
+            Mode::Shared => {
+                PairPrk::shared(&ClientSecret::from_bytes(self.secret()), &self.server())
+            }
             Mode::Public => {
                 let client = ClientPublicKey::parse_line(self.get("public_line")).unwrap();
                 client.validate().unwrap();
