@@ -536,6 +536,29 @@ def read_block(path):
     return vectors
 
 
+def check_label_table(path):
+    """The document's table of labels lists exactly the labels used here (and
+    the two of the server's pair-key cache), each with its true length.
+    Returns a list of problems."""
+    with open(path, encoding="utf-8") as f:
+        rows = [line for line in f if line.startswith("| `knock/v2 ")]
+    used = {LABEL_IDENTITY, LABEL_ED25519, LABEL_X25519, LABEL_SHARED, LABEL_PUBLIC,
+            LABEL_HINT_KEY, LABEL_AEAD_KEY, LABEL_REPLAY_ID, LABEL_SLOT, LABEL_SIGNATURE,
+            LABEL_LINE, b"knock/v2 pair cache client", b"knock/v2 pair cache server"}
+    problems, listed = [], set()
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        label = cells[0].strip("`").encode()
+        listed.add(label)
+        if len(cells) < 2 or cells[1] != str(len(label)):
+            problems.append(f"label {label.decode()!r} is {len(label)} bytes, the table says {cells[1:2]}")
+    for label in sorted(used - listed):
+        problems.append(f"label {label.decode()!r} is missing from the table of labels")
+    for label in sorted(listed - used):
+        problems.append(f"label {label.decode()!r} in the table is not one the protocol uses")
+    return problems
+
+
 def main(argv):
     path = argv[1] if len(argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "docs", "PROTOCOL.md")
@@ -558,6 +581,10 @@ def main(argv):
         print(f"vectors.py: {err}", file=sys.stderr)
         return 2
     passed, failed, first = 0, 0, None
+    for problem in check_label_table(path):
+        print(f"FAIL labels: {problem}")
+        failed += 1
+        first = first or f"labels: {problem}"
     modes = {"shared-key": 0, "public-key": 0}
     for v in vectors:
         name = v.get("name", "?")
