@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(nftables iptables ipset iproute2 conntrack tcpdump socat openssh-server openssh-client
           netcat-openbsd faketime procps e2fsprogs systemd systemd-container nmap
-          coturn)  # coturn: turnserver --stun-only, the STUN server of tests/tests/stun.rs
+          coturn   # coturn: turnserver --stun-only, the STUN server of tests/tests/stun.rs
+          python3 python3-cryptography)  # scripts/vectors.py, the independent check of the test vectors
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

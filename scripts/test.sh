@@ -18,6 +18,9 @@ export KNOCK_TESTS_REQUIRE_ROOT=1
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "test vectors of docs/PROTOCOL.md, recomputed in Python (Debian's python3-cryptography)"
+/usr/bin/python3 scripts/vectors.py docs/PROTOCOL.md
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

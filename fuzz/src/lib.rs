@@ -1,6 +1,7 @@
-//! What the fuzz targets share: servers built from the test vectors of
-//! docs/PROTOCOL.md (so that the seed corpus holds knocks that really open),
-//! the server's open path, and the specification's sealing, reimplemented.
+//! What the fuzz targets share: clients and servers built from the test
+//! vectors of docs/PROTOCOL.md (so that the seed corpus holds knocks that
+//! really open, in both modes), the server's open path, and the
+//! specification's sealing, reimplemented.
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -8,7 +9,9 @@ use std::sync::OnceLock;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use knock_proto::{
-    open, ClientSecret, HintIndex, KnockBytes, KnockKeys, OpenedKnock, PortSpec, Request, ServerId,
+    open, ClientIdentity, ClientPublicKey, ClientSecret, HintIndex, IdentitySeed, KnockBytes, Mode,
+    OpenedKnock, PairKeys, PairPrk, PortSpec, Request, ServerId, ServerPublicKey, ServerSecretKey,
+    SignatureError, REQUEST_LEN,
 };
 use ring::{hkdf, hmac};
 
@@ -16,19 +19,31 @@ pub const WINDOW_MS: u64 = 30_000;
 
 const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
 
-/// One client of the test vectors.
+/// One client of the test vectors, in its mode.
 #[derive(Debug)]
 pub struct Client {
     pub name: String,
-    pub secret: [u8; 32],
-    pub keys: KnockKeys,
+    pub mode: Mode,
+    /// Shared-key: the secret.
+    pub secret: Option<ClientSecret>,
+    /// Public-key: the identity (for sealing) and its public key (what the
+    /// server's entry holds).
+    pub identity: Option<ClientIdentity>,
+    pub public: Option<ClientPublicKey>,
 }
 
-/// A server as the vectors describe it: its identity and clock.
+/// A server as one vector describes it: its identity, its key pair, its
+/// clock, and its entry for every client of the vectors.
 #[derive(Debug)]
 pub struct Server {
     pub id: ServerId,
+    pub key: ServerSecretKey,
+    pub public: ServerPublicKey,
     pub now_ms: u64,
+    /// The pair keys of each client (same order as `World::clients`) with
+    /// this server, as the server computes them.
+    pub pairs: Vec<PairPrk>,
+    pub keys: Vec<PairKeys>,
     pub index: HintIndex<usize>,
 }
 
@@ -44,6 +59,10 @@ fn unhex(text: &str) -> Vec<u8> {
         .filter_map(|i| text.get(2 * i..2 * i + 2))
         .filter_map(|pair| u8::from_str_radix(pair, 16).ok())
         .collect()
+}
+
+fn bytes32(text: &str) -> Option<[u8; 32]> {
+    unhex(text).try_into().ok()
 }
 
 /// The (key, value) paragraphs of the `test-vectors` block.
@@ -63,6 +82,13 @@ fn vector_fields() -> Vec<Vec<(String, String)>> {
         .collect()
 }
 
+/// The server's key of a vector: `server_secret` for a public-key vector; a
+/// fixed key for a shared-key one (its public-key clients are then the
+/// other vectors' identities, enrolled there too).
+fn server_key(server_secret: &str) -> ServerSecretKey {
+    ServerSecretKey::from_bytes(bytes32(server_secret).unwrap_or([0x5e; 32]))
+}
+
 pub fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
@@ -76,49 +102,98 @@ pub fn world() -> &'static World {
                     .map(|(_, v)| v.as_str())
                     .unwrap_or("")
             };
-            let Ok(secret) = <[u8; 32]>::try_from(unhex(get("client_secret"))) else {
-                continue;
-            };
             let Some(id) = ServerId::from_slice(&unhex(get("server_id"))) else {
                 continue;
             };
             let Ok(now_ms) = get("timestamp_ms").parse::<u64>() else {
                 continue;
             };
-            clients.push(Client {
-                name: get("name").to_owned(),
-                secret,
-                keys: ClientSecret::from_bytes(secret).derive(),
-            });
-            servers_at.push((id, now_ms));
+            let name = get("name").to_owned();
+            if let Some(secret) = bytes32(get("client_secret")) {
+                clients.push(Client {
+                    name,
+                    mode: Mode::Shared,
+                    secret: Some(ClientSecret::from_bytes(secret)),
+                    identity: None,
+                    public: None,
+                });
+            } else if let Some(seed) = bytes32(get("identity_seed")) {
+                let identity = ClientIdentity::from_seed(&IdentitySeed::from_bytes(seed));
+                clients.push(Client {
+                    name,
+                    mode: Mode::Public,
+                    secret: None,
+                    public: Some(identity.public()),
+                    identity: Some(identity),
+                });
+            } else {
+                continue;
+            }
+            servers_at.push((id, server_key(get("server_secret")), now_ms));
         }
-        assert!(clients.len() >= 3, "docs/PROTOCOL.md lost its test vectors");
+        assert!(clients.len() >= 6, "docs/PROTOCOL.md lost its test vectors");
         let servers = servers_at
             .into_iter()
-            .map(|(id, now_ms)| Server {
-                id,
-                now_ms,
-                index: HintIndex::build(
-                    clients.iter().enumerate().map(|(i, c)| (i, &c.keys)),
+            .map(|(id, key, now_ms)| {
+                let pairs: Vec<PairPrk> = clients
+                    .iter()
+                    .map(|c| match (&c.secret, &c.public) {
+                        (Some(secret), _) => PairPrk::shared(secret, &id),
+                        (None, Some(public)) => key
+                            .pair_prk(public, &id)
+                            .expect("the vectors' identities are valid"),
+                        (None, None) => unreachable!("every client has a key"),
+                    })
+                    .collect();
+                let keys: Vec<PairKeys> = pairs.iter().map(PairKeys::from_prk).collect();
+                let index = HintIndex::build(keys.iter().enumerate(), now_ms, WINDOW_MS);
+                Server {
+                    id,
+                    public: key.public(),
+                    key,
                     now_ms,
-                    WINDOW_MS,
-                ),
+                    pairs,
+                    keys,
+                    index,
+                }
             })
             .collect();
         World { clients, servers }
     })
 }
 
-/// The server's path up to the replay guard: length, hint, one AEAD.
-pub fn open_path<'w>(
-    world: &'w World,
-    server: &Server,
-    datagram: &[u8],
-) -> Option<(&'w Client, OpenedKnock)> {
+/// What the server's path made of a datagram that opened.
+#[derive(Debug)]
+pub struct Opened<'w> {
+    pub index: usize,
+    pub client: &'w Client,
+    pub keys: &'w PairKeys,
+    pub knock: OpenedKnock,
+    /// Public-key: the signature check (the server's last step); shared-key:
+    /// `Ok`.
+    pub signature: Result<(), SignatureError>,
+}
+
+/// The server's path up to the replay guard, and the signature: length,
+/// hint, one AEAD in the mode of the entry the hint names, and for a
+/// public-key client the signature against its enrolled key.
+pub fn open_path<'w>(world: &'w World, server: &'w Server, datagram: &[u8]) -> Option<Opened<'w>> {
     let knock = KnockBytes::parse(datagram).ok()?;
-    let client = world.clients.get(*server.index.lookup(knock.hint())?)?;
-    let opened = open(&client.keys, &server.id, &knock).ok()?;
-    Some((client, opened))
+    let index = *server.index.lookup(knock.hint())?;
+    let client = world.clients.get(index)?;
+    let keys = server.keys.get(index)?;
+    let opened = open(keys, client.mode, &knock).ok()?;
+    let signature = match &client.public {
+        Some(public) => opened.verify_signature(public, &server.public, &server.id),
+        None => Ok(()),
+    };
+    Some(Opened {
+        index,
+        client,
+        keys,
+        knock: opened,
+        signature,
+    })
 }
 
 // ---- the specification, reimplemented (as in proto/tests/common) ---------
@@ -130,7 +205,8 @@ impl hkdf::KeyType for Len32 {
     }
 }
 
-fn expand(prk: &hkdf::Prk, info: &[u8]) -> [u8; 32] {
+fn expand(prk: &[u8; 32], info: &[u8]) -> [u8; 32] {
+    let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, prk);
     let mut out = [0u8; 32];
     let infos = [info];
     if let Ok(okm) = prk.expand(&infos, Len32) {
@@ -139,19 +215,18 @@ fn expand(prk: &hkdf::Prk, info: &[u8]) -> [u8; 32] {
     out
 }
 
-/// (aead key, hint key).
-pub fn derive(secret: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"knock/v1").extract(secret);
+/// (aead key, hint key) of a pair key (docs/PROTOCOL.md, "Key schedule").
+pub fn subkeys(pair_prk: &PairPrk) -> ([u8; 32], [u8; 32]) {
     (
-        expand(&prk, b"knock/v1 aead"),
-        expand(&prk, b"knock/v1 hint"),
+        expand(pair_prk.expose(), b"knock/v2 aead"),
+        expand(pair_prk.expose(), b"knock/v2 hint"),
     )
 }
 
 pub fn hint(hint_key: &[u8; 32], timestamp_ms: u64) -> [u8; 8] {
     let key = hmac::Key::new(hmac::HMAC_SHA256, hint_key);
     let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(b"knock/v1 slot");
+    ctx.update(b"knock/v2 slot");
     ctx.update(&(timestamp_ms / 30_000).to_be_bytes());
     let tag = ctx.sign();
     let mut out = [0u8; 8];
@@ -179,22 +254,17 @@ pub fn seal_plaintext(
     out
 }
 
-/// The canonical plaintext of a request (docs/PROTOCOL.md, "The plaintext"),
-/// with `padding` random bytes beyond the length of the longest request.
-pub fn plaintext(
-    request: &Request,
-    server: &ServerId,
-    timestamp_ms: u64,
-    padding: usize,
-) -> Vec<u8> {
-    let mut p = vec![1u8];
-    p.push(match request.bound_addr {
+/// The canonical request block of a request (docs/PROTOCOL.md, "The
+/// plaintext"): 79 bytes.
+pub fn request_block(request: &Request, signed: bool, timestamp_ms: u64) -> Vec<u8> {
+    let mut p = vec![2u8];
+    let bound = match request.bound_addr {
         None => 0,
         Some(IpAddr::V4(_)) => 1,
         Some(IpAddr::V6(_)) => 3,
-    });
+    };
+    p.push(bound | if signed { 4 } else { 0 });
     p.extend_from_slice(&timestamp_ms.to_be_bytes());
-    p.extend_from_slice(&server.0);
     p.extend_from_slice(&request.duration_s.to_be_bytes());
     p.push(request.ports.len() as u8);
     for PortSpec { transport, port } in &request.ports {
@@ -206,8 +276,6 @@ pub fn plaintext(
         Some(IpAddr::V4(a)) => p.extend_from_slice(&a.octets()),
         Some(IpAddr::V6(a)) => p.extend_from_slice(&a.octets()),
     }
-    // Padded to the longest request (16 ports, an IPv6 address: 95 bytes),
-    // then by `padding` more.
-    p.resize(p.len().max(95) + padding, 0);
+    p.resize(REQUEST_LEN, 0);
     p
 }

@@ -58,8 +58,9 @@ fn programs() -> Vec<Program> {
                     vec![
                         "/etc/knock/server.toml: the configuration (see the commented default installed with the package).",
                         "/etc/knock/server.id: the server identity that client profiles are bound to; kept with the configuration, not with the state.",
-                        "/etc/knock/clients.d/NAME.toml: one entry per authorised client, mode 0600, written by knock-keygen(1).",
-                        "/var/lib/knock/ (state_dir): replay.state, the replay state; rules, the firewall rules installed last, which restore-rules installs at boot (knock-server-restore.service); lock, held by the one running server, with its PID; status, what the running server says of itself (knock-server status); control, the socket on which reload and apply ask it to reload; running-config, the configuration and clients it loaded last (mode 0600), which apply restores when a change is not confirmed.",
+                        "/etc/knock/server.key: the server's X25519 key (server_key_file), mode 0600, kept and backed up with server.id; needed when some client is public-key. Replacing it invalidates this server's public profiles, not the clients' identities.",
+                        "/etc/knock/clients.d/NAME.toml: one entry per authorised client, written by knock-keygen(1): a shared-key entry holds the client's secret (mode 0600); a public-key entry holds only its public line and policy.",
+                        "/var/lib/knock/ (state_dir): replay.state, the replay state; rules, the firewall rules installed last, which restore-rules installs at boot (knock-server-restore.service); lock, held by the one running server, with its PID; status, what the running server says of itself (knock-server status); control, the socket on which reload and apply ask it to reload; running-config, the configuration and clients it loaded last (mode 0600), which apply restores when a change is not confirmed; pair-keys, the cache of public-key clients' pair keys (mode 0600), which spares a restart the key agreements.",
                     ],
                 ),
                 (
@@ -84,7 +85,8 @@ fn programs() -> Vec<Program> {
                     vec![
                         "/etc/knock/server.toml: the server configuration read for clients_dir, protected and knock_port.",
                         "/etc/knock/clients.d/NAME.toml: the server's entry for the new client, mode 0600.",
-                        "./NAME@HOST.knock: the client profile (--out), mode 0600; install it on the client with knock-client import.",
+                        "/etc/knock/server.key: the server's key for public-key clients, created if missing, mode 0600.",
+                        "./NAME@HOST.knock: the client profile (--out), mode 0600; install it on the client with knock-client import. With --public-key LINE the profile holds no secret (mode 0644) and may be published.",
                     ],
                 ),
                 ("EXIT STATUS", vec![EXIT_STATUS]),
@@ -96,11 +98,12 @@ fn programs() -> Vec<Program> {
             sections: vec![
                 (
                     "ENVIRONMENT",
-                    vec!["KNOCK_HOME: where profiles are installed and looked up (default ~/.config/knock)."],
+                    vec!["KNOCK_HOME: where profiles are installed and looked up, and where the identity is (default ~/.config/knock)."],
                 ),
                 (
                     "EXAMPLES",
                     vec![
+                        "knock-client identity   (prints the public line to enrol with knock-keygen --public-key)",
                         "knock-client import alice@vpn.example.knock",
                         "knock-client open vpn.example 22",
                         "In ~/.ssh/config: Host vpn.example / ProxyCommand knock-client connect %h %p",

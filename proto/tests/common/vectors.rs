@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use knock_proto::{
-    seal, ClientIdentity, ClientSecret, IdentitySeed, Mode, PairKeys, PortSpec, Request,
-    SealRandomness, Sealer, ServerId, ServerSecretKey,
+    seal, ClientIdentity, ClientPublicKey, ClientSecret, IdentitySeed, Mode, PairKeys, PairPrk,
+    PortSpec, Request, SealRandomness, Sealer, ServerId, ServerSecretKey,
 };
 
 use super::{hex, spec, unhex};
@@ -116,6 +116,41 @@ impl Vector {
                     .unwrap(),
             ),
         }
+    }
+
+    /// The pair key, as the client derives it: from the shared secret, or
+    /// from the identity and the server's public key.
+    pub fn client_pair_prk(&self) -> PairPrk {
+        match self.mode() {
+            Mode::Shared => {
+                PairPrk::shared(&ClientSecret::from_bytes(self.secret()), &self.server())
+            }
+            Mode::Public => self
+                .identity()
+                .pair_prk(&self.server_key().public(), &self.server())
+                .unwrap(),
+        }
+    }
+
+    /// The pair key, as the server derives it: from the shared secret in the
+    /// entry, or from its secret key and the enrolled public line (read
+    /// back from the document's `public_line`).
+    pub fn server_pair_prk(&self) -> PairPrk {
+        match self.mode() {
+            Mode::Shared => {
+                PairPrk::shared(&ClientSecret::from_bytes(self.secret()), &self.server())
+            }
+            Mode::Public => {
+                let client = ClientPublicKey::parse_line(self.get("public_line")).unwrap();
+                client.validate().unwrap();
+                self.server_key().pair_prk(&client, &self.server()).unwrap()
+            }
+        }
+    }
+
+    /// The pair keys, as the server derives them.
+    pub fn server_pair_keys(&self) -> PairKeys {
+        PairKeys::from_prk(&self.server_pair_prk())
     }
 
     /// The knock, as the crate seals it.
