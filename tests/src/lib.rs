@@ -497,6 +497,103 @@ impl Setup {
     }
 }
 
+/// The two ways a client can hold its key (issue 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `knock-keygen NAME`: a secret shared with the server.
+    Shared,
+    /// `knock-client identity` + `knock-keygen NAME --public-key LINE`.
+    Public,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Shared => "shared",
+            Mode::Public => "public",
+        }
+    }
+}
+
+/// Runs `knock-client identity` with `KNOCK_HOME=home` (creating the
+/// identity at its default path if there is none) and returns its public line.
+pub fn identity_line(home: &Path) -> String {
+    std::fs::create_dir_all(home).expect("mkdir");
+    let out = sh(Command::new(bin("knock-client"))
+        .arg("identity")
+        .env("KNOCK_HOME", home));
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("knock-id"))
+        .unwrap_or_else(|| panic!("no public line: {:?}", out))
+        .to_owned();
+    line
+}
+
+impl Setup {
+    /// Enrols `name` in `mode` and returns the profile path. Shared: as
+    /// [`keygen`](Self::keygen). Public: the client's identity is made with
+    /// `knock-client identity` (`KNOCK_HOME` = this setup's directory, so the
+    /// *default* identity path is the one [`client`] uses), then enrolled
+    /// with `knock-keygen --public-key`.
+    pub fn enrol(&self, name: &str, host: &str, ports: Option<&str>, mode: Mode) -> PathBuf {
+        match mode {
+            Mode::Shared => self.keygen(name, host, ports),
+            Mode::Public => {
+                let line = identity_line(&self.dir);
+                self.keygen_public(name, host, ports, &line)
+            }
+        }
+    }
+
+    /// `knock-keygen NAME --host HOST --public-key LINE`; returns the profile.
+    pub fn keygen_public(&self, name: &str, host: &str, ports: Option<&str>, line: &str) -> PathBuf {
+        let profile = self.dir.join(format!("{name}.knock"));
+        let mut cmd = Command::new(bin("knock-keygen"));
+        cmd.args([name, "--host", host, "--public-key", line, "--config"])
+            .arg(&self.config)
+            .arg("--out")
+            .arg(&profile);
+        if let Some(ports) = ports {
+            cmd.args(["--ports", ports]);
+        }
+        sh(&mut cmd);
+        profile
+    }
+
+    /// Refusals since start, by reason, from `knock-server status`
+    /// (`refused  N since start: reason=n ...`).
+    pub fn refused(&self, ns: &Ns) -> BTreeMap<String, u64> {
+        let status = self.status(ns);
+        let mut out = BTreeMap::new();
+        for line in status.lines() {
+            let line = line.trim_start();
+            if let Some(rest) = line.strip_prefix("refused") {
+                if let Some((_, detail)) = rest.split_once("since start:") {
+                    for pair in detail.split_whitespace() {
+                        if let Some((k, v)) = pair.split_once('=') {
+                            if let Ok(v) = v.parse() {
+                                out.insert(k.to_owned(), v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits (at most `timeout`) until `reason` has been counted `n` times.
+    pub fn wait_refused(&self, ns: &Ns, reason: &str, n: u64, timeout: Duration) {
+        assert!(
+            eventually(timeout, || self.refused(ns).get(reason).copied().unwrap_or(0) >= n),
+            "never refused {n} as {reason}:\n{}",
+            self.status(ns)
+        );
+    }
+}
+
 impl Setup {
     /// `knock-server status` for this configuration, run in `ns`: what the
     /// kernel holds (stdout, then stderr if it failed).

@@ -486,7 +486,7 @@ fn reload_reports_its_outcome() {
     assert!(server.alive());
 
     // A datagram that is not a knock, for the refusal counters.
-    send_udp(&w.hosts.client, ip(SERVER_V4), 62201, &[0u8; 150]);
+    send_udp(&w.hosts.client, ip(SERVER_V4), 62201, &[0u8; 200]);
     let status = || w.server_cmd(&["status"]).1;
     assert!(
         eventually(Duration::from_secs(5), || status()

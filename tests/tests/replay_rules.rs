@@ -512,7 +512,13 @@ fn knock_lengths_do_not_tell_requests_apart() {
 fn a_far_future_stamp_in_the_state_locks_nobody_out() {
     let w = world("");
     let entry = knock_keys::entry::ClientEntry::load(&w.entry("alice")).unwrap();
-    let id = entry.secret.derive().replay_id().to_hex();
+    let knock_keys::entry::Credential::Shared(secret) = &entry.credential else {
+        panic!("alice is a shared-key client")
+    };
+    let server_id = knock_keys::identity::load(&w.setup.dir.join("server.id")).unwrap();
+    let id = knock_proto::PairKeys::shared(secret, &server_id)
+        .replay_id()
+        .to_hex();
     let now_ms = (unix_s() * 1000.0) as u64;
     let a_year = 365 * 86_400_000;
     std::fs::write(
