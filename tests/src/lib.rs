@@ -548,7 +548,13 @@ impl Setup {
     }
 
     /// `knock-keygen NAME --host HOST --public-key LINE`; returns the profile.
-    pub fn keygen_public(&self, name: &str, host: &str, ports: Option<&str>, line: &str) -> PathBuf {
+    pub fn keygen_public(
+        &self,
+        name: &str,
+        host: &str,
+        ports: Option<&str>,
+        line: &str,
+    ) -> PathBuf {
         let profile = self.dir.join(format!("{name}.knock"));
         let mut cmd = Command::new(bin("knock-keygen"));
         cmd.args([name, "--host", host, "--public-key", line, "--config"])
@@ -587,7 +593,12 @@ impl Setup {
     /// Waits (at most `timeout`) until `reason` has been counted `n` times.
     pub fn wait_refused(&self, ns: &Ns, reason: &str, n: u64, timeout: Duration) {
         assert!(
-            eventually(timeout, || self.refused(ns).get(reason).copied().unwrap_or(0) >= n),
+            eventually(timeout, || self
+                .refused(ns)
+                .get(reason)
+                .copied()
+                .unwrap_or(0)
+                >= n),
             "never refused {n} as {reason}:\n{}",
             self.status(ns)
         );

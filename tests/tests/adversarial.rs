@@ -484,7 +484,7 @@ fn knock_for_another_server_is_refused() {
         &w.hosts.attacker,
         &[to_other("198.18.2.66"), to_other(CLIENT_V4)],
     );
-    other.wait_refused(&other_ns, "unknown-client", 2, Duration::from_secs(5));
+    other.wait_refused(&other_ns, "unknown-client", 2, Duration::from_secs(12));
     assert!(
         !w.hosts.attacker.tcp_connects(other_addr, 4992),
         "the other server opened"
