@@ -1078,6 +1078,38 @@ pub fn nmap_scan(ns: &Ns, scan: &str, target: IpAddr, ports: &[u16], extra: &[&s
     }
 }
 
+/// Runs each named behaviour once per firewall backend and client mode, as
+/// `nftables::shared::NAME`, `nftables::public::NAME`, `iptables::...`:
+/// each `NAME` is a function of the test file that takes the backend's name
+/// and the [`Mode`] of its client.
+#[macro_export]
+macro_rules! on_both_backends_and_modes {
+    ($($test:ident),* $(,)?) => {
+        $crate::on_both_backends_and_modes!(@backend nftables, "nftables", $($test),*);
+        $crate::on_both_backends_and_modes!(@backend iptables, "iptables", $($test),*);
+    };
+    (@backend $backend:ident, $name:literal, $($test:ident),*) => {
+        mod $backend {
+            mod shared {
+                $(
+                    #[test]
+                    fn $test() {
+                        super::super::$test($name, $crate::Mode::Shared);
+                    }
+                )*
+            }
+            mod public {
+                $(
+                    #[test]
+                    fn $test() {
+                        super::super::$test($name, $crate::Mode::Public);
+                    }
+                )*
+            }
+        }
+    };
+}
+
 /// Runs each named behaviour once per firewall backend, as
 /// `nftables::NAME` and `iptables::NAME`: each `NAME` is a function of the
 /// test file that takes the backend's name.

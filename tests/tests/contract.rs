@@ -1,6 +1,8 @@
 //! The contract's last section, "Behaviour on the wire and in the firewall",
 //! tested end to end on both firewall backends: real knock-server, real
-//! knock-client, real nftables or iptables+ipset, in network namespaces.
+//! knock-client, real nftables or iptables+ipset, in network namespaces;
+//! each with a shared-key client and with a public-key client (issue 13):
+//! `contract::{nftables,iptables}::{shared,public}::*`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -16,12 +18,12 @@ struct World {
     alice6: std::path::PathBuf,
 }
 
-fn world(firewall: &str, extra: &str) -> World {
+fn world(firewall: &str, mode: Mode, extra: &str) -> World {
     let mut lab = Lab::new();
     let hosts = lab.standard();
     let setup = Setup::new(&lab, "server", firewall, &["tcp/4992", "tcp/2222"], extra);
-    let alice = setup.keygen("alice", SERVER_V4, Some("tcp/4992"));
-    // The same client secret can be reached over IPv6 through an alias profile.
+    let alice = setup.enrol("alice", SERVER_V4, Some("tcp/4992"), mode);
+    // The same client key can be reached over IPv6 through an alias profile.
     let alice6 = setup.dir.join("alice6.knock");
     let text = std::fs::read_to_string(&alice).unwrap().replace(
         &format!("host = \"{SERVER_V4}\""),
@@ -58,8 +60,8 @@ fn rule_dump(w: &World, firewall: &str) -> String {
     }
 }
 
-fn sender_only_and_permitted_ports_only(firewall: &str) {
-    let w = world(firewall, "");
+fn sender_only_and_permitted_ports_only(firewall: &str, mode: Mode) {
+    let w = world(firewall, mode, "");
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let (srv, att_srv) = (ip(SERVER_V4), ip(SERVER_FOR_ATTACKER_V4));
     assert!(
@@ -106,8 +108,8 @@ fn sender_only_and_permitted_ports_only(firewall: &str) {
     server.wait_for_log("port-not-permitted", Duration::from_secs(2));
 }
 
-fn expiry_keeps_established_connections(firewall: &str) {
-    let w = world(firewall, "");
+fn expiry_keeps_established_connections(firewall: &str, mode: Mode) {
+    let w = world(firewall, mode, "");
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let srv = ip(SERVER_V4);
     let opened = Instant::now();
@@ -136,8 +138,8 @@ fn expiry_keeps_established_connections(firewall: &str) {
     drop(server);
 }
 
-fn sigkill_expiry_and_restart_without_duplicates(firewall: &str) {
-    let w = world(firewall, "");
+fn sigkill_expiry_and_restart_without_duplicates(firewall: &str, mode: Mode) {
+    let w = world(firewall, mode, "");
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let before = rule_dump(&w, firewall);
     let srv = ip(SERVER_V4);
@@ -185,9 +187,9 @@ fn sigkill_expiry_and_restart_without_duplicates(firewall: &str) {
         .tcp_connects(ip(SERVER_FOR_ATTACKER_V4), 4992));
 }
 
-fn replays_open_nothing(firewall: &str) {
+fn replays_open_nothing(firewall: &str, mode: Mode) {
     // A short window: after the state is lost, knocks are refused for one.
-    let w = world(firewall, "max_clock_skew = \"3s\"\n");
+    let w = world(firewall, mode, "max_clock_skew = \"3s\"\n");
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let dump = Tcpdump::start(
         &w.hosts.client,
@@ -288,8 +290,8 @@ fn mentions_udp_port(line: &str, port: u16) -> bool {
 /// IPv6 works end to end, and the knock port is answered exactly as a port
 /// nothing listens on: an ICMP port unreachable (within the kernel's rate
 /// limit), whatever the datagram holds, a valid knock or junk.
-fn ipv6_end_to_end_and_answers_like_a_closed_port(firewall: &str) {
-    let w = world(firewall, "");
+fn ipv6_end_to_end_and_answers_like_a_closed_port(firewall: &str, mode: Mode) {
+    let w = world(firewall, mode, "");
     let server = Server::start(&w.hosts.server, &w.setup.config);
     let srv6 = ip(SERVER_V6);
     // What the server sends to the client over UDP or ICMP (errors only, not
@@ -380,7 +382,7 @@ fn ipv6_end_to_end_and_answers_like_a_closed_port(firewall: &str) {
     );
 }
 
-on_both_backends!(
+on_both_backends_and_modes!(
     sender_only_and_permitted_ports_only,
     expiry_keeps_established_connections,
     sigkill_expiry_and_restart_without_duplicates,

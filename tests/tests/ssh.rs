@@ -62,10 +62,25 @@ fn ssh_config(dir: &std::path::Path, port: u16, proxy: bool) -> std::path::PathB
 
 #[test]
 fn ssh_proxycommand_reaches_sshd_only_after_the_knock() {
+    ssh_end_to_end(Mode::Shared);
+}
+
+/// The same with a public-key client: its identity is the default one of
+/// the client's `KNOCK_HOME`, its profile public.
+#[test]
+fn ssh_proxycommand_reaches_sshd_only_after_the_knock_public_key() {
+    ssh_end_to_end(Mode::Public);
+}
+
+fn ssh_end_to_end(mode: Mode) {
     let mut lab = Lab::new();
     let hosts = lab.standard();
     let setup = Setup::new(&lab, "server", "nftables", &["tcp/4992"], "");
-    let profile = setup.keygen("alice", SERVER_V4, None);
+    let home = lab.dir.join("client-home");
+    let profile = match mode {
+        Mode::Shared => setup.keygen("alice", SERVER_V4, None),
+        Mode::Public => setup.keygen_public("alice", SERVER_V4, None, &identity_line(&home)),
+    };
     let sshd = sshd_config(&lab.dir, 4992);
     let mut cmd = hosts.server.cmd("/usr/sbin/sshd");
     cmd.args(["-D", "-e", "-f"])
@@ -76,7 +91,6 @@ fn ssh_proxycommand_reaches_sshd_only_after_the_knock() {
     let server = Server::start(&hosts.server, &setup.config);
 
     // The client installs its profile as a user would.
-    let home = lab.dir.join("client-home");
     let out = hosts
         .client
         .cmd(bin("knock-client"))
