@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The knock demo: a server, a client and an eavesdropper in three network
 # namespaces on one hub. A real OpenSSH server sits on a protected port.
-# Run as root on a fresh Debian machine: installs what it needs, builds,
-# narrates, and cleans up everything, even on Ctrl-C or failure.
+# The client uses PUBLIC-KEY mode (protocol v2): it makes its own identity,
+# the server enrols only its public line, and the profile it gets back holds
+# no secret (mode 0644). Run as root on a fresh Debian machine: installs what
+# it needs, builds, narrates, and cleans up everything, even on Ctrl-C or
+# failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -64,8 +67,16 @@ open_for   = "10s"
 state_dir  = "$WORK/state"
 clients_dir = "$WORK/etc/clients.d"
 TOML
-show "knock-keygen alice --host 198.18.0.1 --config server.toml --out alice.knock"
-"$BIN/knock-keygen" alice --host 198.18.0.1 --config "$WORK/etc/server.toml" --out "$WORK/alice.knock" 2>&1 | sed 's/^/   /'
+say "Public-key mode: the client makes its identity, the server enrols its public line"
+show "knock-client identity   # on the client: creates ~/.config/knock/identity (0600), prints its public line"
+LINE=$(KNOCK_HOME="$WORK/client-home" "$BIN/knock-client" identity | grep '^knock-id')
+ok "$LINE"
+show "knock-keygen alice --host 198.18.0.1 --public-key \"\$LINE\" --config server.toml --out alice.knock"
+"$BIN/knock-keygen" alice --host 198.18.0.1 --public-key "$LINE" --config "$WORK/etc/server.toml" --out "$WORK/alice.knock" 2>&1 | sed 's/^/   /'
+chmod 0644 "$WORK/alice.knock"
+show "ls -l alice.knock; cat alice.knock   # public data only: it may be mailed or published"
+ls -l "$WORK/alice.knock" | awk '{ print "   " $1 " alice.knock" }'
+sed 's/^/     /' "$WORK/alice.knock"
 
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/host_key"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/user_key"
@@ -153,4 +164,4 @@ echo "after the window closed" >&"${SSH[1]}"
 read -r -t 10 reply <&"${SSH[0]}" && ok "$reply (the established session is still up)"
 exec {SSH[1]}>&-
 
-say "Done. Cleaning up the namespaces."
+say "Done (public-key mode: the server holds only alice's public key; a stolen server.toml, clients.d or server.key does not let anyone knock as her). Cleaning up the namespaces."
