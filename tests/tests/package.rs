@@ -386,8 +386,8 @@ fn packages_contents_modes_and_control() {
         expected.push((format!("/usr/lib/systemd/system/{unit}"), "-rw-r--r--"));
     }
     expected.push(("/usr/lib/tmpfiles.d/knock.conf".into(), "-rw-r--r--"));
-    // The configuration holds no secret; the secrets (clients.d, server.id)
-    // are created by the postinst (0700) and knock-keygen (0600).
+    // The configuration holds no secret; the secrets (clients.d, server.id,
+    // server.key) are created by the postinst (0700) and knock-keygen (0600).
     expected.push(("/etc/knock/server.toml".into(), "-rw-r--r--"));
     expected.push(("/usr/share/doc/knock/OPERATIONS.md".into(), "-rw-r--r--"));
     expected.push(("/usr/share/doc/knock/copyright".into(), "-rw-r--r--"));
@@ -942,9 +942,12 @@ fn packages_install_check_run_upgrade_remove_and_purge_in_a_container() {
     // The operator's first steps, then the packaged unit, sandbox and all.
     c.ok("ip link set lo up");
     c.ok("knock-keygen alice --host 127.0.0.1 --out /root/alice.knock");
-    let secrets = c.ok("stat -c '%a %n' /etc/knock/server.id /etc/knock/clients.d/alice.toml");
+    let secrets = c.ok(
+        "stat -c '%a %n' /etc/knock/server.id /etc/knock/server.key /etc/knock/clients.d/alice.toml",
+    );
     assert!(
         secrets.contains("600 /etc/knock/server.id")
+            && secrets.contains("600 /etc/knock/server.key")
             && secrets.contains("600 /etc/knock/clients.d/alice.toml"),
         "{secrets}"
     );
