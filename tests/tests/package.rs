@@ -254,6 +254,7 @@ const CLIENT_MAN_PAGES: &[&str] = &[
     "knock-client-connect",
     "knock-client-import",
     "knock-client-list",
+    "knock-client-identity",
 ];
 const UNITS: &[&str] = &["knock-server.service", "knock-server-restore.service"];
 
