@@ -35,7 +35,7 @@ fuzz_target!(|bytes: &[u8]| {
         assert_eq!(again.aliases, profile.aliases);
         assert_eq!(again.knock_port, profile.knock_port);
         assert_eq!(again.server_id, profile.server_id);
-        assert_eq!(again.secret, profile.secret);
+        assert_eq!(again.key, profile.key);
         assert_eq!(again.ports, profile.ports);
     }
 
