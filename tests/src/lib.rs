@@ -483,9 +483,17 @@ impl Setup {
 
     /// Runs knock-keygen and returns the profile path.
     pub fn keygen(&self, name: &str, host: &str, ports: Option<&str>) -> PathBuf {
+        self.run_keygen(name, host, ports, &[])
+    }
+
+    /// `knock-keygen NAME --host HOST [EXTRA] --config .. --out NAME.knock
+    /// [--ports PORTS]`; returns the profile path.
+    fn run_keygen(&self, name: &str, host: &str, ports: Option<&str>, extra: &[&str]) -> PathBuf {
         let profile = self.dir.join(format!("{name}.knock"));
         let mut cmd = Command::new(bin("knock-keygen"));
-        cmd.args([name, "--host", host, "--config"])
+        cmd.args([name, "--host", host])
+            .args(extra)
+            .arg("--config")
             .arg(&self.config)
             .arg("--out")
             .arg(&profile);
@@ -555,17 +563,7 @@ impl Setup {
         ports: Option<&str>,
         line: &str,
     ) -> PathBuf {
-        let profile = self.dir.join(format!("{name}.knock"));
-        let mut cmd = Command::new(bin("knock-keygen"));
-        cmd.args([name, "--host", host, "--public-key", line, "--config"])
-            .arg(&self.config)
-            .arg("--out")
-            .arg(&profile);
-        if let Some(ports) = ports {
-            cmd.args(["--ports", ports]);
-        }
-        sh(&mut cmd);
-        profile
+        self.run_keygen(name, host, ports, &["--public-key", line])
     }
 
     /// Refusals since start, by reason, from `knock-server status`
