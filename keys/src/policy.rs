@@ -9,7 +9,7 @@ use toml::value::{Datetime, Offset};
 
 /// An address block, `203.0.113.0/24` or `2001:db8::/32`; a bare address is
 /// a block of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
     network: IpAddr,
     prefix: u8,
@@ -76,7 +76,7 @@ impl fmt::Display for Cidr {
 
 /// When a client stops being honoured: an RFC 3339 date (the client is
 /// honoured through the end of that day, UTC) or date-time with an offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Expiry {
     /// As written, for messages and for writing the entry back.
     text: String,

@@ -37,6 +37,7 @@ mod identity;
 mod keys;
 mod replay;
 mod request;
+mod rolling;
 mod wire;
 
 pub use error::{
@@ -53,6 +54,7 @@ pub use keys::{
     REPLAY_ID_LEN, SERVER_ID_LEN,
 };
 pub use replay::{FreshKnock, ReplayGuard, StateDecodeError, Tick};
+pub use rolling::{Progress, RollingIndex, MAX_CLIENTS, MAX_SPAN};
 pub use request::{port_list, PortSpec, Transport, MAX_PORTS};
 pub use wire::{
     open, seal, KnockBytes, Mode, OpenedKnock, Request, SealRandomness, Sealer, MAX_KNOCK_LEN,

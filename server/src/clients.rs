@@ -46,13 +46,29 @@ pub fn load_clients_with_text(
 
 fn load_all(dir: &Path) -> Result<Vec<(ClientEntry, Zeroizing<String>)>, FileError> {
     let mut clients: Vec<(ClientEntry, Zeroizing<String>)> = Vec::new();
-    let mut twins = Twins::default();
-    for path in client_files(dir)? {
-        let (entry, text) = ClientEntry::load_unvalidated(&path)?;
-        twins.check(&path, &entry)?;
+    read_clients(dir, |_, entry, text| {
         clients.push((entry, text));
-    }
+        Ok::<(), FileError>(())
+    })?;
     Ok(clients)
+}
+
+/// Reads the clients of `dir` one at a time, in name order, as
+/// [`load_clients_with_text`] does, handing each to `each` without keeping
+/// any: how the server loads 100,000 clients without holding every file's
+/// text at once. The first error, from a file or from `each`, ends it.
+pub fn read_clients<E: From<FileError>>(
+    dir: &Path,
+    mut each: impl FnMut(&Path, ClientEntry, Zeroizing<String>) -> Result<(), E>,
+) -> Result<usize, E> {
+    let paths = client_files(dir)?;
+    let mut twins = Twins::with_capacity(paths.len());
+    for path in &paths {
+        let (entry, text) = ClientEntry::load_unvalidated(path)?;
+        twins.check(path, &entry)?;
+        each(path, entry, text)?;
+    }
+    Ok(paths.len())
 }
 
 /// Finds two clients with the same key, in O(1) per client: every client
@@ -73,6 +89,13 @@ struct Twins {
 const TWIN_SERVER: ServerId = ServerId(*b"knock twin check");
 
 impl Twins {
+    fn with_capacity(clients: usize) -> Self {
+        Self {
+            shared: HashMap::with_capacity(clients),
+            ..Self::default()
+        }
+    }
+
     fn check(&mut self, path: &Path, entry: &ClientEntry) -> Result<(), FileError> {
         let twin = |field: &'static str, other: &str, what: &str| FileError::Field {
             path: path.to_path_buf(),

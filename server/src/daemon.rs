@@ -4,8 +4,9 @@
 //! ([`health`](crate::health)), never on it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use knock_keys::config::{OnExit, ServerConfig};
 use knock_keys::FileError;
@@ -14,22 +15,21 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::capture::{Capture, CaptureError, Link, Next};
-use crate::clients::mode;
 use crate::control::{ControlSocket, ReloadReport, Request};
 use crate::firewall::{
     iptables, nftables, Firewall, FirewallError, Policy, Settings, SettingsChange,
 };
 use crate::health::RulesKeeper;
+use crate::loader::{self, Prepared};
 use crate::pair_keys::{Derived, Keyring, PairKeyError};
-use crate::pipeline::{honour, Outcome};
+use crate::pipeline::{Admitted, Outcome};
 use crate::privileges;
 use crate::rejections::RejectionLog;
-use crate::running_config::{ConfigFiles, Loaded};
-use crate::sanity;
+use crate::running_config::{ConfigFiles, PendingRecord};
 use crate::state::StateFile;
 use crate::status::{LastReload, Published, StatusFile, PUBLISH_EVERY};
 use crate::timers::{unix_ms, watchdog_interval, Every};
-use crate::verify::{Grant, ServerPolicy, Verifier};
+use crate::verify::{Grant, Roster, ServerPolicy, Verifier};
 
 /// How long one wait for a packet may last before we look at signals and
 /// timers.
@@ -38,6 +38,12 @@ pub const POLL_EVERY: Duration = Duration::from_millis(200);
 const TICK_EVERY: Duration = Duration::from_millis(500);
 /// The replay floor is recorded (without fsync) when it has risen this much.
 const FLOOR_EVERY_MS: u64 = 1_000;
+/// How often the hint index is given work while a slot is being added...
+const INDEX_EVERY: Duration = Duration::from_millis(20);
+/// ...and how much: about 2 ms of HMACs, so that a knock waits no longer.
+const INDEX_WORK: usize = 8_192;
+/// Knocks granted together at most (one fsync for all of them).
+const GRANT_BATCH: usize = 64;
 
 /// The firewall backend the configuration asks for, with its own settings.
 pub fn firewall_settings(config: &ServerConfig) -> Settings {
@@ -98,8 +104,14 @@ pub struct Daemon {
     pub settings: Settings,
     pub policy: Policy,
     pub verifier: Verifier,
-    /// The server's keys and the pair-key cache.
-    pub keyring: Keyring,
+    /// The server's keys and the pair-key cache; with the loader thread
+    /// while a reload is being read.
+    pub keyring: Option<Keyring>,
+    /// The reload being read beside the loop.
+    pub loading: Option<Loading>,
+    /// Reload requests that came while another was being read: the files
+    /// may have changed since that one read them.
+    pub queued: Option<Vec<Sender<ReloadReport>>>,
     pub store: StateFile,
     /// The loop's own backend, for grants only (netlink, never a process).
     pub firewall: Box<dyn Firewall>,
@@ -109,6 +121,13 @@ pub struct Daemon {
     pub signals: Signals,
     /// Where `knock-server reload` and `apply` ask for reloads.
     pub control: ControlSocket,
+}
+
+/// A reload being read by the loader thread.
+#[derive(Debug)]
+pub struct Loading {
+    done: Receiver<(Keyring, Result<Prepared, ReloadError>)>,
+    replies: Vec<Sender<ReloadReport>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -213,6 +232,8 @@ impl Daemon {
         let start = Instant::now();
         let mut tick = Every::new(TICK_EVERY, start);
         let mut publish = Every::new(PUBLISH_EVERY, start);
+        let mut index_due = Every::new(INDEX_EVERY, start);
+        let mut admitted = Admitted::default();
         let status = StatusFile::in_dir(&self.config.state_dir);
         let mut watch = Watch::new(self.capture.link(), start);
         if watch.link == Link::Live {
@@ -234,10 +255,20 @@ impl Daemon {
             }
             let signalled = self.signals.reload.swap(false, Ordering::Relaxed);
             if signalled || !requests.is_empty() {
-                let report = self.reload(&mut watch);
-                for reply in requests {
-                    let _ = reply.send(report.clone());
+                self.queued.get_or_insert_with(Vec::new).extend(requests);
+            }
+            if self.loading.is_none() {
+                if let Some(replies) = self.queued.take() {
+                    if let Err(reason) = self.start_reload(replies, &watch) {
+                        break Some(reason);
+                    }
                 }
+            }
+            let reloaded = match self.reload_finished(&mut watch) {
+                Ok(reloaded) => reloaded,
+                Err(reason) => break Some(reason),
+            };
+            if reloaded {
                 // A reload may have moved capture to another interface.
                 self.follow_capture(&mut watch, None, Instant::now());
                 self.publish(&status, &mut watch, &log);
@@ -249,24 +280,16 @@ impl Daemon {
             let mut read_error = None;
             match self.capture.wait_next() {
                 Ok(Next::Datagram(datagram)) => {
-                    let outcome = match honour(
+                    let arrived = SystemTime::now();
+                    if let Err(rejection) = admitted.admit(
                         &mut self.verifier,
-                        &mut self.store,
-                        self.firewall.as_mut(),
                         datagram.payload,
                         datagram.source,
                         unix_ms(),
+                        arrived,
                     ) {
-                        Outcome::FirewallFailed(grant, err) if err.is_missing() => {
-                            self.grant_again(grant, &err)
-                        }
-                        outcome => outcome,
-                    };
-                    if let Outcome::Granted(grant) = &outcome {
-                        self.keeper
-                            .granted(grant.addr, &grant.ports, grant.duration);
+                        log.record(&rejection);
                     }
-                    report(outcome, &mut log);
                 }
                 Ok(Next::Malformed) => log.record_other("malformed-packet"),
                 // Refused before any cryptography: nothing is consumed.
@@ -277,8 +300,18 @@ impl Daemon {
                 // next tick.
                 Err(err) => read_error = Some(err),
             }
+            // Grant what was admitted once nothing more is queued: the next
+            // read may wait for a packet.
+            if !admitted.is_empty()
+                && (!self.capture.has_queued() || admitted.len() >= GRANT_BATCH)
+            {
+                self.grant_admitted(&mut admitted, &mut log);
+            }
 
             let now = Instant::now();
+            if index_due.due(now) {
+                self.verifier.advance_index(unix_ms(), INDEX_WORK);
+            }
             let due = tick.due(now);
             if due || read_error.is_some() {
                 if self.follow_capture(&mut watch, read_error.as_ref(), now) {
@@ -354,6 +387,27 @@ impl Daemon {
 
     fn verifier_window_s(&self) -> u64 {
         self.config.max_clock_skew.as_secs()
+    }
+
+    /// Makes the replay state of the admitted knocks durable, grants them,
+    /// and says so.
+    fn grant_admitted(&mut self, admitted: &mut Admitted, log: &mut RejectionLog) {
+        for (outcome, arrived) in admitted.grant_all(&mut self.store, self.firewall.as_mut()) {
+            let outcome = match outcome {
+                Outcome::FirewallFailed(grant, err) if err.is_missing() => {
+                    self.grant_again(grant, &err)
+                }
+                outcome => outcome,
+            };
+            if let Outcome::Granted(grant) = &outcome {
+                self.keeper
+                    .granted(grant.addr, &grant.ports, grant.duration);
+            }
+            let after = SystemTime::now()
+                .duration_since(arrived)
+                .unwrap_or_default();
+            report(outcome, after, log);
+        }
     }
 
     /// A grant found our rules gone (another tool flushed them a moment
@@ -512,7 +566,15 @@ impl Daemon {
 
     fn shutdown(mut self) -> Exit {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        self.keyring.finish_writing();
+        if let Some(loading) = self.loading.take() {
+            // The keyring comes back with the reload being read.
+            if let Ok((keyring, _)) = loading.done.recv() {
+                self.keyring = Some(keyring);
+            }
+        }
+        if let Some(keyring) = self.keyring.as_mut() {
+            keyring.finish_writing();
+        }
         let settings = self.settings;
         let firewall = self.keeper.stop();
         match self.config.on_exit {
@@ -530,17 +592,63 @@ impl Daemon {
         Exit::Terminated
     }
 
-    /// SIGHUP or a control request: re-read configuration and clients. On
-    /// any error keep running on the old configuration. Live grants are
-    /// never touched. Before `ready`, systemd hears nothing of it: READY must
-    /// wait for capture.
-    fn reload(&mut self, watch: &mut Watch) -> ReloadReport {
+    /// SIGHUP or control requests: reads configuration and clients again
+    /// in the loader thread, while the loop goes on; [`Self::reload_finished`]
+    /// swaps the result in. Before `ready`, systemd hears nothing of it:
+    /// READY must wait for capture.
+    fn start_reload(
+        &mut self,
+        replies: Vec<Sender<ReloadReport>>,
+        watch: &Watch,
+    ) -> Result<(), String> {
+        let Some(mut keyring) = self.keyring.take() else {
+            // Not reached: the keyring is back whenever nothing is loading.
+            self.queued = Some(replies);
+            return Ok(());
+        };
         if watch.ready {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
         }
-        let report = match self.try_reload() {
-            Ok((summary, warnings)) => {
-                info!("reloaded: {summary}");
+        let (done, result) = mpsc::channel();
+        let path = self.config.path.clone();
+        let running = self.config.clone();
+        std::thread::Builder::new()
+            .name("knock-loader".into())
+            .spawn(move || {
+                let loaded = loader::load(&path, &mut keyring, Some(&running));
+                let _ = done.send((keyring, loaded));
+            })
+            .map_err(|e| format!("cannot start a thread to reload in: {e}"))?;
+        self.loading = Some(Loading {
+            done: result,
+            replies,
+        });
+        Ok(())
+    }
+
+    /// Swaps in a reload the loader thread has finished reading, if there
+    /// is one, and answers whoever asked for it. On any error the server
+    /// keeps running on the old configuration; live grants are never
+    /// touched.
+    fn reload_finished(&mut self, watch: &mut Watch) -> Result<bool, String> {
+        let Some(loading) = self.loading.as_ref() else {
+            return Ok(false);
+        };
+        let (keyring, loaded) = match loading.done.try_recv() {
+            Ok(done) => done,
+            Err(TryRecvError::Empty) => return Ok(false),
+            // The loader thread panicked, and took the keyring with it.
+            Err(TryRecvError::Disconnected) => {
+                return Err("the thread reading a reload ended without an answer".into())
+            }
+        };
+        let Some(loading) = self.loading.take() else {
+            return Ok(false);
+        };
+        self.keyring = Some(keyring);
+        let report = match loaded.and_then(|prepared| self.switch_to(prepared)) {
+            Ok((summary, warnings, took)) => {
+                info!("reloaded: {summary} (read in {:.2}s beside the packet loop)", took.as_secs_f64());
                 for warning in &warnings {
                     warn!("{warning}");
                 }
@@ -564,66 +672,36 @@ impl Daemon {
         if watch.ready {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         }
-        report
+        for reply in loading.replies {
+            let _ = reply.send(report.clone());
+        }
+        Ok(true)
     }
 
-    /// The server key on reload. Its file cannot move, and the key cannot
-    /// change, without a restart. A server that started without a key (it
-    /// had no public-key client, and perhaps no key file) reads it when its
-    /// first public-key client comes.
-    fn adopt_server_key(
+    /// The part of a reload that happens on the loop: the firewall, the
+    /// capture, and the swap.
+    fn switch_to(
         &mut self,
-        config: &ServerConfig,
-        clients: &[knock_keys::entry::ClientEntry],
-    ) -> Result<(), ReloadError> {
-        let file = &config.server_key_file;
-        if self.config.server_key_file != *file {
-            return Err(ReloadError::NeedsRestart("server_key_file"));
-        }
-        let wanted = clients.iter().any(|c| mode(c) == Mode::Public);
-        if !(wanted || self.keyring.has_secret()) || !file.exists() {
-            // Without a file, derive() says what is missing.
-            return Ok(());
-        }
-        let key = knock_keys::identity::load_server_key(file)?;
-        match self.keyring.server_public() {
-            None => {
-                self.keyring.adopt_secret(key);
-                let cache = self.keyring.load_cache(&config.state_dir);
-                if let Some(line) = cache.describe(&crate::pair_keys::path(&config.state_dir)) {
-                    if cache.is_warning() {
-                        warn!("{line}");
-                    } else {
-                        info!("{line}");
-                    }
-                }
-            }
-            Some(public) if public != key.public() => {
-                return Err(ReloadError::NeedsRestart("server.key (it was replaced)"))
-            }
-            Some(_) => {}
-        }
-        Ok(())
-    }
-
-    fn try_reload(&mut self) -> Result<(String, Vec<String>), ReloadError> {
-        let Loaded {
+        prepared: Prepared,
+    ) -> Result<(String, Vec<String>, Duration), ReloadError> {
+        let Prepared {
             config,
-            clients,
-            files,
-        } = Loaded::from_disk(&self.config.path)?;
-        if self.config.state_dir != config.state_dir {
-            return Err(ReloadError::NeedsRestart("state_dir"));
-        }
-        if self.config.identity_file != config.identity_file {
-            return Err(ReloadError::NeedsRestart("identity_file"));
-        }
-        // Every client's pair keys before anything changes: a client whose
-        // key is unusable refuses the whole reload.
-        self.adopt_server_key(&config, &clients)?;
-        let started = Instant::now();
-        let derived = self.keyring.derive(&clients, &config.clients_dir)?;
-        log_pair_keys(&derived, started.elapsed());
+            roster,
+            warnings,
+            record,
+            record_error,
+            computed,
+            cached,
+            took,
+        } = prepared;
+        log_pair_keys(
+            &Derived {
+                keys: Vec::new(),
+                computed,
+                cached,
+            },
+            took,
+        );
         // Installing under a new table name (or with other commands) would
         // leave our old table or chain in place, still dropping the protected
         // ports for everyone: every grant would then be in vain.
@@ -656,25 +734,58 @@ impl Daemon {
             capture.inherit_drops(&mut self.capture);
             self.capture = capture;
         }
-        self.verifier.reconfigure(
-            identity_of(&self.keyring),
-            &clients,
-            derived.keys,
-            server_policy(&config),
-            window_ms(&config),
-            unix_ms(),
-        );
-        self.keyring.save_cache_in_background(&config.state_dir);
+        let identity = self
+            .keyring
+            .as_ref()
+            .map_or(self.verifier.server(), identity_of);
+        let old = self
+            .verifier
+            .reconfigure(identity, roster, server_policy(&config));
+        drop_beside(old);
+        if let Some(keyring) = self.keyring.as_mut() {
+            keyring.save_cache_in_background(&config.state_dir);
+        }
         let summary = format!(
             "{} clients, protecting {}",
-            clients.len(),
+            self.verifier.client_count(),
             port_list(&config.protected)
         );
-        let warnings = sanity::warnings(&config, &clients, unix_ms());
-        record_running(&config.state_dir, &files);
+        commit_record(&config.state_dir, record, record_error);
         self.config = config;
-        Ok((summary, warnings))
+        Ok((summary, warnings, took))
     }
+}
+
+/// Drops a replaced roster in a thread of its own: wiping 100,000 clients'
+/// keys takes milliseconds the loop does not have.
+fn drop_beside(roster: Roster) {
+    if let Err(err) = std::thread::Builder::new()
+        .name("knock-drop".into())
+        .spawn(move || drop(roster))
+    {
+        debug!("dropping the old clients on the loop: {err}");
+    }
+}
+
+/// Makes `record` the record of what the server runs, for `knock-server
+/// apply` to roll back to. If it could not be written, the old record is
+/// removed rather than left stale: `apply` then refuses to start instead
+/// of restoring something older.
+pub fn commit_record(
+    state_dir: &std::path::Path,
+    record: Option<PendingRecord>,
+    error: Option<String>,
+) {
+    let error = match record.map(PendingRecord::commit) {
+        Some(Ok(())) => return,
+        Some(Err(err)) => err.to_string(),
+        None => error.unwrap_or_else(|| "not written".into()),
+    };
+    let _ = ConfigFiles::forget(state_dir);
+    warn!(
+        "cannot record the running configuration in {} ({error}); `knock-server apply` cannot roll back until the next successful reload",
+        crate::running_config::path(state_dir).display()
+    );
 }
 
 /// What the verifier needs to know of the server's keys.
@@ -699,27 +810,18 @@ pub fn log_pair_keys(derived: &Derived, took: Duration) {
     );
 }
 
-/// Records what the server now runs, for `knock-server apply` to roll back
-/// to. If that fails, the record is removed rather than left stale: `apply`
-/// then refuses to start instead of restoring something older.
-pub fn record_running(state_dir: &std::path::Path, files: &ConfigFiles) {
-    if let Err(err) = files.save(state_dir, unix_ms() / 1000) {
-        let _ = ConfigFiles::forget(state_dir);
-        warn!("{err}; `knock-server apply` cannot roll back until the next successful reload");
-    }
-}
-
-fn report(outcome: Outcome, log: &mut RejectionLog) {
+fn report(outcome: Outcome, after_arrival: Duration, log: &mut RejectionLog) {
     match outcome {
         Outcome::Granted(grant) => info!(
-            "granted {} to {} for {}s (client {})",
+            "granted {} to {} for {}s (client {}; live {:.3} ms after arrival)",
             port_list(&grant.ports),
             grant.addr,
             grant.duration.as_secs(),
-            grant.client
+            grant.client,
+            after_arrival.as_secs_f64() * 1000.0
         ),
         Outcome::Rejected(rejection) => log.record(&rejection),
-        Outcome::StateNotDurable(err) => {
+        Outcome::StateNotDurable(_, err) => {
             error!("knock verified but NOT granted: cannot make the replay state durable: {err}")
         }
         Outcome::FirewallFailed(_, err) => {

@@ -11,20 +11,21 @@ use cli::{Args, Command, StatusFormat};
 use knock_keys::cli::{parse_args, Failure};
 use knock_keys::config::ServerConfig;
 use knock_keys::identity;
+use knock_keys::secret_file::read_config;
 use knock_proto::{port_list, Mode};
 use knock_server::apply;
 use knock_server::capture::{filter, Capture};
 use knock_server::clients::mode;
 use knock_server::control::{ControlSocket, ANSWER_WITHIN};
 use knock_server::daemon::{
-    firewall_settings, identity_of, log_pair_keys, policy, record_running, server_policy,
-    window_ms, Daemon, Exit, Signals, POLL_EVERY,
+    commit_record, firewall_settings, identity_of, log_pair_keys, policy, server_policy,
+    window_ms, Daemon, Exit, ReloadError, Signals, POLL_EVERY,
 };
 use knock_server::firewall::{self, Policy, Refusal, Settings};
 use knock_server::health::RulesKeeper;
-use knock_server::pair_keys::{self, Keyring};
+use knock_server::loader::{self, Prepared};
+use knock_server::pair_keys::{self, Derived, Keyring};
 use knock_server::privileges;
-use knock_server::running_config::Loaded;
 use knock_server::sanity;
 use knock_server::saved_rules;
 use knock_server::state::{ReplayStore, Restored, StateFile, StateLock};
@@ -84,11 +85,7 @@ fn init_logging() {
 fn run(config_path: &Path) -> Result<(), Failure> {
     init_logging();
     let started_at_ms = unix_ms();
-    let Loaded {
-        config,
-        clients,
-        files,
-    } = Loaded::from_disk(config_path)?;
+    let config = ServerConfig::parse(config_path, &read_config(config_path)?)?;
     let settings = firewall_settings(&config);
     settings.resolve().map_err(Failure::usage)?;
     // The identity is never created here: every profile is bound to it, so
@@ -109,9 +106,6 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         )));
     }
     let server_id = identity::load(&config.identity_file)?;
-    for warning in sanity::warnings(&config, &clients, unix_ms()) {
-        warn!("{warning}");
-    }
     // The server key is read when it exists, and required when a client is
     // public-key (derive() says so, naming the file).
     let key_file = config.server_key_file.clone();
@@ -127,15 +121,36 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         Some(line) => info!("{line}"),
         None => {}
     }
-    let deriving = std::time::Instant::now();
-    let derived = keyring
-        .derive(&clients, &config.clients_dir)
-        .map_err(Failure::usage)?;
-    log_pair_keys(&derived, deriving.elapsed());
 
     // Before the firewall or the replay state is touched: a second server on
     // this state directory would honour knocks the first has honoured.
     let lock = StateLock::acquire(&config.state_dir).map_err(Failure::runtime)?;
+    // Every client, read once (with the record of what runs written as it
+    // goes), its pair key and its hints made.
+    let Prepared {
+        config,
+        roster,
+        warnings,
+        record,
+        record_error,
+        computed,
+        cached,
+        took,
+    } = loader::load(config_path, &mut keyring, None).map_err(|e| match e {
+        ReloadError::File(e) => Failure::from(e),
+        other => Failure::usage(other),
+    })?;
+    for warning in warnings {
+        warn!("{warning}");
+    }
+    log_pair_keys(
+        &Derived {
+            keys: Vec::new(),
+            computed,
+            cached,
+        },
+        took,
+    );
     let mut store = StateFile::open(lock);
     let window = window_ms(&config);
     let (guard, restored) = store
@@ -198,23 +213,18 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     let control = ControlSocket::listen(store.dir(), ANSWER_WITHIN).map_err(|e| {
         Failure::runtime(format!("control socket in {}: {e}", store.dir().display()))
     })?;
-    record_running(store.dir(), &files);
+    commit_record(store.dir(), record, record_error);
     keyring.save_cache_in_background(store.dir());
-    let verifier = Verifier::new(
-        identity_of(&keyring),
-        &clients,
-        derived.keys,
-        server_policy(&config),
-        guard,
-        unix_ms(),
-    );
+    let verifier = Verifier::new(identity_of(&keyring), roster, server_policy(&config), guard);
 
     let daemon = Daemon {
         config,
         settings,
         policy,
         verifier,
-        keyring,
+        keyring: Some(keyring),
+        loading: None,
+        queued: None,
         store,
         firewall,
         keeper,

@@ -106,6 +106,24 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
+/// A derivation in parts ([`Keyring::derive_more`]), until [`Keyring::end`].
+#[derive(Default)]
+pub struct Derivation {
+    configured: HashSet<[u8; FINGERPRINT_LEN]>,
+    fresh: Vec<([u8; FINGERPRINT_LEN], PairPrk)>,
+    cached: usize,
+}
+
+impl std::fmt::Debug for Derivation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Derivation")
+            .field("configured", &self.configured.len())
+            .field("computed", &self.fresh.len())
+            .field("cached", &self.cached)
+            .finish()
+    }
+}
+
 /// What [`Keyring::derive`] made.
 #[derive(Debug)]
 pub struct Derived {
@@ -193,28 +211,56 @@ impl Keyring {
                 others: publics.len() - 1,
             });
         }
+        let mut derivation = Derivation::default();
+        let keys = self.derive_more(&mut derivation, entries, clients_dir)?;
+        let (computed, cached) = self.end(derivation);
+        Ok(Derived {
+            keys,
+            computed,
+            cached,
+        })
+    }
+
+    /// The pair keys of `entries`, one part of a client list, in order:
+    /// [`Self::derive`] for lists read a part at a time. The caller has
+    /// made sure the server has a key if a part holds a public-key client.
+    pub fn derive_more(
+        &mut self,
+        derivation: &mut Derivation,
+        entries: &[ClientEntry],
+        clients_dir: &Path,
+    ) -> Result<Vec<PairKeys>, PairKeyError> {
         let (id, secret, cache) = (&self.id, self.secret.as_ref(), &self.cache.prks);
         let results = parallel_map(entries, |entry| {
             derive_one(credential(entry), id, secret, cache)
         });
         let mut keys = Vec::with_capacity(entries.len());
-        let mut fresh = Vec::new();
-        let mut configured = HashSet::with_capacity(publics.len());
-        let mut cached = 0;
         for (entry, result) in entries.iter().zip(results) {
             let one = result.map_err(|error| PairKeyError::BadKey {
                 path: clients_dir.join(format!("{}.toml", entry.name)),
                 error,
             })?;
             if let Some(fingerprint) = one.fingerprint {
-                configured.insert(fingerprint);
+                derivation.configured.insert(fingerprint);
                 match one.computed {
-                    Some(prk) => fresh.push((fingerprint, prk)),
-                    None => cached += 1,
+                    Some(prk) => derivation.fresh.push((fingerprint, prk)),
+                    None => derivation.cached += 1,
                 }
             }
             keys.push(one.keys);
         }
+        Ok(keys)
+    }
+
+    /// Ends a derivation whose every part succeeded: the cache keeps the
+    /// pair keys of the configured clients, no others. Returns how many
+    /// were computed and how many came from the cache.
+    pub fn end(&mut self, derivation: Derivation) -> (usize, usize) {
+        let Derivation {
+            configured,
+            fresh,
+            cached,
+        } = derivation;
         let computed = fresh.len();
         if computed > 0 {
             self.cache.changed = true;
@@ -225,11 +271,7 @@ impl Keyring {
         if self.cache.prks.len() != before {
             self.cache.changed = true;
         }
-        Ok(Derived {
-            keys,
-            computed,
-            cached,
-        })
+        (computed, cached)
     }
 
     /// Rewrites the cache in `state_dir` if it changed since it was read or

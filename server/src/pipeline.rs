@@ -1,10 +1,17 @@
-//! The pipeline for one datagram: verify → consume → durable replay state →
+//! The pipeline for datagrams: verify → consume → durable replay state →
 //! grant. The order is the security argument: nothing is granted before the
 //! knock's consumption is on disk, and nothing is consumed before every check
 //! has passed.
+//!
+//! Knocks that arrive together are granted together ([`Admitted`]): each is
+//! verified and consumed as it is read, and once nothing more is queued the
+//! replay state, which then records all of them, is made durable with one
+//! write and one fsync, before any of them is granted. A burst of a
+//! thousand knocks thus costs a few fsyncs, not a thousand.
 
 use std::io;
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use crate::firewall::{Firewall, FirewallError};
 use crate::state::ReplayStore;
@@ -17,12 +24,82 @@ pub enum Outcome {
     Rejected(Rejection),
     /// Verified, but the replay state could not be made durable, so nothing
     /// was granted (fail-closed).
-    StateNotDurable(io::Error),
+    StateNotDurable(Grant, io::Error),
     /// Verified and recorded, but the firewall refused the grant.
     FirewallFailed(Grant, FirewallError),
 }
 
-/// Honours one datagram from `source` at `now_ms`, if it deserves it.
+/// Knocks consumed and not yet granted: their replay state must be made
+/// durable first ([`Admitted::grant_all`]).
+#[derive(Debug, Default)]
+pub struct Admitted {
+    grants: Vec<(Grant, SystemTime)>,
+    /// The replay state recording every one of them.
+    state: Vec<u8>,
+}
+
+impl Admitted {
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.grants.len()
+    }
+
+    /// Verifies one datagram and, if it passes, consumes it and keeps it
+    /// to be granted. `arrived` is when it reached this host.
+    pub fn admit(
+        &mut self,
+        verifier: &mut Verifier,
+        payload: &[u8],
+        source: IpAddr,
+        now_ms: u64,
+        arrived: SystemTime,
+    ) -> Result<(), Rejection> {
+        let pending = verifier.verify(payload, source, now_ms)?;
+        let (grant, state) = verifier.consume(pending, now_ms);
+        self.grants.push((grant, arrived));
+        self.state = state;
+        Ok(())
+    }
+
+    /// Makes the replay state durable once for all the knocks admitted,
+    /// then grants each; says what became of each, with when it arrived.
+    pub fn grant_all(
+        &mut self,
+        store: &mut dyn ReplayStore,
+        firewall: &mut dyn Firewall,
+    ) -> Vec<(Outcome, SystemTime)> {
+        let grants = std::mem::take(&mut self.grants);
+        let state = std::mem::take(&mut self.state);
+        if grants.is_empty() {
+            return Vec::new();
+        }
+        if let Err(err) = store.persist(&state) {
+            return grants
+                .into_iter()
+                .map(|(grant, arrived)| {
+                    let err = io::Error::new(err.kind(), err.to_string());
+                    (Outcome::StateNotDurable(grant, err), arrived)
+                })
+                .collect();
+        }
+        grants
+            .into_iter()
+            .map(|(grant, arrived)| {
+                let outcome = match firewall.grant(grant.addr, &grant.ports, grant.duration) {
+                    Ok(()) => Outcome::Granted(grant),
+                    Err(err) => Outcome::FirewallFailed(grant, err),
+                };
+                (outcome, arrived)
+            })
+            .collect()
+    }
+}
+
+/// Honours one datagram from `source` at `now_ms`, if it deserves it: a
+/// batch of one.
 pub fn honour(
     verifier: &mut Verifier,
     store: &mut dyn ReplayStore,
@@ -31,17 +108,14 @@ pub fn honour(
     source: IpAddr,
     now_ms: u64,
 ) -> Outcome {
-    let pending = match verifier.verify(payload, source, now_ms) {
-        Ok(pending) => pending,
-        Err(rejection) => return Outcome::Rejected(rejection),
-    };
-    let (grant, state) = verifier.consume(pending, now_ms);
-    if let Err(err) = store.persist(&state) {
-        return Outcome::StateNotDurable(err);
+    let mut admitted = Admitted::default();
+    if let Err(rejection) = admitted.admit(verifier, payload, source, now_ms, SystemTime::now()) {
+        return Outcome::Rejected(rejection);
     }
-    match firewall.grant(grant.addr, &grant.ports, grant.duration) {
-        Ok(()) => Outcome::Granted(grant),
-        Err(err) => Outcome::FirewallFailed(grant, err),
+    match admitted.grant_all(store, firewall).pop() {
+        Some((outcome, _)) => outcome,
+        // Not reached: one knock was admitted.
+        None => Outcome::Rejected(Rejection::UnknownClient),
     }
 }
 
@@ -205,7 +279,7 @@ mod tests {
         let k = knock(1, &[4992], None, NOW, SERVER);
         assert!(matches!(
             honour(&mut v, &mut store, &mut fw, &k, addr("198.18.0.2"), NOW),
-            Outcome::StateNotDurable(_)
+            Outcome::StateNotDurable(..)
         ));
         assert!(fw.granted.is_empty());
     }

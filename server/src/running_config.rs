@@ -65,6 +65,135 @@ impl Loaded {
     }
 }
 
+/// The record of what the server runs, written while the files are read
+/// (one client's text at a time, never all of them in memory) into a
+/// temporary file that [`PendingRecord::commit`] puts in place once the
+/// server runs it. The layout is the one [`ConfigFiles::save`] writes.
+#[derive(Debug)]
+pub struct RecordWriter {
+    file: fs::File,
+    /// Written out in 64 KiB pieces; it holds client keys, so it is wiped
+    /// (a `BufWriter` would not be).
+    buffer: Zeroizing<Vec<u8>>,
+    pending: PendingRecord,
+}
+
+const RECORD_BUFFER: usize = 64 * 1024;
+
+/// A record written whole and made durable, not yet the record: dropped
+/// without [`Self::commit`], it is deleted.
+#[derive(Debug)]
+pub struct PendingRecord {
+    temp: PathBuf,
+    dir: PathBuf,
+    committed: bool,
+}
+
+/// A string as a TOML value (quoted and escaped).
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+fn toml_path(path: &Path) -> io::Result<String> {
+    path.to_str().map(toml_string).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not UTF-8", path.display()),
+        )
+    })
+}
+
+impl RecordWriter {
+    /// Starts the record of `config_text` (read from `config_path`),
+    /// loaded at `loaded_at` (Unix seconds), in `state_dir`.
+    pub fn create(
+        state_dir: &Path,
+        loaded_at: u64,
+        config_path: &Path,
+        config_text: &str,
+        clients_dir: &Path,
+    ) -> io::Result<Self> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let temp = state_dir.join(format!(".{FILE_NAME}.{}.new", std::process::id()));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        let pending = PendingRecord {
+            temp,
+            dir: state_dir.to_path_buf(),
+            committed: false,
+        };
+        let mut writer = Self {
+            file,
+            buffer: Zeroizing::new(Vec::with_capacity(RECORD_BUFFER * 2)),
+            pending,
+        };
+        write!(
+            writer.buffer,
+            "# What knock-server runs, file by file; `knock-server apply` restores it if a change is not confirmed.\n\
+             format = {FORMAT}\nloaded_at = {loaded_at}\n\n[files]\nconfig_path = {}\nconfig = {}\nclients_dir = {}\n\n[files.clients]\n",
+            toml_path(config_path)?,
+            Zeroizing::new(toml_string(config_text)).as_str(),
+            toml_path(clients_dir)?,
+        )?;
+        Ok(writer)
+    }
+
+    /// Adds the client `name` (its file `name.toml`), whose file holds
+    /// `text`.
+    pub fn client(&mut self, name: &str, text: &str) -> io::Result<()> {
+        use std::io::Write as _;
+        let value = Zeroizing::new(toml_string(text));
+        writeln!(
+            self.buffer,
+            "{} = {}",
+            toml_string(&format!("{name}.toml")),
+            value.as_str()
+        )?;
+        if self.buffer.len() >= RECORD_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        use std::io::Write as _;
+        self.file.write_all(&self.buffer)?;
+        // Wipes what was written; the capacity stays.
+        self.buffer.iter_mut().for_each(|b| *b = 0);
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Writes out and makes durable the whole record.
+    pub fn finish(mut self) -> io::Result<PendingRecord> {
+        self.flush()?;
+        self.file.sync_all()?;
+        Ok(self.pending)
+    }
+}
+
+impl PendingRecord {
+    /// Makes this the record of what the server runs.
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.temp, path(&self.dir))?;
+        self.committed = true;
+        fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
 /// The text of a configuration file and of each client file in its
 /// `clients_dir`, by file name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,24 +8,43 @@ use knock_proto::port_list;
 
 /// One line per doubtful point at `now_ms`, in a stable order.
 pub fn warnings(config: &ServerConfig, clients: &[ClientEntry], now_ms: u64) -> Vec<String> {
-    let mut warnings = Vec::new();
-    if clients.is_empty() {
-        warnings.push(format!(
-            "no clients in {}: nobody can knock (create one with knock-keygen NAME --host THIS-HOST)",
-            config.clients_dir.display()
-        ));
-        return warnings;
+    let mut scan = Scan::new(config, now_ms);
+    for client in clients {
+        scan.client(client);
     }
-    for port in &config.protected {
-        if !clients.iter().any(|c| c.ports.contains(port)) {
-            warnings.push(format!(
-                "protected port {port} is permitted to no client: nobody can open it (add it to a client's ports, or knock-keygen NAME --host HOST --ports {port})"
-            ));
+    scan.finish()
+}
+
+/// [`warnings`] for clients read one at a time.
+#[derive(Debug)]
+pub struct Scan<'c> {
+    config: &'c ServerConfig,
+    now_ms: u64,
+    clients: usize,
+    /// Protected ports some client may open.
+    permitted: Vec<bool>,
+    /// Each client's own points, in order.
+    points: Vec<String>,
+}
+
+impl<'c> Scan<'c> {
+    pub fn new(config: &'c ServerConfig, now_ms: u64) -> Self {
+        Self {
+            config,
+            now_ms,
+            clients: 0,
+            permitted: vec![false; config.protected.len()],
+            points: Vec::new(),
         }
     }
-    for client in clients {
-        if let Some(expires) = client.expires.as_ref().filter(|e| e.has_passed(now_ms)) {
-            warnings.push(format!(
+
+    pub fn client(&mut self, client: &ClientEntry) {
+        self.clients += 1;
+        for (port, permitted) in self.config.protected.iter().zip(&mut self.permitted) {
+            *permitted |= client.ports.contains(port);
+        }
+        if let Some(expires) = client.expires.as_ref().filter(|e| e.has_passed(self.now_ms)) {
+            self.points.push(format!(
                 "client {} expired ({expires}): its knocks are refused (expired); remove its file, or move its expires",
                 client.name
             ));
@@ -33,11 +52,11 @@ pub fn warnings(config: &ServerConfig, clients: &[ClientEntry], now_ms: u64) -> 
         let unprotected: Vec<_> = client
             .ports
             .iter()
-            .filter(|p| !config.protected.contains(p))
+            .filter(|p| !self.config.protected.contains(p))
             .copied()
             .collect();
         if !unprotected.is_empty() {
-            warnings.push(format!(
+            self.points.push(format!(
                 "client {} is permitted {}, not in protected: its knocks for {} are refused (port-not-permitted)",
                 client.name,
                 port_list(&unprotected),
@@ -45,7 +64,27 @@ pub fn warnings(config: &ServerConfig, clients: &[ClientEntry], now_ms: u64) -> 
             ));
         }
     }
-    warnings
+
+    pub fn finish(self) -> Vec<String> {
+        let config = self.config;
+        if self.clients == 0 {
+            return vec![format!(
+                "no clients in {}: nobody can knock (create one with knock-keygen NAME --host THIS-HOST)",
+                config.clients_dir.display()
+            )];
+        }
+        let mut warnings: Vec<String> = config
+            .protected
+            .iter()
+            .zip(&self.permitted)
+            .filter(|(_, permitted)| !**permitted)
+            .map(|(port, _)| format!(
+                "protected port {port} is permitted to no client: nobody can open it (add it to a client's ports, or knock-keygen NAME --host HOST --ports {port})"
+            ))
+            .collect();
+        warnings.extend(self.points);
+        warnings
+    }
 }
 
 #[cfg(test)]

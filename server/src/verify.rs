@@ -33,13 +33,14 @@ use std::time::Duration;
 use knock_keys::entry::ClientEntry;
 use knock_keys::policy::{Cidr, Expiry};
 use knock_proto::{
-    open, slot_range, ClientPublicKey, FreshKnock, HintIndex, KeyHint, KnockBytes, Mode, OpenError,
-    OpenedKnock, PairKeys, ParseError, PortSpec, ReplayError, ReplayGuard, ReplayId, ServerId,
-    ServerPublicKey, Tick,
+    open, slot_range, ClientPublicKey, FreshKnock, KeyHint, KnockBytes, Mode, OpenError,
+    OpenedKnock, PairKeys, ParseError, PortSpec, Progress, ReplayError, ReplayGuard, ReplayId,
+    RollingIndex, ServerId, ServerPublicKey, Tick, SLOT_MS,
 };
 use thiserror::Error;
 
 use crate::clients::{credential, Credential};
+use crate::grant_limit::{GrantLimiter, GRANT_BURST, GRANT_EVERY_MS};
 use crate::sig_limit::{SigLimiter, SIG_FAILURE_EVERY_MS};
 
 /// Why a datagram did not open anything. Each reason has a short name for the
@@ -90,6 +91,10 @@ pub enum Rejection {
     /// server's key or pair keys, not the client's identity.
     #[error("client {client}: signature does not verify: someone holds this server's key or pair keys; rotate server.key (and re-issue the public profiles); not consumed")]
     BadSignature { client: String },
+    /// A valid knock of a client that was granted more than its burst
+    /// lately ([`crate::grant_limit`]).
+    #[error("client {client}: more than {GRANT_BURST} grants lately, then one per {}s; not consumed", GRANT_EVERY_MS / 1000)]
+    RateLimited { client: String },
 }
 
 impl Rejection {
@@ -133,6 +138,7 @@ impl Rejection {
             Rejection::StaleHint => "stale-hint",
             Rejection::SigLimited { .. } => "sig-limited",
             Rejection::BadSignature { .. } => "bad-signature",
+            Rejection::RateLimited { .. } => "rate-limited",
         }
     }
 
@@ -173,20 +179,214 @@ pub struct Grant {
     pub duration: Duration,
 }
 
-struct Client {
-    name: String,
-    mode: Mode,
-    keys: PairKeys,
-    /// Its pair key's name in the replay memory (and in the signature
-    /// limiter): a renamed file keeps it.
-    replay_id: ReplayId,
-    /// A public-key client's key, which its signatures must verify with.
-    public_key: Option<ClientPublicKey>,
+/// What a client may do. Interned: most clients share one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientPolicy {
     ports: Vec<PortSpec>,
     max_open_for: Option<Duration>,
     allow_from: Vec<Cidr>,
     expires: Option<Expiry>,
     require_bound_addr: bool,
+}
+
+/// One client, kept small: a server holds 100,000 of them, twice during a
+/// reload.
+struct Client {
+    keys: PairKeys,
+    name: Box<str>,
+    /// Its policy in [`Roster::policies`].
+    policy: u32,
+    /// A public-key client's key, which its signatures must verify with.
+    public_key: Option<Box<ClientPublicKey>>,
+}
+
+impl Client {
+    fn mode(&self) -> Mode {
+        if self.public_key.is_some() {
+            Mode::Public
+        } else {
+            Mode::Shared
+        }
+    }
+
+    /// Its pair key's name in the replay memory (and in the limiters): a
+    /// renamed file keeps it.
+    fn replay_id(&self) -> ReplayId {
+        self.keys.replay_id()
+    }
+}
+
+/// The hint index reaches beyond the freshness window, so that a knock from
+/// a client whose clock is minutes off is opened and refused as "too old"
+/// or "from the future", naming the client, instead of looking like junk.
+/// Up to this many slots each side (10 minutes)...
+const DIAGNOSIS_SLOTS: u64 = 20;
+/// ...as long as all clients' diagnosis hints together stay within this
+/// many: with 100,000 clients, one slot each side (12 bytes a hint).
+const DIAGNOSIS_HINTS: u64 = 200_000;
+
+/// The clients and their hint index: what a reload replaces, built off the
+/// packet loop ([`RosterBuilder`]) and swapped in whole.
+pub struct Roster {
+    clients: Vec<Client>,
+    policies: Vec<ClientPolicy>,
+    index: RollingIndex,
+    window_ms: u64,
+    diagnosis_ms: u64,
+    public_clients: usize,
+    /// Clients that have an expiry date.
+    expiring: Vec<u32>,
+}
+
+impl std::fmt::Debug for Roster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Roster")
+            .field("clients", &self.clients.len())
+            .field("policies", &self.policies.len())
+            .field("hints", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Roster`] one client at a time, as the files are read.
+#[derive(Default)]
+pub struct RosterBuilder {
+    clients: Vec<Client>,
+    policies: Vec<ClientPolicy>,
+    interned: HashMap<ClientPolicy, u32>,
+    public_clients: usize,
+    expiring: Vec<u32>,
+}
+
+impl std::fmt::Debug for RosterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RosterBuilder")
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RosterBuilder {
+    pub fn with_capacity(clients: usize) -> Self {
+        Self {
+            clients: Vec::with_capacity(clients),
+            ..Self::default()
+        }
+    }
+
+    /// Adds `entry`, whose pair keys are `keys`.
+    pub fn push(&mut self, entry: &ClientEntry, keys: PairKeys) {
+        let policy = ClientPolicy {
+            ports: entry.ports.clone(),
+            max_open_for: entry.max_open_for,
+            allow_from: entry.allow_from.clone(),
+            expires: entry.expires.clone(),
+            require_bound_addr: entry.require_bound_addr,
+        };
+        let next = u32::try_from(self.policies.len()).unwrap_or(u32::MAX);
+        let policy = match self.interned.get(&policy) {
+            Some(&i) => i,
+            None => {
+                self.policies.push(policy.clone());
+                self.interned.insert(policy, next);
+                next
+            }
+        };
+        let public_key = match credential(entry) {
+            Credential::Shared(_) => None,
+            Credential::Public(key) => {
+                self.public_clients += 1;
+                Some(Box::new(*key))
+            }
+        };
+        if entry.expires.is_some() {
+            self.expiring
+                .push(u32::try_from(self.clients.len()).unwrap_or(u32::MAX));
+        }
+        self.clients.push(Client {
+            keys,
+            name: entry.name.as_str().into(),
+            policy,
+            public_key,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// The roster, with the hints of every slot a knock can be fresh in at
+    /// `now_ms` and of the next one; the rest of the index (the slots kept
+    /// to diagnose clock skew) is added by [`Verifier::advance_index`].
+    pub fn finish(self, window_ms: u64, now_ms: u64) -> Roster {
+        let clients = self.clients.len() as u64;
+        let diagnosis_slots = (DIAGNOSIS_HINTS / clients.max(1) / 2).min(DIAGNOSIS_SLOTS);
+        let diagnosis_ms = diagnosis_slots * SLOT_MS;
+        let reach = window_ms.saturating_add(diagnosis_ms);
+        // Both ends, plus the slot a window not aligned to slots touches,
+        // plus the one added ahead.
+        let span = (2 * reach).div_ceil(SLOT_MS) + 2;
+        let mut roster = Roster {
+            index: RollingIndex::new(self.clients.len(), span),
+            clients: self.clients,
+            policies: self.policies,
+            window_ms,
+            diagnosis_ms,
+            public_clients: self.public_clients,
+            expiring: self.expiring,
+        };
+        let (first, last) = slot_range(now_ms, window_ms);
+        let needed = usize::try_from(last - first + 2).unwrap_or(usize::MAX);
+        roster.advance(now_ms, roster.clients.len().saturating_mul(needed));
+        roster
+    }
+}
+
+impl Roster {
+    /// A roster of `entries`, whose pair keys are `keys`, in order.
+    pub fn build(entries: &[ClientEntry], keys: Vec<PairKeys>, window_ms: u64, now_ms: u64) -> Self {
+        let mut builder = RosterBuilder::with_capacity(entries.len());
+        for (entry, keys) in entries.iter().zip(keys) {
+            builder.push(entry, keys);
+        }
+        builder.finish(window_ms, now_ms)
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// The slots the index should cover at `now_ms`: the freshness window
+    /// and the diagnosis reach around it, and the next slot, made ahead of
+    /// time.
+    fn wanted(&self, now_ms: u64) -> (u64, u64) {
+        let (first, last) = slot_range(now_ms, self.window_ms.saturating_add(self.diagnosis_ms));
+        (first, last + 1)
+    }
+
+    fn advance(&mut self, now_ms: u64, budget: usize) -> Progress {
+        let want = self.wanted(now_ms);
+        let clients = &self.clients;
+        self.index.advance(
+            |i| clients.get(i).map(|c| &c.keys),
+            want,
+            now_ms / SLOT_MS,
+            budget,
+        )
+    }
+
+    /// Bytes of the hint table.
+    pub fn index_bytes(&self) -> usize {
+        self.index.table_bytes()
+    }
 }
 
 /// A hint outside the freshness window is opened at most this often.
@@ -224,87 +424,81 @@ pub struct SignatureCounts {
 /// The server's verifier: clients, their hint index and the replay guard.
 pub struct Verifier {
     server: ServerIdentity,
-    clients: Vec<Client>,
-    index: HintIndex<usize>,
+    roster: Roster,
     guard: ReplayGuard,
     policy: ServerPolicy,
     /// When each stale hint was last opened.
     stale_opened: HashMap<KeyHint, u64>,
     sig_limit: SigLimiter,
+    grant_limit: GrantLimiter,
     signatures: SignatureCounts,
-    /// Clients in public-key mode.
-    public_clients: usize,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("clients", &self.clients.len())
+            .field("roster", &self.roster)
             .finish_non_exhaustive()
     }
 }
 
 impl Verifier {
-    /// `keys` are the pair keys of `entries`, in order
-    /// ([`crate::pair_keys::Keyring::derive`]).
     pub fn new(
         server: ServerIdentity,
-        entries: &[ClientEntry],
-        keys: Vec<PairKeys>,
+        roster: Roster,
         policy: ServerPolicy,
         guard: ReplayGuard,
-        now_ms: u64,
     ) -> Self {
-        let clients = to_clients(entries, keys);
-        let index = build_index(&clients, now_ms, guard.window_ms());
         Self {
-            public_clients: count_public(&clients),
             server,
-            clients,
-            index,
+            roster,
             guard,
             policy,
             stale_opened: HashMap::new(),
             sig_limit: SigLimiter::default(),
+            grant_limit: GrantLimiter::default(),
             signatures: SignatureCounts::default(),
         }
     }
 
-    /// Replaces clients and policy (SIGHUP), keeping the replay memory and
-    /// the signature limits. `server` may have gained a key (its first
-    /// public-key client); its identity is the same.
+    /// Replaces clients and policy (a reload), keeping the replay memory
+    /// and the limits; returns the old clients, for the caller to drop off
+    /// the packet loop. `server` may have gained a key (its first public-key
+    /// client); its identity is the same. The roster's window becomes the
+    /// replay guard's.
     pub fn reconfigure(
         &mut self,
         server: ServerIdentity,
-        entries: &[ClientEntry],
-        keys: Vec<PairKeys>,
+        roster: Roster,
         policy: ServerPolicy,
-        window_ms: u64,
-        now_ms: u64,
-    ) {
+    ) -> Roster {
         self.server = server;
-        self.clients = to_clients(entries, keys);
-        self.public_clients = count_public(&self.clients);
         self.policy = policy;
-        self.guard.set_window_ms(window_ms);
-        self.index = build_index(&self.clients, now_ms, window_ms);
+        self.guard.set_window_ms(roster.window_ms);
         self.stale_opened.clear();
+        std::mem::replace(&mut self.roster, roster)
     }
 
-    /// Keeps the hint index covering the current time and tells the replay
-    /// guard the time; call at least once per second. Cheap when nothing
-    /// changed.
+    /// What the verifier knows of the server.
+    pub fn server(&self) -> ServerIdentity {
+        self.server
+    }
+
+    /// Does at most `budget` units of work (a unit is one HMAC) to keep the
+    /// hint index covering `now_ms`: one slot is added (and one dropped)
+    /// every 30 s, spread over as many calls as it takes.
+    pub fn advance_index(&mut self, now_ms: u64, budget: usize) -> Progress {
+        self.roster.advance(now_ms, budget)
+    }
+
+    /// Tells the replay guard and the limiters the time; call at least once
+    /// per second. The hint index follows the time in
+    /// [`Self::advance_index`].
     pub fn tick(&mut self, now_ms: u64) -> Tick {
-        let window = self.guard.window_ms();
-        if !self
-            .index
-            .is_current(now_ms, window.saturating_add(SKEW_DIAGNOSIS_MS))
-        {
-            self.index = build_index(&self.clients, now_ms, window);
-        }
         self.stale_opened
             .retain(|_, &mut at| now_ms.saturating_sub(at) < STALE_HINT_EVERY_MS && at <= now_ms);
         self.sig_limit.prune(now_ms);
+        self.grant_limit.prune(now_ms);
         self.guard.tick(now_ms)
     }
 
@@ -325,26 +519,29 @@ impl Verifier {
 
     /// The clients whose `expires` has passed at `now_ms`, with it.
     pub fn expired(&self, now_ms: u64) -> Vec<(String, String)> {
-        self.clients
+        let roster = &self.roster;
+        roster
+            .expiring
             .iter()
-            .filter_map(|c| {
-                let expires = c.expires.as_ref()?;
+            .filter_map(|&i| {
+                let client = roster.clients.get(i as usize)?;
+                let expires = roster.policies.get(client.policy as usize)?.expires.as_ref()?;
                 expires
                     .has_passed(now_ms)
-                    .then(|| (c.name.clone(), expires.to_string()))
+                    .then(|| (client.name.to_string(), expires.to_string()))
             })
             .collect()
     }
 
     pub fn client_count(&self) -> usize {
-        self.clients.len()
+        self.roster.clients.len()
     }
 
     /// How many clients of the mode `mode` are loaded.
     pub fn count_of(&self, mode: Mode) -> usize {
         match mode {
-            Mode::Public => self.public_clients,
-            Mode::Shared => self.clients.len() - self.public_clients,
+            Mode::Public => self.roster.public_clients,
+            Mode::Shared => self.roster.clients.len() - self.roster.public_clients,
         }
     }
 
@@ -365,9 +562,10 @@ impl Verifier {
         // 1. Length.
         let knock = KnockBytes::parse(payload).map_err(Rejection::Length)?;
         // 2. Hint.
-        let (&index, slot) = self
+        let (index, slot) = self
+            .roster
             .index
-            .lookup_with_slot(knock.hint())
+            .lookup(knock.hint())
             .ok_or(Rejection::UnknownClient)?;
         let (first, last) = slot_range(now_ms, self.guard.window_ms());
         if !(first..=last).contains(&slot) {
@@ -383,42 +581,56 @@ impl Verifier {
                 }
             }
         }
-        let client = self.clients.get(index).ok_or(Rejection::UnknownClient)?;
-        let name = || client.name.clone();
+        let client = self
+            .roster
+            .clients
+            .get(index)
+            .ok_or(Rejection::UnknownClient)?;
+        let client_policy = self
+            .roster
+            .policies
+            .get(client.policy as usize)
+            .ok_or(Rejection::UnknownClient)?;
+        let name = || client.name.to_string();
         // 3, 4. One AEAD open, and decoding in the entry's mode.
-        let opened = open(&client.keys, client.mode, &knock).map_err(|reason| Rejection::Open {
+        let opened = open(&client.keys, client.mode(), &knock).map_err(|reason| Rejection::Open {
             client: name(),
             reason,
         })?;
         // 5. Freshness and replay: checked, not consumed.
         let fresh = self
             .guard
-            .check(client.replay_id, opened.timestamp_ms, now_ms)
+            .check(client.replay_id(), opened.timestamp_ms, now_ms)
             .map_err(|reason| Rejection::Replay {
                 client: name(),
                 reason,
             })?;
         // 6. Policy.
-        let (addr, duration) = self.policy_check(client, &opened, source, now_ms)?;
+        let (addr, duration) =
+            self.policy_check(&client.name, client_policy, &opened, source, now_ms)?;
         // 7-9. The signature of a public-key client, rate limited.
-        if client.mode == Mode::Public {
-            if !self.sig_limit.allows(client.replay_id, now_ms) {
+        if let Some(key) = &client.public_key {
+            if !self.sig_limit.allows(client.replay_id(), now_ms) {
                 self.signatures.limited += 1;
                 return Err(Rejection::SigLimited { client: name() });
             }
             self.signatures.checked += 1;
-            let verified = match (&client.public_key, &self.server.public) {
-                (Some(key), Some(server)) => opened
+            let verified = match &self.server.public {
+                Some(server) => opened
                     .verify_signature(key, server, &self.server.id)
                     .is_ok(),
-                // Not reached: a public-key client has both.
-                _ => false,
+                // Not reached: a server with a public-key client has a key.
+                None => false,
             };
             if !verified {
                 self.signatures.failed += 1;
-                self.sig_limit.charge(client.replay_id, now_ms);
+                self.sig_limit.charge(client.replay_id(), now_ms);
                 return Err(Rejection::BadSignature { client: name() });
             }
+        }
+        // 10. A client granted more than its burst lately waits its turn.
+        if !self.grant_limit.allows(client.replay_id(), now_ms) {
+            return Err(Rejection::RateLimited { client: name() });
         }
         Ok(PendingGrant {
             fresh,
@@ -433,12 +645,13 @@ impl Verifier {
     /// open for and for how long.
     fn policy_check(
         &self,
-        client: &Client,
+        name: &str,
+        client: &ClientPolicy,
         opened: &OpenedKnock,
         source: IpAddr,
         now_ms: u64,
     ) -> Result<(IpAddr, Duration), Rejection> {
-        let name = || client.name.clone();
+        let name = || name.to_owned();
         if let Some(expires) = client.expires.as_ref().filter(|e| e.has_passed(now_ms)) {
             return Err(Rejection::Expired {
                 client: name(),
@@ -503,6 +716,7 @@ impl Verifier {
     /// Consumes a verified knock. Returns the grant and the replay state that
     /// must be durable before the grant is made.
     pub fn consume(&mut self, pending: PendingGrant, now_ms: u64) -> (Grant, Vec<u8>) {
+        self.grant_limit.charge(pending.fresh.key(), now_ms);
         self.guard.commit(pending.fresh, now_ms);
         let state = self.guard.encode();
         let grant = Grant {
@@ -513,49 +727,6 @@ impl Verifier {
         };
         (grant, state)
     }
-}
-
-fn count_public(clients: &[Client]) -> usize {
-    clients.iter().filter(|c| c.mode == Mode::Public).count()
-}
-
-fn to_clients(entries: &[ClientEntry], keys: Vec<PairKeys>) -> Vec<Client> {
-    entries
-        .iter()
-        .zip(keys)
-        .map(|(e, keys)| {
-            let (mode, public_key) = match credential(e) {
-                Credential::Shared(_) => (Mode::Shared, None),
-                Credential::Public(key) => (Mode::Public, Some(*key)),
-            };
-            Client {
-                name: e.name.clone(),
-                mode,
-                replay_id: keys.replay_id(),
-                keys,
-                public_key,
-                ports: e.ports.clone(),
-                max_open_for: e.max_open_for,
-                allow_from: e.allow_from.clone(),
-                expires: e.expires.clone(),
-                require_bound_addr: e.require_bound_addr,
-            }
-        })
-        .collect()
-}
-
-/// The hint index reaches this far beyond the freshness window, so that a
-/// knock from a client whose clock is minutes off is opened and refused as
-/// "too old" or "from the future", naming the client, instead of looking like
-/// junk. It costs 40 more hints per client, and still at most one MAC check.
-const SKEW_DIAGNOSIS_MS: u64 = 10 * 60 * 1000;
-
-fn build_index(clients: &[Client], now_ms: u64, window_ms: u64) -> HintIndex<usize> {
-    HintIndex::build(
-        clients.iter().enumerate().map(|(i, c)| (i, &c.keys)),
-        now_ms,
-        window_ms.saturating_add(SKEW_DIAGNOSIS_MS),
-    )
 }
 
 /// Can any host send from `addr`, wherever the datagram arrived? Not from
@@ -598,8 +769,9 @@ pub(crate) mod fixtures {
         SealRandomness, Sealer, ServerId, ServerSecretKey,
     };
 
-    use super::{ServerIdentity, ServerPolicy, Verifier};
+    use super::{Roster, ServerIdentity, ServerPolicy, Verifier};
     use crate::pair_keys::Keyring;
+    use knock_proto::Progress;
 
     pub const NOW: u64 = 1_800_000_000_000;
     pub const SERVER: ServerId = ServerId([7; 16]);
@@ -711,20 +883,25 @@ pub(crate) mod fixtures {
             .keys
     }
 
+    /// The roster of `clients` at [`NOW`], its hint index complete.
+    pub fn roster(clients: &[ClientEntry]) -> Roster {
+        let mut roster = Roster::build(clients, keys(clients), 30_000, NOW);
+        while roster.advance(NOW, usize::MAX) == Progress::More {}
+        roster
+    }
+
     pub fn verifier(clients: &[ClientEntry]) -> Verifier {
         Verifier::new(
             identity(),
-            clients,
-            keys(clients),
+            roster(clients),
             policy(),
             ReplayGuard::first_start(30_000, NOW - 60_000),
-            NOW,
         )
     }
 
     /// Reloads `v` with `clients` and `policy`.
     pub fn reload(v: &mut Verifier, clients: &[ClientEntry], policy: ServerPolicy) {
-        v.reconfigure(identity(), clients, keys(clients), policy, 30_000, NOW);
+        let _ = v.reconfigure(identity(), roster(clients), policy);
     }
 
     pub fn request(ports: &[u16], bound: Option<IpAddr>) -> Request {

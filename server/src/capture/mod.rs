@@ -224,6 +224,12 @@ impl Capture {
         Ok(capture)
     }
 
+    /// Are frames of the last read still to be handed out? When not, the
+    /// next [`Self::wait_next`] may wait for the network.
+    pub fn has_queued(&self) -> bool {
+        self.next < self.read
+    }
+
     pub fn interface(&self) -> &str {
         &self.interface
     }
