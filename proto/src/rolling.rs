@@ -212,6 +212,8 @@ impl RollingIndex {
         let clients = clients.min(MAX_CLIENTS);
         let span = span.clamp(1, MAX_SPAN) as usize;
         Self {
+            // One slot more than the span: a slot that is needed now is added
+            // before the one that is no longer wanted is swept out.
             table: Table::with_room_for(clients.saturating_mul(span + 1)),
             built: None,
             job: None,
@@ -271,21 +273,24 @@ impl RollingIndex {
     /// Does up to `budget` units of work (one unit: one hint computed, or
     /// 16 cells scanned) toward covering exactly the slots `want` (first,
     /// last), for the clients whose pair keys `keys(i)` gives, `i` in
-    /// `0..clients`. The slots nearest `centre` are added first, so that a
-    /// fresh index answers current knocks before it answers for clocks
-    /// minutes off.
+    /// `0..clients`. The slots of `need` (within `want`: those a knock can
+    /// be fresh in now) come before anything else; then the slots nearest
+    /// them, so that an index answers current knocks before it answers for
+    /// clocks minutes off.
     pub fn advance<'k>(
         &mut self,
         keys: impl Fn(usize) -> Option<&'k PairKeys>,
         want: (u64, u64),
-        centre: u64,
+        need: (u64, u64),
         mut budget: usize,
     ) -> Progress {
         let want = (want.0, want.1.min(want.0.saturating_add(MAX_SPAN - 1)));
+        let need = (need.0.max(want.0), need.1.min(want.1).max(need.0.max(want.0)));
+        let centre = need.0 + (need.1 - need.0) / 2;
         while budget > 0 {
             let job = match self.job {
                 Some(job) => job,
-                None => match self.plan(want, centre) {
+                None => match self.plan(want, need, centre) {
                     Some(job @ Job::Sweep { keep, .. }) if keep == START_OVER => {
                         // Nothing of it is wanted any more: stop answering
                         // for it at once.
@@ -350,7 +355,7 @@ impl RollingIndex {
                 }
             }
         }
-        if self.job.is_none() && self.plan(want, centre).is_none() {
+        if self.job.is_none() && self.plan(want, need, centre).is_none() {
             Progress::Done
         } else {
             Progress::More
@@ -366,10 +371,10 @@ impl RollingIndex {
         )
     }
 
-    /// The next job toward `want`: first drop what lies outside it (so
-    /// the table never holds more than it was sized for), then add the
-    /// missing slot nearest `centre`.
-    fn plan(&self, want: (u64, u64), centre: u64) -> Option<Job> {
+    /// The next job toward `want`: first add what is needed now, then drop
+    /// what lies outside `want` (so that the table holds no more than it
+    /// was sized for), then add the missing slot nearest `centre`.
+    fn plan(&self, want: (u64, u64), need: (u64, u64), centre: u64) -> Option<Job> {
         let Some((first, last)) = self.built else {
             if self.table.len > 0 {
                 // Hints of slots that never completed (a clock step).
@@ -387,6 +392,18 @@ impl RollingIndex {
             return Some(Job::Sweep {
                 keep: START_OVER,
                 cursor: 0,
+            });
+        }
+        if need.1 > last {
+            return Some(Job::Add {
+                slot: last + 1,
+                next: 0,
+            });
+        }
+        if need.0 < first {
+            return Some(Job::Add {
+                slot: first - 1,
+                next: 0,
             });
         }
         if first < want.0 || last > want.1 {
@@ -429,7 +446,7 @@ mod tests {
     }
 
     fn finish(index: &mut RollingIndex, k: &[PairKeys], want: (u64, u64), centre: u64) {
-        while index.advance(|i| k.get(i), want, centre, 7) == Progress::More {}
+        while index.advance(|i| k.get(i), want, (centre, centre), 7) == Progress::More {}
     }
 
     fn hint(k: &PairKeys, slot: u64) -> KeyHint {
@@ -462,7 +479,7 @@ mod tests {
             let want = (10 + step, 13 + step);
             // Every call is bounded; between calls old slots still answer.
             let mut calls = 0;
-            while index.advance(|i| k.get(i), want, 11 + step, 50) == Progress::More {
+            while index.advance(|i| k.get(i), want, (11 + step, 11 + step), 50) == Progress::More {
                 calls += 1;
                 assert!(index.lookup(&hint(&k[7], 12 + step)).is_some());
             }
@@ -481,7 +498,7 @@ mod tests {
         let mut index = RollingIndex::new(k.len(), 3);
         finish(&mut index, &k, (10, 12), 11);
         // The first call adds the centre slot before any other.
-        index.advance(|i| k.get(i), (5000, 5002), 5001, 1_000_000);
+        index.advance(|i| k.get(i), (5000, 5002), (5001, 5001), 1_000_000);
         finish(&mut index, &k, (5000, 5002), 5001);
         assert_eq!(index.built(), Some((5000, 5002)));
         assert_eq!(index.len(), 150);
@@ -491,7 +508,7 @@ mod tests {
         let mut index2 = index.clone();
         let mut first_calls = 0;
         loop {
-            let p = index2.advance(|i| k.get(i), (20, 22), 21, 10);
+            let p = index2.advance(|i| k.get(i), (20, 22), (21, 21), 10);
             first_calls += 1;
             if index2.built().is_some() {
                 assert_eq!(index2.built(), Some((21, 21)), "centre first");

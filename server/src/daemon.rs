@@ -609,6 +609,10 @@ impl Daemon {
         if watch.ready {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
         }
+        info!(
+            "reloading: reading {} and its clients beside the packet loop, which keeps honouring knocks",
+            self.config.path.display()
+        );
         let (done, result) = mpsc::channel();
         let path = self.config.path.clone();
         let running = self.config.clone();
@@ -648,7 +652,11 @@ impl Daemon {
         self.keyring = Some(keyring);
         let report = match loaded.and_then(|prepared| self.switch_to(prepared)) {
             Ok((summary, warnings, took)) => {
-                info!("reloaded: {summary} (read in {:.2}s beside the packet loop)", took.as_secs_f64());
+                info!(
+                    "read the configuration and clients in {:.2}s beside the packet loop",
+                    took.as_secs_f64()
+                );
+                info!("reloaded: {summary}");
                 for warning in &warnings {
                     warn!("{warning}");
                 }

@@ -28,6 +28,7 @@ pub mod grant_limit;
 pub mod health;
 pub mod loader;
 pub mod pair_keys;
+pub mod parallel;
 pub mod pipeline;
 pub mod privileges;
 pub mod rejections;

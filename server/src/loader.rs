@@ -16,7 +16,7 @@ use knock_keys::entry::ClientEntry;
 use knock_keys::secret_file::read_config;
 use tracing::{info, warn};
 
-use crate::clients::{mode, read_clients};
+use crate::clients::{mode, read_client_files, ClientFiles};
 use crate::daemon::{window_ms, ReloadError};
 use crate::pair_keys::{Derivation, Keyring, PairKeyError};
 use crate::running_config::{PendingRecord, RecordWriter};
@@ -83,7 +83,8 @@ pub fn load(
     };
     let now_ms = unix_ms();
     let mut scan = sanity::Scan::new(&config, now_ms);
-    let mut builder = RosterBuilder::default();
+    let files = ClientFiles::list(&config.clients_dir)?;
+    let mut builder = RosterBuilder::with_capacity(files.len());
     let mut derivation = Derivation::default();
     let mut part: Vec<ClientEntry> = Vec::with_capacity(PART);
     // Public-key clients while the server has no key: an error once all
@@ -116,7 +117,7 @@ pub fn load(
         part.clear();
         Ok(())
     };
-    read_clients(&config.clients_dir, |_, entry, text| {
+    read_client_files(&files, |_, entry, text| {
         if let Some(writer) = record.as_mut() {
             if let Err(err) = writer.client(&entry.name, &text) {
                 record_error = Some(err.to_string());
@@ -132,6 +133,7 @@ pub fn load(
         Ok::<(), ReloadError>(())
     })?;
     flush(&mut part, &mut builder, keyring, &mut keyless)?;
+    drop(files);
     if let Some((client, publics)) = keyless {
         return Err(PairKeyError::NoServerKey {
             key_file: keyring.key_file().to_path_buf(),

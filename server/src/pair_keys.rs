@@ -43,6 +43,8 @@ use knock_proto::{
     KeyError, PairKeys, PairPrk, ServerId, ServerPublicKey, ServerSecretKey, PAIR_PRK_LEN,
 };
 use thiserror::Error;
+
+use crate::parallel::parallel_map;
 use tracing::warn;
 use zeroize::Zeroizing;
 
@@ -231,7 +233,7 @@ impl Keyring {
         clients_dir: &Path,
     ) -> Result<Vec<PairKeys>, PairKeyError> {
         let (id, secret, cache) = (&self.id, self.secret.as_ref(), &self.cache.prks);
-        let results = parallel_map(entries, |entry| {
+        let results = parallel_map(entries, PER_THREAD_AT_LEAST, |entry| {
             derive_one(credential(entry), id, secret, cache)
         });
         let mut keys = Vec::with_capacity(entries.len());
@@ -495,34 +497,6 @@ fn derive_one(
             })
         }
     }
-}
-
-/// `f` over `items`, in order, on up to `available_parallelism()` threads.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len().div_ceil(PER_THREAD_AT_LEAST))
-        .max(1);
-    if threads == 1 {
-        return items.iter().map(&f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        let mut out = Vec::with_capacity(items.len());
-        for worker in workers {
-            match worker.join() {
-                Ok(part) => out.extend(part),
-                // A panicking worker is a bug; its panic goes on here.
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
 }
 
 /// Cache writes, one at a time (they share a temporary file name).

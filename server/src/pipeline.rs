@@ -125,6 +125,8 @@ mod tests {
 
     use knock_proto::{seal, ClientSecret, PairKeys, PortSpec, Request, Sealer, ServerId};
 
+    use std::time::SystemTime;
+
     use super::*;
     use crate::firewall::memory::MemoryFirewall;
     use crate::verify::fixtures::{
@@ -174,6 +176,99 @@ mod tests {
             }
         }
         assert_eq!(fw.granted.len(), 1);
+    }
+
+    /// Knocks read together are made durable together: one write of a
+    /// state that records all of them, before the first grant.
+    #[test]
+    fn a_batch_is_made_durable_once_before_any_grant() {
+        let clients: Vec<_> = (1..=20u8)
+            .map(|i| client(&format!("c{i}"), i, &[4992]))
+            .collect();
+        let mut v = verifier(&clients);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        let mut admitted = Admitted::default();
+        let a = addr("198.18.0.2");
+        for i in 1..=20u8 {
+            let k = knock(i, &[4992], None, NOW, SERVER);
+            admitted
+                .admit(&mut v, &k, a, NOW, SystemTime::now())
+                .expect("valid");
+        }
+        assert_eq!(admitted.len(), 20);
+        assert!(store.writes.is_empty() && fw.granted.is_empty(), "nothing yet");
+        let outcomes = admitted.grant_all(&mut store, &mut fw);
+        assert_eq!(outcomes.len(), 20);
+        assert!(outcomes
+            .iter()
+            .all(|(o, _)| matches!(o, Outcome::Granted(_))));
+        assert_eq!(store.writes.len(), 1, "one durable write for the batch");
+        assert_eq!(fw.granted.len(), 20);
+        // That one state records every knock of the batch: restored from
+        // it, each one is a replay.
+        let restored = knock_proto::ReplayGuard::restore(30_000, NOW, &store.writes[0], None)
+            .expect("state");
+        let mut v2 = crate::verify::Verifier::new(
+            crate::verify::fixtures::identity(),
+            crate::verify::fixtures::roster(&clients),
+            policy(),
+            restored,
+        );
+        for i in 1..=20u8 {
+            let k = knock(i, &[4992], None, NOW, SERVER);
+            match v2.verify(&k, a, NOW) {
+                Err(r) => assert_eq!(r.reason(), "replay"),
+                Ok(p) => panic!("{p:?}"),
+            }
+        }
+        // A batch whose state cannot be made durable grants none.
+        let mut admitted = Admitted::default();
+        for i in 1..=3u8 {
+            let k = knock(i, &[4992], None, NOW + 1, SERVER);
+            admitted.admit(&mut v, &k, a, NOW + 1, SystemTime::now()).unwrap();
+        }
+        store.full = true;
+        let outcomes = admitted.grant_all(&mut store, &mut fw);
+        assert!(outcomes
+            .iter()
+            .all(|(o, _)| matches!(o, Outcome::StateNotDurable(..))));
+        assert_eq!(fw.granted.len(), 20);
+    }
+
+    /// One client knocking in a loop gets its burst, then waits its turn;
+    /// another client is not slowed, and a limited knock is not consumed.
+    #[test]
+    fn one_client_cannot_take_every_grant() {
+        use crate::grant_limit::{GRANT_BURST, GRANT_EVERY_MS};
+        let mut v = verifier(&[client("busy", 1, &[4992]), client("other", 2, &[4992])]);
+        let (mut store, mut fw) = (MemoryStore::default(), MemoryFirewall::default());
+        let a = addr("198.18.0.2");
+        for n in 0..GRANT_BURST {
+            let k = knock(1, &[4992], None, NOW + n, SERVER);
+            assert!(matches!(
+                honour(&mut v, &mut store, &mut fw, &k, a, NOW + n),
+                Outcome::Granted(_)
+            ));
+        }
+        let limited = knock(1, &[4992], None, NOW + 100, SERVER);
+        match honour(&mut v, &mut store, &mut fw, &limited, a, NOW + 100) {
+            Outcome::Rejected(r) => assert_eq!(r.reason(), "rate-limited"),
+            other => panic!("{other:?}"),
+        }
+        let writes = store.writes.len();
+        let k = knock(2, &[4992], None, NOW + 100, SERVER);
+        assert!(matches!(
+            honour(&mut v, &mut store, &mut fw, &k, a, NOW + 100),
+            Outcome::Granted(_)
+        ));
+        assert_eq!(store.writes.len(), writes + 1, "no write for the limited one");
+        // Not consumed: the same knock is honoured once its turn comes.
+        let later = NOW + GRANT_EVERY_MS;
+        v.tick(later);
+        assert!(matches!(
+            honour(&mut v, &mut store, &mut fw, &limited, a, later),
+            Outcome::Granted(_)
+        ));
     }
 
     #[test]
