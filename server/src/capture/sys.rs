@@ -451,11 +451,12 @@ fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
         } else {
             (header.msg_len as usize).min(FRAME_LEN)
         };
-        // A packet socket always names the sender; should it not, the frame
-        // counts as coming from nowhere we know (index 0, not loopback).
-        // size_t with glibc, socklen_t with musl.
+        // msg_controllen is what the kernel wrote: size_t with glibc,
+        // socklen_t with musl.
         #[allow(clippy::unnecessary_cast)]
         let arrived = arrival_time(control, header.msg_hdr.msg_controllen as usize);
+        // A packet socket always names the sender; should it not, the frame
+        // counts as coming from nowhere we know (index 0, not loopback).
         *meta = if header.msg_hdr.msg_namelen >= socklen_of::<libc::sockaddr_ll>() {
             FrameMeta {
                 ifindex: name.sll_ifindex,
