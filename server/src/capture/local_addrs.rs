@@ -218,11 +218,13 @@ mod tests {
         ifindex: 2,
         pkttype: 0,
         hatype: 1,
+        arrived: None,
     };
     const LO: FrameMeta = FrameMeta {
         ifindex: 1,
         pkttype: 0,
         hatype: libc::ARPHRD_LOOPBACK,
+        arrived: None,
     };
 
     fn table() -> LocalAddrs {

@@ -30,7 +30,7 @@ mod sys;
 use std::io;
 use std::net::IpAddr;
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::firewall::netlink::NetlinkError;
 
@@ -94,6 +94,17 @@ pub struct Datagram<'a> {
     pub source: IpAddr,
     pub destination: IpAddr,
     pub payload: &'a [u8],
+    /// When the kernel received the frame (`SO_TIMESTAMPNS`, CLOCK_REALTIME
+    /// as [`SystemTime::now`] reads it), before it waited in the socket's
+    /// queue for us: `SystemTime::now().duration_since(arrived)` once a
+    /// grant is live is the arrival-to-live latency. It is taken when the
+    /// stack receives the frame from the device (for loopback and veth, when
+    /// the sender hands it over), or, for a frame that got no time there
+    /// (the moments after the socket turned timestamps on), when it is read.
+    /// A step of the wall clock in between (NTP, an operator) shows in the
+    /// difference, which can then be wrong or an error. None when the read
+    /// carried no time, and always from [`parse_datagram`].
+    pub arrived: Option<SystemTime>,
 }
 
 /// After a read that returned at least this many frames, the next read waits
@@ -355,6 +366,7 @@ impl Capture {
                 source: parsed.source,
                 destination: parsed.destination,
                 payload,
+                arrived: batch.meta(index).arrived,
             }),
             None => Next::Malformed,
         })
@@ -483,6 +495,7 @@ pub fn parse_datagram(frame: &[u8], knock_port: u16) -> Option<Datagram<'_>> {
         source: parsed.source,
         destination: parsed.destination,
         payload: frame.get(parsed.payload)?,
+        arrived: None,
     })
 }
 
@@ -609,6 +622,7 @@ mod tests {
             ifindex,
             pkttype: libc::PACKET_HOST,
             hatype: 1,
+            arrived: None,
         }
     }
 
@@ -616,6 +630,7 @@ mod tests {
         ifindex: 1,
         pkttype: libc::PACKET_HOST,
         hatype: libc::ARPHRD_LOOPBACK,
+        arrived: None,
     };
 
     /// A batch of `frames`, each `(payload byte, device)`.

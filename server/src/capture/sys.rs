@@ -1,12 +1,12 @@
 //! The server's only unsafe code: the packet socket's bind, address, option,
-//! statistics, interface lookup, batch read and poll calls that socket2 does
-//! not offer, and the bind of the netlink socket that hears of address
-//! changes.
+//! statistics, interface lookup, batch read (with the kernel's receive
+//! timestamp of each frame) and poll calls that socket2 does not offer, and
+//! the bind of the netlink socket that hears of address changes.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use socket2::{Domain, SockFilter, Socket, Type};
 
@@ -68,6 +68,10 @@ impl PacketSocket {
         // Our own transmissions are no knocks; the filter drops them too, this
         // saves the kernel the clone.
         let _ = set_int_option(&socket, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
+        // Every frame read comes with the time the kernel received it
+        // (SCM_TIMESTAMPNS), for the arrival-to-grant latency. Only a
+        // measurement: should the kernel refuse, frames carry no time.
+        let _ = set_int_option(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
         Ok(Self { socket })
     }
 
@@ -286,7 +290,22 @@ pub const FRAME_LEN: usize = 512;
 /// How many frames one `recvmmsg` may return.
 pub const BATCH: usize = 64;
 
-/// Where a frame came from, as the kernel's `sockaddr_ll` says.
+/// 8-byte words of control-message room per frame: 64 bytes, twice what the
+/// one control message we ask for takes (`CMSG_SPACE` of a timespec, 32
+/// bytes on 64-bit Linux). Words, so that the buffer is aligned for a
+/// `cmsghdr`.
+const CONTROL_WORDS: usize = 8;
+/// One frame's control buffer.
+type Control = [u64; CONTROL_WORDS];
+const CONTROL_LEN: usize = std::mem::size_of::<Control>();
+const TIMESPEC_LEN: usize = std::mem::size_of::<libc::timespec>();
+// SAFETY: CMSG_SPACE is arithmetic on its argument (a `const unsafe fn` in
+// libc only because C macros are); it touches no memory.
+const _: () =
+    assert!(unsafe { libc::CMSG_SPACE(TIMESPEC_LEN as libc::c_uint) } as usize <= CONTROL_LEN);
+
+/// Where a frame came from, as the kernel's `sockaddr_ll` says, and when
+/// the kernel received it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FrameMeta {
     /// The device the frame was seen on (where the packet tap saw it: a
@@ -296,6 +315,10 @@ pub struct FrameMeta {
     pub pkttype: u8,
     /// The device's type: `ARPHRD_LOOPBACK` for loopback.
     pub hatype: u16,
+    /// When the kernel received the frame (CLOCK_REALTIME, from the
+    /// frame's `SCM_TIMESTAMPNS` control message); None if the read did not
+    /// carry one.
+    pub arrived: Option<SystemTime>,
 }
 
 impl FrameMeta {
@@ -308,6 +331,8 @@ impl FrameMeta {
 /// Buffers for one batch of frames, reused for every read.
 pub struct Batch {
     buffers: Box<[[u8; FRAME_LEN]; BATCH]>,
+    /// The control messages of each frame (its receive timestamp).
+    controls: Box<[Control; BATCH]>,
     lens: [usize; BATCH],
     meta: [FrameMeta; BATCH],
 }
@@ -316,6 +341,7 @@ impl Batch {
     pub fn new() -> Self {
         Self {
             buffers: Box::new([[0u8; FRAME_LEN]; BATCH]),
+            controls: Box::new([[0u64; CONTROL_WORDS]; BATCH]),
             lens: [0; BATCH],
             meta: [FrameMeta::default(); BATCH],
         }
@@ -371,22 +397,28 @@ fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
     // SAFETY: mmsghdr and the msghdr inside it are plain C structs for which
     // all-zero bytes are a valid value (null pointers, zero lengths).
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for ((header, iovec), name) in headers
+    for (((header, iovec), name), control) in headers
         .iter_mut()
         .zip(iovecs.iter_mut())
         .zip(names.iter_mut())
+        .zip(batch.controls.iter_mut())
     {
         header.msg_hdr.msg_iov = iovec;
         header.msg_hdr.msg_iovlen = 1;
         header.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
         header.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_ll>();
+        header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+        header.msg_hdr.msg_controllen = CONTROL_LEN as _;
     }
     // SAFETY: `headers` holds BATCH valid mmsghdr, each pointing at one live
     // iovec that spans exactly FRAME_LEN writable bytes of `batch.buffers`,
-    // and at one live sockaddr_ll whose exact size is its msg_namelen (the
+    // at one live sockaddr_ll whose exact size is its msg_namelen (the
     // kernel writes at most that much of the sender's address, truncating a
-    // longer hardware address); all of them outlive the call, which is
-    // non-blocking (MSG_DONTWAIT) and takes no timeout pointer.
+    // longer hardware address), and at one live control buffer of
+    // `batch.controls` whose exact size is its msg_controllen (the kernel
+    // writes at most that much, setting MSG_CTRUNC if more did not fit);
+    // all of them outlive the call, which is non-blocking (MSG_DONTWAIT)
+    // and takes no timeout pointer.
     let received = unsafe {
         libc::recvmmsg(
             fd,
@@ -404,12 +436,13 @@ fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
         };
     }
     let count = usize::try_from(received).unwrap_or(0).min(BATCH);
-    for (((len, meta), header), name) in batch
+    for ((((len, meta), header), name), control) in batch
         .lens
         .iter_mut()
         .zip(batch.meta.iter_mut())
         .zip(headers.iter())
         .zip(names.iter())
+        .zip(batch.controls.iter())
         .take(count)
     {
         let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
@@ -418,6 +451,10 @@ fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
         } else {
             (header.msg_len as usize).min(FRAME_LEN)
         };
+        // msg_controllen is what the kernel wrote: size_t with glibc,
+        // socklen_t with musl.
+        #[allow(clippy::unnecessary_cast)]
+        let arrived = arrival_time(control, header.msg_hdr.msg_controllen as usize);
         // A packet socket always names the sender; should it not, the frame
         // counts as coming from nowhere we know (index 0, not loopback).
         *meta = if header.msg_hdr.msg_namelen >= socklen_of::<libc::sockaddr_ll>() {
@@ -425,12 +462,86 @@ fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
                 ifindex: name.sll_ifindex,
                 pkttype: name.sll_pkttype,
                 hatype: name.sll_hatype,
+                arrived,
             }
         } else {
-            FrameMeta::default()
+            FrameMeta {
+                arrived,
+                ..FrameMeta::default()
+            }
         };
     }
     Ok(count)
+}
+
+/// The kernel's receive time in the first `len` bytes of `control`, the
+/// control messages of one read: its `SCM_TIMESTAMPNS` message. None if
+/// there is none, or none that is whole and sensible.
+fn arrival_time(control: &Control, len: usize) -> Option<SystemTime> {
+    // SAFETY: msghdr is a plain C struct for which all-zero bytes are a
+    // valid value (null pointers, zero lengths).
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    // The kernel only ever lowers msg_controllen to what it wrote; clamping
+    // keeps every walk below within `control` whatever `len` says.
+    let len = len.min(CONTROL_LEN);
+    header.msg_control = control.as_ptr().cast_mut().cast();
+    header.msg_controllen = len as _;
+    let start = control.as_ptr() as usize;
+    let payload = TIMESPEC_LEN;
+    // SAFETY: CMSG_LEN is arithmetic on its argument; it touches no memory.
+    let wanted = unsafe { libc::CMSG_LEN(payload as libc::c_uint) } as usize;
+    // SAFETY: `header` points at `control`, of which its msg_controllen
+    // bytes are readable; CMSG_FIRSTHDR only reads the header's fields and
+    // returns null or `control` itself when a whole cmsghdr fits in those
+    // bytes.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&header) };
+    while !cmsg.is_null() {
+        // SAFETY: CMSG_FIRSTHDR and CMSG_NXTHDR return a pointer only when a
+        // whole cmsghdr lies within the msg_controllen bytes of `control`,
+        // at an offset that is a multiple of the word size, so aligned (the
+        // buffer is of u64); `control` is borrowed, so nothing writes it.
+        let message = unsafe { &*cmsg };
+        let offset = (cmsg as usize).saturating_sub(start);
+        if message.cmsg_level == libc::SOL_SOCKET
+            && message.cmsg_type == libc::SCM_TIMESTAMPNS
+            && message.cmsg_len as usize >= wanted
+            && offset.checked_add(wanted).is_some_and(|end| end <= len)
+        {
+            // SAFETY: the message's data starts CMSG_LEN(0) bytes after its
+            // header and, as just checked, its first TIMESPEC_LEN bytes lie
+            // within the msg_controllen bytes of `control`; they may be
+            // unaligned for a timespec, hence read_unaligned, and every bit
+            // pattern is a valid timespec (two integers).
+            let stamp = unsafe {
+                libc::CMSG_DATA(cmsg)
+                    .cast::<libc::timespec>()
+                    .read_unaligned()
+            };
+            return system_time(&stamp);
+        }
+        if message.cmsg_len as usize > len.saturating_sub(offset) {
+            // It claims more than there is (the kernel never does): nothing
+            // whole follows. Stopping here also keeps CMSG_NXTHDR from
+            // adding a huge length.
+            return None;
+        }
+        // SAFETY: `cmsg` is a whole cmsghdr within `header`'s control
+        // bytes (above); CMSG_NXTHDR reads its cmsg_len and the header's
+        // fields, and returns null or a whole cmsghdr within those bytes
+        // (it also rejects a cmsg_len too short to move on, and wrapping).
+        cmsg = unsafe { libc::CMSG_NXTHDR(&header, cmsg) };
+    }
+    None
+}
+
+/// A CLOCK_REALTIME timespec as a SystemTime; None if it is before the
+/// epoch or not normalised.
+fn system_time(stamp: &libc::timespec) -> Option<SystemTime> {
+    let seconds = u64::try_from(stamp.tv_sec).ok()?;
+    let nanos = u32::try_from(stamp.tv_nsec)
+        .ok()
+        .filter(|&nanos| nanos < 1_000_000_000)?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
 }
 
 fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
@@ -515,6 +626,97 @@ impl AddressWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HEADER: usize = std::mem::size_of::<libc::cmsghdr>();
+
+    /// A control buffer holding `messages`, each (level, type, cmsg_len,
+    /// data), laid out as the kernel does (each padded to the word size).
+    fn control(messages: &[(i32, i32, usize, &[u8])]) -> (Control, usize) {
+        let mut bytes = [0u8; CONTROL_LEN];
+        let mut at = 0;
+        for (level, kind, len, data) in messages {
+            bytes[at..at + 8].copy_from_slice(&len.to_ne_bytes());
+            bytes[at + 8..at + 12].copy_from_slice(&level.to_ne_bytes());
+            bytes[at + 12..at + 16].copy_from_slice(&kind.to_ne_bytes());
+            bytes[at + HEADER..at + HEADER + data.len()].copy_from_slice(data);
+            at += HEADER + data.len().next_multiple_of(8);
+        }
+        let mut words = [0u64; CONTROL_WORDS];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        (words, at)
+    }
+
+    fn timespec(seconds: i64, nanos: i64) -> [u8; 16] {
+        let mut data = [0u8; 16];
+        data[..8].copy_from_slice(&seconds.to_ne_bytes());
+        data[8..].copy_from_slice(&nanos.to_ne_bytes());
+        data
+    }
+
+    const STAMP: (i32, i32, usize, &[u8]) = (
+        libc::SOL_SOCKET,
+        libc::SCM_TIMESTAMPNS,
+        HEADER + TIMESPEC_LEN,
+        &[0; 16],
+    );
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn the_receive_time_is_read_from_its_control_message() {
+        let data = timespec(1_700_000_000, 123_456_789);
+        let (buffer, len) = control(&[(STAMP.0, STAMP.1, STAMP.2, &data)]);
+        assert_eq!(len, 32);
+        let expected = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(arrival_time(&buffer, len), Some(expected));
+        // After another message.
+        let (buffer, len) = control(&[
+            (libc::SOL_SOCKET, libc::SO_MARK, HEADER + 4, &[1, 2, 3, 4]),
+            (STAMP.0, STAMP.1, STAMP.2, &data),
+        ]);
+        assert_eq!(arrival_time(&buffer, len), Some(expected));
+        // A length beyond the buffer is the buffer.
+        assert_eq!(arrival_time(&buffer, usize::MAX), Some(expected));
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn no_whole_sensible_time_is_none() {
+        let data = timespec(1_700_000_000, 5);
+        let (buffer, len) = control(&[(STAMP.0, STAMP.1, STAMP.2, &data)]);
+        // No control messages, or cut short.
+        for cut in 0..len {
+            assert_eq!(arrival_time(&buffer, cut), None, "{cut} bytes");
+        }
+        // Another level or type, or a length too short for a timespec.
+        for (level, kind, message_len) in [
+            (libc::SOL_IP, STAMP.1, STAMP.2),
+            (STAMP.0, libc::SO_TIMESTAMP, STAMP.2),
+            (STAMP.0, STAMP.1, STAMP.2 - 1),
+            (STAMP.0, STAMP.1, 0),
+        ] {
+            let (buffer, len) = control(&[(level, kind, message_len, &data)]);
+            assert_eq!(arrival_time(&buffer, len), None);
+        }
+        // A length that claims more than there is: the walk stops.
+        let (buffer, len) = control(&[
+            (
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                usize::MAX - 3,
+                &[1, 2, 3, 4],
+            ),
+            (STAMP.0, STAMP.1, STAMP.2, &data),
+        ]);
+        assert_eq!(arrival_time(&buffer, len), None);
+        // Before the epoch, or not normalised.
+        for (seconds, nanos) in [(-1, 0), (0, -1), (0, 1_000_000_000)] {
+            let data = timespec(seconds, nanos);
+            let (buffer, len) = control(&[(STAMP.0, STAMP.1, STAMP.2, &data)]);
+            assert_eq!(arrival_time(&buffer, len), None);
+        }
+    }
 
     #[test]
     fn impossible_interface_names_have_no_request() {
