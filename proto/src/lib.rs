@@ -54,8 +54,8 @@ pub use keys::{
     REPLAY_ID_LEN, SERVER_ID_LEN,
 };
 pub use replay::{FreshKnock, ReplayGuard, StateDecodeError, Tick};
-pub use rolling::{Progress, RollingIndex, MAX_CLIENTS, MAX_SPAN};
 pub use request::{port_list, PortSpec, Transport, MAX_PORTS};
+pub use rolling::{Progress, RollingIndex, MAX_CLIENTS, MAX_SPAN};
 pub use wire::{
     open, seal, KnockBytes, Mode, OpenedKnock, Request, SealRandomness, Sealer, MAX_KNOCK_LEN,
     MAX_PADDING, MIN_KNOCK_LEN, NONCE_LEN, REQUEST_LEN, SIGNED_MESSAGE_LEN, VERSION,

@@ -138,7 +138,10 @@ impl ReplayGuard {
 
     /// A guard that remembers what an earlier process wrote with
     /// [`Self::encode`], at `now_ms`. `extra_floor_ms` is a floor recorded
-    /// elsewhere since (it may be newer than the state's).
+    /// elsewhere since (it may be newer than the state's). The lines of a
+    /// newer state may follow (without its header): every value is then the
+    /// most restrictive of the two, so a journal can be read back after its
+    /// snapshot.
     pub fn restore(
         window_ms: u64,
         now_ms: u64,
@@ -164,11 +167,13 @@ impl ReplayGuard {
             let (key, value) = line.split_once(' ').ok_or_else(bad)?;
             let value: u64 = value.parse().map_err(|_| bad())?;
             match key {
-                "floor" => floor = Some(value),
-                "horizon" => horizon = value,
-                "refused-through" => refused_through = value,
-                "ceiling" => ceiling = value,
-                "lost-at" => lost_at = value,
+                // Repeated (a state and a newer one concatenated, as a
+                // journal is read back): the most restrictive wins.
+                "floor" => floor = Some(floor.unwrap_or(0).max(value)),
+                "horizon" => horizon = horizon.max(value),
+                "refused-through" => refused_through = refused_through.max(value),
+                "ceiling" => ceiling = ceiling.max(value),
+                "lost-at" => lost_at = lost_at.max(value),
                 id => {
                     let id = ReplayId::from_hex(id).ok_or_else(bad)?;
                     let entry = last.entry(id).or_insert(value);

@@ -96,7 +96,9 @@ impl Table {
     }
 
     fn get(&self, hint: &KeyHint) -> Option<u32> {
-        self.find(hint).and_then(|i| self.cells.get(i)).map(|c| c[2])
+        self.find(hint)
+            .and_then(|i| self.cells.get(i))
+            .map(|c| c[2])
     }
 
     /// Inserts or replaces. Two clients sharing a 64-bit hint has
@@ -285,7 +287,10 @@ impl RollingIndex {
         mut budget: usize,
     ) -> Progress {
         let want = (want.0, want.1.min(want.0.saturating_add(MAX_SPAN - 1)));
-        let need = (need.0.max(want.0), need.1.min(want.1).max(need.0.max(want.0)));
+        let need = (
+            need.0.max(want.0),
+            need.1.min(want.1).max(need.0.max(want.0)),
+        );
         let centre = need.0 + (need.1 - need.0) / 2;
         while budget > 0 {
             let job = match self.job {

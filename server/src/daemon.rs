@@ -21,7 +21,7 @@ use crate::firewall::{
 };
 use crate::health::RulesKeeper;
 use crate::loader::{self, Prepared};
-use crate::pair_keys::{Derived, Keyring, PairKeyError};
+use crate::pair_keys::{Keyring, PairKeyError};
 use crate::pipeline::{Admitted, Outcome};
 use crate::privileges;
 use crate::rejections::RejectionLog;
@@ -190,6 +190,8 @@ struct Watch {
     behind_floor: Option<u64>,
     /// The floor last recorded beside the replay state.
     floor_recorded: u64,
+    /// `replay.state` could not be rewritten (said once).
+    snapshot_failing: bool,
 }
 
 impl Watch {
@@ -210,6 +212,7 @@ impl Watch {
             published_refusals: 0,
             behind_floor: None,
             floor_recorded: 0,
+            snapshot_failing: false,
         }
     }
 }
@@ -280,7 +283,7 @@ impl Daemon {
             let mut read_error = None;
             match self.capture.wait_next() {
                 Ok(Next::Datagram(datagram)) => {
-                    let arrived = SystemTime::now();
+                    let arrived = datagram.arrived.unwrap_or_else(SystemTime::now);
                     if let Err(rejection) = admitted.admit(
                         &mut self.verifier,
                         datagram.payload,
@@ -302,8 +305,7 @@ impl Daemon {
             }
             // Grant what was admitted once nothing more is queued: the next
             // read may wait for a packet.
-            if !admitted.is_empty()
-                && (!self.capture.has_queued() || admitted.len() >= GRANT_BATCH)
+            if !admitted.is_empty() && (!self.capture.has_queued() || admitted.len() >= GRANT_BATCH)
             {
                 self.grant_admitted(&mut admitted, &mut log);
             }
@@ -381,6 +383,21 @@ impl Daemon {
             match self.store.record_floor(floor) {
                 Ok(()) => watch.floor_recorded = floor,
                 Err(err) => debug!("cannot record the replay floor: {err}"),
+            }
+        }
+        // The journal made the grants durable; the state of record follows
+        // within half a second.
+        if self.store.snapshot_behind() {
+            match self.store.write_snapshot(&self.verifier.replay_state()) {
+                Ok(()) => watch.snapshot_failing = false,
+                Err(err) if !watch.snapshot_failing => {
+                    warn!(
+                        "cannot rewrite {}: {err}; grants stay durable in the replay journal",
+                        self.store.path().display()
+                    );
+                    watch.snapshot_failing = true;
+                }
+                Err(_) => {}
             }
         }
     }
@@ -566,6 +583,10 @@ impl Daemon {
 
     fn shutdown(mut self) -> Exit {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        if self.store.snapshot_behind() {
+            // The journal holds it durably already; this is for tidiness.
+            let _ = self.store.write_snapshot(&self.verifier.replay_state());
+        }
         if let Some(loading) = self.loading.take() {
             // The keyring comes back with the reload being read.
             if let Ok((keyring, _)) = loading.done.recv() {
@@ -702,14 +723,7 @@ impl Daemon {
             cached,
             took,
         } = prepared;
-        log_pair_keys(
-            &Derived {
-                keys: Vec::new(),
-                computed,
-                cached,
-            },
-            took,
-        );
+        log_pair_keys(computed, cached, took);
         // Installing under a new table name (or with other commands) would
         // leave our old table or chain in place, still dropping the protected
         // ports for everyone: every grant would then be in vain.
@@ -804,16 +818,17 @@ pub fn identity_of(keyring: &Keyring) -> crate::verify::ServerIdentity {
     }
 }
 
-/// Says how the pair keys were made, when public-key clients are involved.
-pub fn log_pair_keys(derived: &Derived, took: Duration) {
-    if derived.computed + derived.cached == 0 {
+/// Says how the pair keys were made, when public-key clients are involved;
+/// `took` is the whole load, pair keys included.
+pub fn log_pair_keys(computed: usize, cached: usize, took: Duration) {
+    if computed + cached == 0 {
         return;
     }
     info!(
-        "pair keys of {} public-key clients: {} from the cache, {} computed, in {:.2}s",
-        derived.computed + derived.cached,
-        derived.cached,
-        derived.computed,
+        "pair keys of {} public-key clients: {} from the cache, {} computed (loading took {:.2}s)",
+        computed + cached,
+        cached,
+        computed,
         took.as_secs_f64()
     );
 }

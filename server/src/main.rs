@@ -18,17 +18,17 @@ use knock_server::capture::{filter, Capture};
 use knock_server::clients::mode;
 use knock_server::control::{ControlSocket, ANSWER_WITHIN};
 use knock_server::daemon::{
-    commit_record, firewall_settings, identity_of, log_pair_keys, policy, server_policy,
-    window_ms, Daemon, Exit, ReloadError, Signals, POLL_EVERY,
+    commit_record, firewall_settings, identity_of, log_pair_keys, policy, server_policy, window_ms,
+    Daemon, Exit, ReloadError, Signals, POLL_EVERY,
 };
 use knock_server::firewall::{self, Policy, Refusal, Settings};
 use knock_server::health::RulesKeeper;
 use knock_server::loader::{self, Prepared};
-use knock_server::pair_keys::{self, Derived, Keyring};
+use knock_server::pair_keys::{self, Keyring};
 use knock_server::privileges;
 use knock_server::sanity;
 use knock_server::saved_rules;
-use knock_server::state::{ReplayStore, Restored, StateFile, StateLock};
+use knock_server::state::{Restored, StateFile, StateLock};
 use knock_server::status::json_string;
 use knock_server::status::{Assessment, StatusFile};
 use knock_server::timers::unix_ms;
@@ -143,14 +143,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     for warning in warnings {
         warn!("{warning}");
     }
-    log_pair_keys(
-        &Derived {
-            keys: Vec::new(),
-            computed,
-            cached,
-        },
-        took,
-    );
+    log_pair_keys(computed, cached, took);
     let mut store = StateFile::open(lock);
     let window = window_ms(&config);
     let (guard, restored) = store
@@ -172,12 +165,19 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         ),
     }
     // Proves the state directory is writable before we promise anything.
-    store.persist(&guard.encode()).map_err(|e| {
+    store.write_snapshot(&guard.encode()).map_err(|e| {
         Failure::runtime(format!(
             "cannot write replay state {}: {e}",
             store.path().display()
         ))
     })?;
+    if let Err(err) = store.open_journal() {
+        warn!(
+            "cannot make the replay journal in {} ({err}): each grant waits for a rewrite of {} instead (slower, as safe)",
+            store.dir().display(),
+            store.path().display()
+        );
+    }
 
     // The packet socket first: without CAP_NET_RAW we fail here, before
     // touching the firewall. A missing interface is no failure: it is

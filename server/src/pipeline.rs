@@ -196,7 +196,10 @@ mod tests {
                 .expect("valid");
         }
         assert_eq!(admitted.len(), 20);
-        assert!(store.writes.is_empty() && fw.granted.is_empty(), "nothing yet");
+        assert!(
+            store.writes.is_empty() && fw.granted.is_empty(),
+            "nothing yet"
+        );
         let outcomes = admitted.grant_all(&mut store, &mut fw);
         assert_eq!(outcomes.len(), 20);
         assert!(outcomes
@@ -206,8 +209,8 @@ mod tests {
         assert_eq!(fw.granted.len(), 20);
         // That one state records every knock of the batch: restored from
         // it, each one is a replay.
-        let restored = knock_proto::ReplayGuard::restore(30_000, NOW, &store.writes[0], None)
-            .expect("state");
+        let restored =
+            knock_proto::ReplayGuard::restore(30_000, NOW, &store.writes[0], None).expect("state");
         let mut v2 = crate::verify::Verifier::new(
             crate::verify::fixtures::identity(),
             crate::verify::fixtures::roster(&clients),
@@ -225,7 +228,9 @@ mod tests {
         let mut admitted = Admitted::default();
         for i in 1..=3u8 {
             let k = knock(i, &[4992], None, NOW + 1, SERVER);
-            admitted.admit(&mut v, &k, a, NOW + 1, SystemTime::now()).unwrap();
+            admitted
+                .admit(&mut v, &k, a, NOW + 1, SystemTime::now())
+                .unwrap();
         }
         store.full = true;
         let outcomes = admitted.grant_all(&mut store, &mut fw);
@@ -261,7 +266,11 @@ mod tests {
             honour(&mut v, &mut store, &mut fw, &k, a, NOW + 100),
             Outcome::Granted(_)
         ));
-        assert_eq!(store.writes.len(), writes + 1, "no write for the limited one");
+        assert_eq!(
+            store.writes.len(),
+            writes + 1,
+            "no write for the limited one"
+        );
         // Not consumed: the same knock is honoured once its turn comes.
         let later = NOW + GRANT_EVERY_MS;
         v.tick(later);

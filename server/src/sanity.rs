@@ -43,7 +43,11 @@ impl<'c> Scan<'c> {
         for (port, permitted) in self.config.protected.iter().zip(&mut self.permitted) {
             *permitted |= client.ports.contains(port);
         }
-        if let Some(expires) = client.expires.as_ref().filter(|e| e.has_passed(self.now_ms)) {
+        if let Some(expires) = client
+            .expires
+            .as_ref()
+            .filter(|e| e.has_passed(self.now_ms))
+        {
             self.points.push(format!(
                 "client {} expired ({expires}): its knocks are refused (expired); remove its file, or move its expires",
                 client.name

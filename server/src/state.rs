@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -195,11 +195,129 @@ pub const REPLAY_STATE: &str = "replay.state";
 /// `replay.state` alone, and is newer than the floor in it.
 const FLOOR: &str = "floor";
 
-/// `state_dir/replay.state`, used under the state directory's lock.
+/// The replay journal's file name in the state directory.
+pub const REPLAY_JOURNAL: &str = "replay.journal";
+/// The largest state a journal slot holds (about 1,300 keys accepted within
+/// one window); a larger one is written as a snapshot.
+const JOURNAL_SLOT: usize = 64 * 1024;
+/// A slot's header: magic, generation, length, digest.
+const SLOT_HEADER: usize = 8 + 8 + 4 + 16;
+const SLOT_MAGIC: &[u8; 8] = b"knockRJ1";
+const JOURNAL_LEN: usize = 2 * (SLOT_HEADER + JOURNAL_SLOT);
+
+/// The fast way to make the replay state durable: a file of two fixed
+/// slots, its blocks allocated and written once, so that a write is one
+/// `pwrite` and one `fdatasync` of blocks the file already has (no rename,
+/// no directory to sync: about 0.1 ms instead of 0.5 to 2 ms). The slots
+/// alternate, so a write torn by a crash leaves the previous state whole in
+/// the other; a slot counts only if its digest matches.
+///
+/// `replay.state` stays the state of record: the server rewrites it
+/// (durably, by rename) about every half second while the journal is ahead
+/// of it, and at start reads it first and the journal's newest slot after it
+/// (each value the most restrictive of the two). Without `replay.state` the
+/// state is lost, whatever the journal holds.
+#[derive(Debug)]
+struct Journal {
+    file: File,
+    generation: u64,
+}
+
+/// The digest that makes a slot valid.
+fn slot_digest(generation: u64, body: &[u8]) -> [u8; 16] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"knock replay journal");
+    ctx.update(&generation.to_le_bytes());
+    ctx.update(&(body.len() as u64).to_le_bytes());
+    ctx.update(body);
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(ctx.finish().as_ref()) {
+        *o = *b;
+    }
+    out
+}
+
+/// The newest valid slot of a journal's bytes: (generation, state).
+fn newest_slot(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    bytes
+        .chunks(SLOT_HEADER + JOURNAL_SLOT)
+        .filter_map(|slot| {
+            let (header, rest) = slot.split_at_checked(SLOT_HEADER)?;
+            let (magic, header) = header.split_at_checked(8)?;
+            let (generation, header) = header.split_at_checked(8)?;
+            let (length, digest) = header.split_at_checked(4)?;
+            if magic != SLOT_MAGIC {
+                return None;
+            }
+            let generation = u64::from_le_bytes(generation.try_into().ok()?);
+            let length = u32::from_le_bytes(length.try_into().ok()?) as usize;
+            let body = rest.get(..length)?;
+            (slot_digest(generation, body) == digest).then_some((generation, body))
+        })
+        .max_by_key(|(generation, _)| *generation)
+}
+
+impl Journal {
+    /// The journal of `dir`, created (and its blocks written) if needed.
+    fn open(dir: &Path) -> io::Result<Self> {
+        let path = dir.join(REPLAY_JOURNAL);
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            if bytes.len() != JOURNAL_LEN {
+                file.set_len(0)?;
+                file.write_all_at(&vec![0u8; JOURNAL_LEN], 0)?;
+                file.sync_all()?;
+                File::open(dir)?.sync_all()?;
+                bytes.clear();
+            }
+            let generation = newest_slot(&bytes).map_or(0, |(g, _)| g);
+            Ok(Self { file, generation })
+        })();
+        if result.is_err() {
+            // A journal that could not be made whole is not left behind.
+            let _ = fs::remove_file(&path);
+        }
+        result
+    }
+
+    /// Writes `encoded` into the older slot and makes it durable; `false`
+    /// (nothing written) if it does not fit.
+    fn write(&mut self, encoded: &[u8]) -> io::Result<bool> {
+        if encoded.len() > JOURNAL_SLOT {
+            return Ok(false);
+        }
+        let generation = self.generation + 1;
+        let mut slot = Vec::with_capacity(SLOT_HEADER + encoded.len());
+        slot.extend_from_slice(SLOT_MAGIC);
+        slot.extend_from_slice(&generation.to_le_bytes());
+        slot.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        slot.extend_from_slice(&slot_digest(generation, encoded));
+        slot.extend_from_slice(encoded);
+        let offset = (generation % 2) * (SLOT_HEADER + JOURNAL_SLOT) as u64;
+        self.file.write_all_at(&slot, offset)?;
+        self.file.sync_data()?;
+        self.generation = generation;
+        Ok(true)
+    }
+}
+
+/// `state_dir/replay.state` and its journal, used under the state
+/// directory's lock.
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
     lock: StateLock,
+    journal: Option<Journal>,
+    /// The journal holds a newer state than `replay.state`.
+    snapshot_behind: bool,
 }
 
 impl StateFile {
@@ -209,6 +327,8 @@ impl StateFile {
         Self {
             path: lock.dir().join(REPLAY_STATE),
             lock,
+            journal: None,
+            snapshot_behind: false,
         }
     }
 
@@ -226,7 +346,7 @@ impl StateFile {
     /// knock that an earlier process could have honoured.
     pub fn load_guard(&self, window_ms: u64, now_ms: u64) -> io::Result<(ReplayGuard, Restored)> {
         let floor = self.recorded_floor();
-        let bytes = match fs::read(&self.path) {
+        let mut bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 return Ok((
@@ -236,6 +356,18 @@ impl StateFile {
             }
             Err(err) => return Err(err),
         };
+        // The journal's newest state, if any, after the snapshot's lines.
+        if let Ok(journal) = fs::read(self.dir().join(REPLAY_JOURNAL)) {
+            if let Some((_, state)) = newest_slot(&journal) {
+                bytes.push(b'\n');
+                bytes.extend(
+                    state
+                        .split(|&b| b == b'\n')
+                        .skip(1)
+                        .flat_map(|line| line.iter().copied().chain(std::iter::once(b'\n'))),
+                );
+            }
+        }
         match ReplayGuard::restore(window_ms, now_ms, &bytes, floor) {
             Ok(guard) => {
                 let count = guard.len();
@@ -249,6 +381,25 @@ impl StateFile {
                 ))
             }
         }
+    }
+
+    /// Opens (or creates) the journal, so that later writes take the fast
+    /// path. Without it every write is a snapshot: correct, slower.
+    pub fn open_journal(&mut self) -> io::Result<()> {
+        self.journal = Some(Journal::open(self.lock.dir())?);
+        Ok(())
+    }
+
+    /// Rewrites `replay.state` with `encoded`, durably.
+    pub fn write_snapshot(&mut self, encoded: &[u8]) -> io::Result<()> {
+        replace_file(self.lock.dir(), REPLAY_STATE, encoded, Sync::Durable)?;
+        self.snapshot_behind = false;
+        Ok(())
+    }
+
+    /// Is the journal ahead of `replay.state`?
+    pub fn snapshot_behind(&self) -> bool {
+        self.snapshot_behind
     }
 
     /// The floor file's value, if it holds one.
@@ -272,8 +423,28 @@ impl StateFile {
 }
 
 impl ReplayStore for StateFile {
+    /// The journal when it is there and the state fits, else a snapshot.
+    /// A journal that fails is given up for this run: a snapshot is tried
+    /// at once, and a grant waits for one of them.
     fn persist(&mut self, encoded: &[u8]) -> io::Result<()> {
-        replace_file(self.lock.dir(), REPLAY_STATE, encoded, Sync::Durable)
+        if let Some(journal) = self.journal.as_mut() {
+            match journal.write(encoded) {
+                Ok(true) => {
+                    self.snapshot_behind = true;
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(
+                        "replay journal {}: {err}; from now on each grant waits for a rewrite of {} instead (slower, as safe)",
+                        self.lock.dir().join(REPLAY_JOURNAL).display(),
+                        self.path.display()
+                    );
+                    self.journal = None;
+                }
+            }
+        }
+        self.write_snapshot(encoded)
     }
 }
 
@@ -316,6 +487,92 @@ mod tests {
         assert!(matches!(restored, Restored::Corrupt(_)));
         assert!(dir.join("replay.corrupt").exists());
         assert_eq!(lost.refused_through_ms(), 130_000, "from the kept floor");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The journal makes each state durable without touching
+    /// `replay.state`; at start the newest of the two counts, a torn slot
+    /// falls back to the other, and without `replay.state` the state is
+    /// lost whatever the journal holds.
+    #[test]
+    fn the_journal_is_read_back_after_its_snapshot() {
+        let dir = scratch("journal");
+        let (a, b) = (
+            knock_proto::ReplayId([1; 16]),
+            knock_proto::ReplayId([2; 16]),
+        );
+        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
+        let mut guard = ReplayGuard::first_start(30_000, 1_000);
+        store.write_snapshot(&guard.encode()).unwrap();
+        let snapshot = fs::read(store.path()).unwrap();
+        store.open_journal().unwrap();
+        assert_eq!(
+            fs::metadata(dir.join(REPLAY_JOURNAL))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        for (key, at) in [(a, 5_000), (b, 6_000), (a, 7_000)] {
+            let fresh = guard.check(key, at, at).unwrap();
+            guard.commit(fresh, at);
+            store.persist(&guard.encode()).unwrap();
+        }
+        assert!(store.snapshot_behind());
+        assert_eq!(
+            fs::read(store.path()).unwrap(),
+            snapshot,
+            "snapshot untouched"
+        );
+        drop(store);
+
+        let store = StateFile::open(StateLock::acquire(&dir).unwrap());
+        let (restored, _) = store.load_guard(30_000, 8_000).unwrap();
+        assert!(restored.check(a, 7_000, 8_000).is_err(), "replay");
+        assert!(restored.check(b, 6_000, 8_000).is_err(), "replay");
+        assert!(restored.check(a, 7_001, 8_000).is_ok());
+        // Tear the newest slot (generation 3, slot 1): the previous state
+        // (a at 5 s, b at 6 s) is read instead.
+        let journal = dir.join(REPLAY_JOURNAL);
+        let mut bytes = fs::read(&journal).unwrap();
+        let newest = SLOT_HEADER + JOURNAL_SLOT + SLOT_HEADER + 3;
+        bytes[newest] ^= 0xff;
+        fs::write(&journal, &bytes).unwrap();
+        let (restored, _) = store.load_guard(30_000, 8_000).unwrap();
+        assert!(restored.check(a, 5_000, 8_000).is_err());
+        assert!(
+            restored.check(a, 6_000, 8_000).is_ok(),
+            "the torn slot is ignored"
+        );
+        assert!(restored.check(b, 6_000, 8_000).is_err());
+        // Without the snapshot, the state is lost.
+        fs::remove_file(store.path()).unwrap();
+        let (_, restored) = store.load_guard(30_000, 8_000).unwrap();
+        assert!(matches!(restored, Restored::Missing));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_too_big_for_the_journal_is_a_snapshot() {
+        let dir = scratch("journal-big");
+        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
+        let mut guard = ReplayGuard::first_start(30_000, 1_000);
+        store.write_snapshot(&guard.encode()).unwrap();
+        store.open_journal().unwrap();
+        for n in 0..2_000u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&n.to_le_bytes());
+            let fresh = guard
+                .check(knock_proto::ReplayId(id), 5_000, 5_000)
+                .unwrap();
+            guard.commit(fresh, 5_000);
+        }
+        let encoded = guard.encode();
+        assert!(encoded.len() > JOURNAL_SLOT);
+        store.persist(&encoded).unwrap();
+        assert!(!store.snapshot_behind());
+        assert_eq!(fs::read(store.path()).unwrap(), encoded);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -375,7 +375,12 @@ impl RosterBuilder {
 
 impl Roster {
     /// A roster of `entries`, whose pair keys are `keys`, in order.
-    pub fn build(entries: &[ClientEntry], keys: Vec<PairKeys>, window_ms: u64, now_ms: u64) -> Self {
+    pub fn build(
+        entries: &[ClientEntry],
+        keys: Vec<PairKeys>,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Self {
         let mut builder = RosterBuilder::with_capacity(entries.len());
         for (entry, keys) in entries.iter().zip(keys) {
             builder.push(entry, keys);
@@ -554,10 +559,17 @@ impl Verifier {
             .iter()
             .filter_map(|&i| {
                 let client = roster.clients.get(i as usize)?;
-                let expires = roster.policies.get(client.policy as usize)?.expires.as_ref()?;
-                expires
-                    .has_passed(now_ms)
-                    .then(|| (client.name.of(&roster.names).to_owned(), expires.to_string()))
+                let expires = roster
+                    .policies
+                    .get(client.policy as usize)?
+                    .expires
+                    .as_ref()?;
+                expires.has_passed(now_ms).then(|| {
+                    (
+                        client.name.of(&roster.names).to_owned(),
+                        expires.to_string(),
+                    )
+                })
             })
             .collect()
     }
@@ -623,10 +635,11 @@ impl Verifier {
         let client_name = client.name.of(&self.roster.names);
         let name = || client_name.to_owned();
         // 3, 4. One AEAD open, and decoding in the entry's mode.
-        let opened = open(&client.keys, client.mode(), &knock).map_err(|reason| Rejection::Open {
-            client: name(),
-            reason,
-        })?;
+        let opened =
+            open(&client.keys, client.mode(), &knock).map_err(|reason| Rejection::Open {
+                client: name(),
+                reason,
+            })?;
         // 5. Freshness and replay: checked, not consumed.
         let fresh = self
             .guard
@@ -1171,7 +1184,9 @@ mod tests {
         );
         assert_eq!(old.len(), 2);
         assert_eq!(reason(v.verify(&k, a, NOW + 1)), "replay");
-        assert!(v.verify(&knock(3, &[4992], None, NOW + 2, SERVER), a, NOW + 2).is_ok());
+        assert!(v
+            .verify(&knock(3, &[4992], None, NOW + 2, SERVER), a, NOW + 2)
+            .is_ok());
         assert_eq!(
             reason(v.verify(&knock(2, &[4992], None, NOW + 3, SERVER), a, NOW + 3)),
             "unknown-client"

@@ -123,7 +123,17 @@ fn unwritable_state_dir_means_no_grant() {
     w.wait_expiry();
     let before = std::fs::read(w.state().join("replay.state")).unwrap();
 
+    // The replay journal is a file the server keeps open and writes in
+    // place, which an immutable directory does not stop: it is made
+    // immutable too. Positive control: with the directory alone immutable,
+    // a knock is still made durable (in the journal) and granted.
+    let journal = w.state().join("replay.journal");
+    assert!(journal.exists(), "no replay journal");
     immutable.set();
+    let (code, out) = w.knock("3s");
+    assert_eq!(code, 0, "the journal alone made no knock durable: {out}");
+    w.wait_expiry();
+    let mut journal_immutable = Immutable::new(&journal);
     let (code, out) = w.knock("2s");
     assert_eq!(
         code, 1,
@@ -141,6 +151,7 @@ fn unwritable_state_dir_means_no_grant() {
     );
 
     immutable.clear();
+    journal_immutable.clear();
     let (code, out) = w.knock("3s");
     assert_eq!(
         code,
@@ -148,6 +159,7 @@ fn unwritable_state_dir_means_no_grant() {
         "no grant after the state dir became writable again: {out}\n{}",
         server.log()
     );
+    // Once the journal has failed, grants wait for replay.state itself.
     assert_ne!(
         std::fs::read(w.state().join("replay.state")).unwrap(),
         before,

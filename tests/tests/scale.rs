@@ -250,8 +250,8 @@ fn a_hundred_thousand_clients_reload_burst_and_limit() {
     let out = server_cmd(&hosts, &setup, &["reload"])
         .output()
         .expect("reload");
-    let said = String::from_utf8_lossy(&out.stderr).into_owned()
-        + &String::from_utf8_lossy(&out.stdout);
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
         said.contains("zz-twin.toml") && said.contains(&format!("\"{}\"", fleet_name(31_337))),
