@@ -12,7 +12,7 @@
 //! state): a burst of [`GRANT_BURST`] grants, then one per
 //! [`GRANT_EVERY_MS`]. A person opening a few ports, or a script that
 //! knocks before each of a handful of connections, never meets it; a
-//! client knocking in a loop gets one grant every two seconds, and everyone
+//! client knocking in a loop gets one grant a second, and everyone
 //! else's knocks are not delayed by it.
 
 use std::collections::HashMap;
@@ -20,9 +20,9 @@ use std::collections::HashMap;
 use knock_proto::ReplayId;
 
 /// Grants a client may have at once before it is limited.
-pub const GRANT_BURST: u64 = 5;
+pub const GRANT_BURST: u64 = 10;
 /// After the burst, one grant per client per this long.
-pub const GRANT_EVERY_MS: u64 = 2_000;
+pub const GRANT_EVERY_MS: u64 = 1_000;
 
 const TOLERANCE_MS: u64 = GRANT_EVERY_MS * (GRANT_BURST - 1);
 

@@ -15,6 +15,10 @@ pub fn warnings(config: &ServerConfig, clients: &[ClientEntry], now_ms: u64) -> 
     scan.finish()
 }
 
+/// Warnings about single clients said at most: with 100,000 clients one
+/// mistake in a template would otherwise be 100,000 lines.
+const CLIENT_POINTS: usize = 20;
+
 /// [`warnings`] for clients read one at a time.
 #[derive(Debug)]
 pub struct Scan<'c> {
@@ -86,7 +90,13 @@ impl<'c> Scan<'c> {
                 "protected port {port} is permitted to no client: nobody can open it (add it to a client's ports, or knock-keygen NAME --host HOST --ports {port})"
             ))
             .collect();
-        warnings.extend(self.points);
+        let more = self.points.len().saturating_sub(CLIENT_POINTS);
+        warnings.extend(self.points.into_iter().take(CLIENT_POINTS));
+        if more > 0 {
+            warnings.push(format!(
+                "and {more} more like these about other clients (`knock-server check` lists the first {CLIENT_POINTS})"
+            ));
+        }
         warnings
     }
 }

@@ -345,9 +345,11 @@ impl RosterBuilder {
         self.clients.is_empty()
     }
 
-    /// The roster, with the hints of every slot a knock can be fresh in at
-    /// `now_ms` and of the next one; the rest of the index (the slots kept
-    /// to diagnose clock skew) is added by [`Verifier::advance_index`].
+    /// The roster, its hint index complete for `now_ms`: every slot a knock
+    /// can be fresh in, the next one, and those kept to diagnose clock skew
+    /// (at most [`DIAGNOSIS_HINTS`] hints in all). Built beside the packet
+    /// loop; the loop then only rolls it forward
+    /// ([`Verifier::advance_index`]).
     pub fn finish(self, window_ms: u64, now_ms: u64) -> Roster {
         let clients = self.clients.len() as u64;
         let diagnosis_slots = (DIAGNOSIS_HINTS / clients.max(1) / 2).min(DIAGNOSIS_SLOTS);
@@ -366,9 +368,7 @@ impl RosterBuilder {
             public_clients: self.public_clients,
             expiring: self.expiring,
         };
-        let (first, last) = slot_range(now_ms, window_ms);
-        let needed = usize::try_from(last - first + 2).unwrap_or(usize::MAX);
-        roster.advance(now_ms, roster.clients.len().saturating_mul(needed));
+        roster.advance(now_ms, usize::MAX);
         roster
     }
 }
@@ -814,7 +814,6 @@ pub(crate) mod fixtures {
 
     use super::{Roster, ServerIdentity, ServerPolicy, Verifier};
     use crate::pair_keys::Keyring;
-    use knock_proto::Progress;
 
     pub const NOW: u64 = 1_800_000_000_000;
     pub const SERVER: ServerId = ServerId([7; 16]);
@@ -926,11 +925,9 @@ pub(crate) mod fixtures {
             .keys
     }
 
-    /// The roster of `clients` at [`NOW`], its hint index complete.
+    /// The roster of `clients` at [`NOW`].
     pub fn roster(clients: &[ClientEntry]) -> Roster {
-        let mut roster = Roster::build(clients, keys(clients), 30_000, NOW);
-        while roster.advance(NOW, usize::MAX) == Progress::More {}
-        roster
+        Roster::build(clients, keys(clients), 30_000, NOW)
     }
 
     pub fn verifier(clients: &[ClientEntry]) -> Verifier {
@@ -1173,7 +1170,6 @@ mod tests {
         let _ = v.consume(pending, NOW);
         let old = v.reconfigure(
             super::fixtures::identity(),
-            // Built but not advanced beyond what a loader makes.
             Roster::build(
                 &[client("alice", 1, &[4992]), client("carol", 3, &[4992])],
                 super::fixtures::keys(&[client("alice", 1, &[4992]), client("carol", 3, &[4992])]),
