@@ -476,6 +476,7 @@ struct Sender {
     server_key: Option<ServerPublicKey>,
     request: Request,
     socket: UdpSocket,
+    to: SocketAddr,
     rng: SystemRandom,
     sends: Option<BufWriter<fs::File>>,
     errors: u64,
@@ -520,11 +521,11 @@ impl Sender {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         });
+        // Not connected: the server binds no port, so the kernel answers
+        // knocks with ICMP port unreachable, and a connected socket would
+        // fail (and not send) the next knock with ECONNREFUSED.
         let socket = UdpSocket::bind(SocketAddr::new(local, 0))
             .map_err(|e| Failure::runtime(format!("cannot bind a UDP socket to {local}: {e}")))?;
-        socket
-            .connect(target.to)
-            .map_err(|e| Failure::runtime(format!("cannot send to {}: {e}", target.to)))?;
         let sends = match &target.sends {
             None => None,
             Some(path) => Some(BufWriter::new(
@@ -545,6 +546,7 @@ impl Sender {
                 bound_addr: None,
             },
             socket,
+            to: target.to,
             rng: SystemRandom::new(),
             sends,
             errors: 0,
@@ -575,8 +577,11 @@ impl Sender {
             .seal(&self.request, now / 1000, &randomness)
             .map_err(Failure::runtime)?;
         let at = unix_us();
-        if self.socket.send(&bytes).is_err() {
-            self.errors += 1;
+        if self.socket.send_to(&bytes, self.to).is_err() {
+            // Once more (a pending error is reported, not the datagram sent).
+            if self.socket.send_to(&bytes, self.to).is_err() {
+                self.errors += 1;
+            }
         }
         if let Some(out) = self.sends.as_mut() {
             writeln!(out, "{} {at}", self.fleet.name(i))
