@@ -32,6 +32,9 @@
 #   BACKENDS="nftables iptables"  backends of the latency phase
 #   LATENCY_CLIENTS=1000       fleet size of the latency phase
 #   LATENCY_TRIALS=100         knocks per backend (20 ms apart)
+#   LATENCY_KNOCKER=fleet      fleet: each knock from the next fleet client (one
+#                              in PUBLIC_EVERY public-key); bench: all from one
+#                              shared-key client, as bench/run.sh does
 #   READY_TIMEOUT=120          seconds a server may take to be ready
 #   RELOAD_TIMEOUT=120         seconds a reload may take
 #   QUIET_MAX=30               seconds to wait for idle CPUs before a phase
@@ -52,6 +55,7 @@ BURST_WITHIN=${BURST_WITHIN:-1s}
 BACKENDS=${BACKENDS:-"nftables iptables"}
 LATENCY_CLIENTS=${LATENCY_CLIENTS:-1000}
 LATENCY_TRIALS=${LATENCY_TRIALS:-100}
+LATENCY_KNOCKER=${LATENCY_KNOCKER:-fleet}
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 RELOAD_TIMEOUT=${RELOAD_TIMEOUT:-120}
 QUIET_MAX=${QUIET_MAX:-30}
@@ -73,6 +77,7 @@ for v in REFERENCE PUBLIC_EVERY RATE FLOOD_SECONDS BURST LATENCY_CLIENTS LATENCY
 { [ "$RATE" -ge 1 ] && [ "$RATE" -le 500000 ]; } || die "RATE: use 1..500000"
 { [ "$LATENCY_TRIALS" -ge 1 ] && [ "$LATENCY_TRIALS" -le 200 ]; } || die "LATENCY_TRIALS: use 1..200 (one source address each)"
 { [ "$READY_TIMEOUT" -le 600 ] && [ "$RELOAD_TIMEOUT" -le 600 ]; } || die "READY_TIMEOUT, RELOAD_TIMEOUT: at most 600"
+case $LATENCY_KNOCKER in fleet | bench) ;; *) die "LATENCY_KNOCKER: fleet or bench" ;; esac
 for b in $BACKENDS; do case $b in nftables) ;; iptables) for t in iptables ipset; do command -v "$t" >/dev/null || die "BACKENDS has iptables: $t is missing (apt-get install iptables ipset)"; done ;; *) die "BACKENDS: nftables, iptables" ;; esac; done
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -84,7 +89,7 @@ for b in knock-server knock-keygen knock-flood knock-probe knock-sink knock-flee
 done
 
 # ---------------------------------------------------------------- the lab --
-P=ks$$                    # unique prefix: namespaces, links, work dir
+P=ks$$-                   # unique prefix: namespaces, links, work dir
 WORK=$(mktemp -d "/var/tmp/knock-scale.$P.XXXX")
 NAMESPACES=()
 PIDS=()
@@ -396,11 +401,16 @@ latency() {
     sleep 1
     wait_quiet "latency-$backend"
     local off; off=$(log_size "$DIR/server.log")
-    local p; p=$(in_ns "$C" "$BIN/knock-probe" knock --profile "$DIR/bench.knock" --server 198.18.0.1 --port 4992 \
+    local who=(--profile "$DIR/bench.knock") only=(--client bench)
+    if [ "$LATENCY_KNOCKER" = fleet ]; then
+        who=(--fleet "$DIR/server.toml" --fleet-first 0 --seed "$SEED" --public-every "$PUBLIC_EVERY"); only=()
+    fi
+    local p; p=$(in_ns "$C" "$BIN/knock-probe" knock "${who[@]}" --server 198.18.0.1 --port 4992 \
         --sources "198.18.16.10+$LATENCY_TRIALS" --trials "$LATENCY_TRIALS" --gap 20ms --timeout 1s \
         --name "latency-$backend" | tee -a "$DIR/probe.log" | result)
     settle "$DIR/server.log" 30
-    local g; g=$("$BIN/knock-fleet" grants --log "$DIR/server.log" --from-byte "$off" --client bench --name "live-$backend" | result)
+    # Only the probe knocks now: every grant since $off is one of its.
+    local g; g=$("$BIN/knock-fleet" grants --log "$DIR/server.log" --from-byte "$off" "${only[@]}" --name "live-$backend" | result)
     local live
     if [ "$(field "$g" live_n)" = 0 ]; then live="n/a (no figure in the grant lines)"; else
         live="$(field "$g" live_p50_ms) / $(field "$g" live_p90_ms) / $(field "$g" live_p99_ms) ms ($(field "$g" live_n) grants)"; fi
@@ -435,7 +445,8 @@ OUTPUT=$WORK/results.md
     fi
     if [ -s "$LATENCY" ]; then
         echo
-        echo "| backend ($LATENCY_CLIENTS clients) | knock → first TCP connect p50 / p90 / p99 ($LATENCY_TRIALS knocks, 20 ms apart) | server's arrival → live p50 / p90 / p99 |"
+        if [ "$LATENCY_KNOCKER" = fleet ]; then by="each from another fleet client"; else by="all from one shared-key client"; fi
+        echo "| backend ($LATENCY_CLIENTS clients) | knock → first TCP connect p50 / p90 / p99 ($LATENCY_TRIALS knocks 20 ms apart, $by) | server's arrival → live p50 / p90 / p99 |"
         echo "|---|---|---|"
         cat "$LATENCY"
     fi

@@ -87,7 +87,7 @@ impl Fleet {
     }
 
     pub fn is_public(&self, i: u64) -> bool {
-        self.public_every > 0 && i % self.public_every == 0
+        self.public_every > 0 && i.is_multiple_of(self.public_every)
     }
 
     fn derive(&self, label: &[u8], i: u64) -> [u8; 32] {
@@ -155,6 +155,44 @@ impl Fleet {
     }
 }
 
+/// What defines a fleet on the command line of `knock-fleet` and
+/// `knock-probe knock --fleet`; the same values must be given to every
+/// command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// The text every client's key is derived from.
+    #[arg(long, default_value = "knock-fleet")]
+    pub seed: String,
+    /// Every K-th client (index divisible by K) is a public-key client; 0:
+    /// none.
+    #[arg(long, default_value_t = 10)]
+    pub public_every: u64,
+    /// Client names are PREFIX-NNNNNN.
+    #[arg(long, default_value = "fleet")]
+    pub prefix: String,
+}
+
+impl FleetArgs {
+    pub fn fleet(&self) -> Result<Fleet, String> {
+        Fleet::new(&self.seed, self.public_every, &self.prefix)
+            .map_err(|e| format!("--seed/--prefix: {e}"))
+    }
+}
+
+/// The server's identity and (when it has one) public key, from its
+/// configuration: what a fleet client's knocks are sealed for.
+pub fn server_keys(
+    config: &knock_keys::config::ServerConfig,
+) -> Result<(ServerId, Option<ServerPublicKey>), knock_keys::FileError> {
+    let server_id = knock_keys::identity::load(&config.identity_file)?;
+    let server_key = if config.server_key_file.exists() {
+        Some(knock_keys::identity::load_server_key(&config.server_key_file)?.public())
+    } else {
+        None
+    };
+    Ok((server_id, server_key))
+}
+
 /// The UTC time at the start of a log line written by `tracing-subscriber`
 /// (`2025-01-02T03:04:05.123456Z ...`), in microseconds since the epoch.
 pub fn log_time_us(line: &str) -> Option<u64> {
@@ -213,9 +251,10 @@ pub struct GrantLine {
 /// Reads `... granted tcp/4992 to 198.18.0.2 for 30s (client NAME)` or
 /// `... (client NAME; live 0.412 ms after arrival)`.
 pub fn parse_grant(line: &str) -> Option<GrantLine> {
-    let at = line.find(" granted ").map(|p| p + 1).or_else(|| {
-        line.starts_with("granted ").then_some(0)
-    })?;
+    let at = line
+        .find(" granted ")
+        .map(|p| p + 1)
+        .or_else(|| line.starts_with("granted ").then_some(0))?;
     let rest = line.get(at..)?;
     let client_at = rest.find("(client ")? + "(client ".len();
     let tail = rest.get(client_at..)?;
@@ -285,13 +324,19 @@ mod tests {
 
     #[test]
     fn log_times() {
-        assert_eq!(log_time_us("1970-01-01T00:00:01.000002Z  INFO x"), Some(1_000_002));
+        assert_eq!(
+            log_time_us("1970-01-01T00:00:01.000002Z  INFO x"),
+            Some(1_000_002)
+        );
         // date -u -d 2025-03-01T12:34:56Z +%s = 1740832496
         assert_eq!(
             log_time_us("2025-03-01T12:34:56.5Z INFO ready: 3 clients"),
             Some(1_740_832_496_500_000)
         );
-        assert_eq!(log_time_us("2024-02-29T00:00:00Z x"), Some(1_709_164_800_000_000));
+        assert_eq!(
+            log_time_us("2024-02-29T00:00:00Z x"),
+            Some(1_709_164_800_000_000)
+        );
         assert_eq!(log_time_us("INFO granted"), None);
         assert_eq!(log_time_us(""), None);
     }

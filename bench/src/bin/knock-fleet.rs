@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use knock_bench::fleet::{log_time_us, parse_grant, Fleet};
+use knock_bench::fleet::{log_time_us, parse_grant, server_keys, Fleet, FleetArgs};
 use knock_bench::{ms, parse_duration, Knocker, Summary};
 use knock_keys::cli::{parse_args, Failure};
 use knock_keys::config::ServerConfig;
@@ -50,26 +50,8 @@ struct Args {
     command: Command,
 }
 
-/// What defines a fleet; the same values must be given to every command.
-#[derive(Debug, clap::Args)]
-struct FleetArgs {
-    /// The text every client's key is derived from.
-    #[arg(long, default_value = "knock-fleet")]
-    seed: String,
-    /// Every K-th client (index divisible by K) is a public-key client; 0:
-    /// none.
-    #[arg(long, default_value_t = 10)]
-    public_every: u64,
-    /// Client names are PREFIX-NNNNNN.
-    #[arg(long, default_value = "fleet")]
-    prefix: String,
-}
-
-impl FleetArgs {
-    fn fleet(&self) -> Result<Fleet, Failure> {
-        Fleet::new(&self.seed, self.public_every, &self.prefix)
-            .map_err(|e| Failure::usage(format!("--seed/--prefix: {e}")))
-    }
+fn fleet_of(args: &FleetArgs) -> Result<Fleet, Failure> {
+    args.fleet().map_err(Failure::usage)
 }
 
 #[derive(Debug, clap::Args)]
@@ -256,13 +238,7 @@ fn main() -> ExitCode {
             client,
             from_byte,
             name,
-        } => grants(
-            &log,
-            sends.as_deref(),
-            client.as_deref(),
-            from_byte,
-            &name,
-        ),
+        } => grants(&log, sends.as_deref(), client.as_deref(), from_byte, &name),
         Command::Await {
             log,
             text,
@@ -310,7 +286,7 @@ fn enroll(
 ) -> Result<(), Failure> {
     let count = count.ok_or_else(|| Failure::usage("--count N is needed (or --remove)"))?;
     check_count(count, first)?;
-    let fleet = fleet.fleet()?;
+    let fleet = fleet_of(fleet)?;
     let config = ServerConfig::load(config)?;
     let ports = if ports.is_empty() {
         config.protected.clone()
@@ -327,7 +303,9 @@ fn enroll(
     };
     let dir = config.clients_dir.clone();
     knock_keys::secret_file::ensure_private_dir(&dir)?;
-    let publics = (first..first + count).filter(|&i| fleet.is_public(i)).count();
+    let publics = (first..first + count)
+        .filter(|&i| fleet.is_public(i))
+        .count();
     if publics > 0 {
         let (_, created) = identity::load_or_create_server_key(&config.server_key_file)?;
         if created {
@@ -418,7 +396,7 @@ fn remove_fleet(
     first: u64,
     fleet: &FleetArgs,
 ) -> Result<(), Failure> {
-    let fleet = fleet.fleet()?;
+    let fleet = fleet_of(fleet)?;
     let config = ServerConfig::load(config)?;
     let dir = &config.clients_dir;
     let mut removed = 0u64;
@@ -484,14 +462,9 @@ struct Sender {
 
 impl Sender {
     fn new(config: &Path, target: &Target, fleet: &FleetArgs, first: u64) -> Result<Self, Failure> {
-        let fleet = fleet.fleet()?;
+        let fleet = fleet_of(fleet)?;
         let config = ServerConfig::load(config)?;
-        let server_id = identity::load(&config.identity_file)?;
-        let server_key = if config.server_key_file.exists() {
-            Some(identity::load_server_key(&config.server_key_file)?.public())
-        } else {
-            None
-        };
+        let (server_id, server_key) = server_keys(&config)?;
         let port = match target.port {
             Some(port) => port,
             None => *config
