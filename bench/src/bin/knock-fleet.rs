@@ -103,10 +103,13 @@ enum Command {
     /// One valid knock from each of the clients FIRST..FIRST+COUNT, spread
     /// evenly over --within.
     Burst {
+        /// The server configuration the fleet is enrolled in (server.toml).
         #[arg(long)]
         config: PathBuf,
+        /// How many knocks, each from its own client.
         #[arg(long)]
         count: u64,
+        /// Index of the first client.
         #[arg(long, default_value_t = 0)]
         first: u64,
         /// The knocks are sent evenly over this time (e.g. 1s; at most 10m).
@@ -120,6 +123,7 @@ enum Command {
     /// One valid knock from the next client every --every, for --duration
     /// (or until --stop-file exists).
     Trickle {
+        /// The server configuration the fleet is enrolled in (server.toml).
         #[arg(long)]
         config: PathBuf,
         /// Time between two knocks (at least 100us).
@@ -158,26 +162,32 @@ enum Command {
         /// Start reading the log at this byte.
         #[arg(long, default_value_t = 0)]
         from_byte: u64,
+        /// Label of the RESULT line.
         #[arg(long, default_value = "grants")]
         name: String,
     },
     /// Wait until a line containing TEXT appears in a log (from --from-byte),
     /// polling every --poll; exit 1 on timeout or when --pid ends.
     Await {
+        /// The log to watch.
         #[arg(long)]
         log: PathBuf,
+        /// The text the line must contain.
         #[arg(long = "match")]
         text: String,
+        /// Start reading the log at this byte.
         #[arg(long, default_value_t = 0)]
         from_byte: u64,
         /// Give up after this long (at most 10m).
         #[arg(long, value_parser = parse_duration)]
         timeout: Duration,
+        /// How often to look (at most 1s).
         #[arg(long, default_value = "1ms", value_parser = parse_duration)]
         poll: Duration,
         /// Give up when this process has ended.
         #[arg(long)]
         pid: Option<u32>,
+        /// Label of the RESULT line.
         #[arg(long, default_value = "await")]
         name: String,
     },
