@@ -76,7 +76,7 @@ for v in REFERENCE PUBLIC_EVERY RATE FLOOD_SECONDS BURST LATENCY_CLIENTS LATENCY
 { [ "$FLOOD_SECONDS" -ge 1 ] && [ "$FLOOD_SECONDS" -le 60 ]; } || die "FLOOD_SECONDS: use 1..60"
 { [ "$RATE" -ge 1 ] && [ "$RATE" -le 500000 ]; } || die "RATE: use 1..500000"
 { [ "$LATENCY_TRIALS" -ge 1 ] && [ "$LATENCY_TRIALS" -le 200 ]; } || die "LATENCY_TRIALS: use 1..200 (one source address each)"
-{ [ "$READY_TIMEOUT" -le 600 ] && [ "$RELOAD_TIMEOUT" -le 600 ]; } || die "READY_TIMEOUT, RELOAD_TIMEOUT: at most 600"
+{ [ "$READY_TIMEOUT" -ge 1 ] && [ "$READY_TIMEOUT" -le 600 ] && [ "$RELOAD_TIMEOUT" -ge 1 ] && [ "$RELOAD_TIMEOUT" -le 600 ]; } || die "READY_TIMEOUT, RELOAD_TIMEOUT: use 1..600"
 case $LATENCY_KNOCKER in fleet | bench) ;; *) die "LATENCY_KNOCKER: fleet or bench" ;; esac
 for b in $BACKENDS; do case $b in nftables) ;; iptables) for t in iptables ipset; do command -v "$t" >/dev/null || die "BACKENDS has iptables: $t is missing (apt-get install iptables ipset)"; done ;; *) die "BACKENDS: nftables, iptables" ;; esac; done
 
