@@ -245,6 +245,11 @@ start_server() {
     logged=$(field "$res" logged_ms); seen=$(field "$res" seen_ms)
     if [ "$logged" != n/a ]; then READY_MS=$(sub "$logged" "$t0"); else READY_MS=$(sub "$seen" "$t0"); fi
     READY_LINE=$(grep -m1 'ready:' "$DIR/server.log" | sed 's/.*ready: //')
+    # Where the start went: each log line up to `ready`, as ms after exec.
+    STARTUP=$(sed '/ready:/q' "$DIR/server.log" | head -20 | while IFS= read -r line; do
+        local at; at=$(date -u -d "${line%% *}" +%s%3N 2>/dev/null) || continue
+        printf '+%s ms: %s; ' "$(sub "$at" "$t0")" "$(cut -d' ' -f4- <<<"$line" | cut -c1-60)"
+    done)
     [ "$(cat /proc/$SERVER/comm)" = knock-server ] || die "pid $SERVER is not knock-server"
 }
 stop_server() {
@@ -314,6 +319,26 @@ run_size() {
     flood junk junk; local junk=$FLOOD_US
     flood wrong-key wrong-key; local wrong=$FLOOD_US
 
+    # A burst of BURST knocks from as many different clients within
+    # BURST_WITHIN. Before any other knock: each grant rewrites the replay
+    # state, whose size grows with the knocks of the last minute, so the
+    # burst sees the same (empty) state at every fleet size.
+    if [ "$N" -ge "$BURST" ]; then
+        wait_quiet "burst-$N"
+        local off; off=$(log_size "$DIR/server.log")
+        rm -f "$DIR/burst.sends"
+        local b; b=$(in_ns "$C" "$BIN/knock-fleet" burst --config "$DIR/server.toml" --public-every "$PUBLIC_EVERY" \
+            --seed "$SEED" --count "$BURST" --within "$BURST_WITHIN" --to 198.18.0.1:62201 \
+            --sends "$DIR/burst.sends" 2>>"$DIR/burst.log" | result)
+        settle "$DIR/server.log" 120
+        local g; g=$("$BIN/knock-fleet" grants --log "$DIR/server.log" --from-byte "$off" \
+            --sends "$DIR/burst.sends" --name burst | result)
+        local live
+        if [ "$(field "$g" live_n)" = 0 ]; then live="n/a"; else live="$(field "$g" live_p50_ms) / $(field "$g" live_max_ms) ms"; fi
+        echo "| $N | $(field "$g" honoured) / $(field "$b" sent) | $(secs "$(field "$g" span_ms)") s (sent over $(secs "$(sub "$(field "$b" last_sent_ms)" "$(field "$b" first_sent_ms)")") s) | $(field "$g" delay_p50_ms) / $(field "$g" delay_p99_ms) / $(field "$g" delay_max_ms) ms | $live |" >>"$BURSTS"
+        note "$N clients, burst: $(field "$g" honoured) of $(field "$b" sent) honoured; first send → last grant $(field "$g" span_ms) ms"
+    fi
+
     wait_quiet "reload-$N"
     reload "reload, unchanged"; local r_same=$RELOAD_MS
     local more=$(( N / 100 )); [ "$more" -ge 1 ] || more=1
@@ -355,27 +380,10 @@ run_size() {
         sed -n "$(( $(head -c "$off" "$DIR/server.log" | wc -l) + 1 )),\$p" "$DIR/server.log" | grep -E 'refused|WARN|ERROR' | head -5 | sed 's/^/    server: /' >&2 || true
     fi
 
-    # A burst of BURST knocks from as many different clients within BURST_WITHIN.
-    if [ "$N" -ge "$BURST" ]; then
-        wait_quiet "burst-$N"
-        local off; off=$(log_size "$DIR/server.log")
-        rm -f "$DIR/burst.sends"
-        local b; b=$(in_ns "$C" "$BIN/knock-fleet" burst --config "$DIR/server.toml" --public-every "$PUBLIC_EVERY" \
-            --seed "$SEED" --count "$BURST" --within "$BURST_WITHIN" --to 198.18.0.1:62201 \
-            --sends "$DIR/burst.sends" 2>>"$DIR/burst.log" | result)
-        settle "$DIR/server.log" 120
-        local g; g=$("$BIN/knock-fleet" grants --log "$DIR/server.log" --from-byte "$off" \
-            --sends "$DIR/burst.sends" --name burst | result)
-        local live
-        if [ "$(field "$g" live_n)" = 0 ]; then live="n/a"; else live="$(field "$g" live_p50_ms) / $(field "$g" live_max_ms) ms"; fi
-        echo "| $N | $(field "$g" honoured) / $(field "$b" sent) | $(secs "$(field "$g" span_ms)") s (sent over $(secs "$(sub "$(field "$b" last_sent_ms)" "$(field "$b" first_sent_ms)")") s) | $(field "$g" delay_p50_ms) / $(field "$g" delay_p99_ms) / $(field "$g" delay_max_ms) ms | $live |" >>"$BURSTS"
-        note "$N clients, burst: $(field "$g" honoured) of $(field "$b" sent) honoured; first send → last grant $(field "$g" span_ms) ms"
-    fi
-
     local hwm_end; hwm_end=$(vm "$SERVER" VmHWM)
     stop_server
     echo "| $N | $(secs "$READY_MS") s | $(secs "$r_same") / $(secs "$r_more") s | $(mib "$hwm_ready") / $(mib "$hwm_reload") / $(mib "$hwm_end") MiB | $junk µs | $wrong µs | $stall |" >>"$TABLE"
-    note "$N clients: ready line: $READY_LINE"
+    note "$N clients: start: $STARTUP"
     lab_del
     [ -n "${KEEP_WORK:-}" ] || rm -rf "$DIR"
 }
