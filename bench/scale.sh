@@ -2,10 +2,11 @@
 # knock scale benchmark (issue 14): for fleets of generated clients (1,000,
 # 10,000, 100,000 and a 10-client reference), the server's time to ready,
 # reload time, peak RSS, CPU per flood datagram, the longest delay of a knock
-# sent during a reload of the whole fleet, a burst of knocks from 1,000
-# different clients, and arrival-to-grant latency on both firewall backends.
+# over 32 s without reload (the hint index advancing) and during a reload of
+# the whole fleet, a burst of knocks from 1,000 different clients, and
+# arrival-to-grant latency on both firewall backends.
 #
-#   sudo bench/scale.sh                          # about 10 minutes
+#   sudo bench/scale.sh                          # about 6 minutes
 #   sudo SIZES=1000 REFERENCE=0 bench/scale.sh   # quick: one fleet of 1,000
 #   sudo OUT=scale.md bench/scale.sh             # also write the tables to a file
 #
@@ -27,9 +28,12 @@
 #   RATE=50000                 flood rate, datagrams per second
 #   FLOOD_SECONDS=5            length of each flood (junk, wrong-key)
 #   TRICKLE_EVERY=2ms          knocks sent during the reload: one every this
+#   IDLE_SECONDS=32            then a trickle this long without reload, one knock
+#                              every 20 ms: it spans a 30 s hint slot boundary,
+#                              when the server advances its index (0: skip)
 #   BURST=1000                 knocks (from as many clients) in the burst...
 #   BURST_WITHIN=1s            ...sent evenly within this time
-#   BACKENDS="nftables iptables"  backends of the latency phase
+#   BACKENDS="nftables iptables"  backends of the latency phase ("": none)
 #   LATENCY_CLIENTS=1000       fleet size of the latency phase
 #   LATENCY_TRIALS=100         knocks per backend (20 ms apart)
 #   LATENCY_KNOCKER=fleet      fleet: each knock from the next fleet client (one
@@ -50,9 +54,10 @@ PUBLIC_EVERY=${PUBLIC_EVERY:-10}
 RATE=${RATE:-50000}
 FLOOD_SECONDS=${FLOOD_SECONDS:-5}
 TRICKLE_EVERY=${TRICKLE_EVERY:-2ms}
+IDLE_SECONDS=${IDLE_SECONDS:-32}
 BURST=${BURST:-1000}
 BURST_WITHIN=${BURST_WITHIN:-1s}
-BACKENDS=${BACKENDS:-"nftables iptables"}
+BACKENDS=${BACKENDS-"nftables iptables"}
 LATENCY_CLIENTS=${LATENCY_CLIENTS:-1000}
 LATENCY_TRIALS=${LATENCY_TRIALS:-100}
 LATENCY_KNOCKER=${LATENCY_KNOCKER:-fleet}
@@ -72,7 +77,8 @@ int() { [[ "$2" =~ ^[0-9]+$ ]] || die "$1=$2: not a number"; }
 [ "$(id -u)" = 0 ] || die "needs root (it creates network namespaces): run sudo bench/scale.sh"
 for tool in ip nft ss timeout; do command -v "$tool" >/dev/null || die "$tool is missing (apt-get install iproute2 nftables coreutils)"; done
 for n in $SIZES; do int SIZES "$n"; { [ "$n" -ge 1 ] && [ "$n" -le 1000000 ]; } || die "SIZES: each 1..1000000"; done
-for v in REFERENCE PUBLIC_EVERY RATE FLOOD_SECONDS BURST LATENCY_CLIENTS LATENCY_TRIALS READY_TIMEOUT RELOAD_TIMEOUT QUIET_MAX; do int "$v" "${!v}"; done
+for v in REFERENCE IDLE_SECONDS PUBLIC_EVERY RATE FLOOD_SECONDS BURST LATENCY_CLIENTS LATENCY_TRIALS READY_TIMEOUT RELOAD_TIMEOUT QUIET_MAX; do int "$v" "${!v}"; done
+[ "$IDLE_SECONDS" -le 300 ] || die "IDLE_SECONDS: at most 300"
 { [ "$FLOOD_SECONDS" -ge 1 ] && [ "$FLOOD_SECONDS" -le 60 ]; } || die "FLOOD_SECONDS: use 1..60"
 { [ "$RATE" -ge 1 ] && [ "$RATE" -le 500000 ]; } || die "RATE: use 1..500000"
 { [ "$LATENCY_TRIALS" -ge 1 ] && [ "$LATENCY_TRIALS" -le 200 ]; } || die "LATENCY_TRIALS: use 1..200 (one source address each)"
@@ -310,7 +316,7 @@ run_size() {
     wait_quiet "ready-$N"
     if ! start_server; then
         note "$N clients: knock-server not ready: $READY_MS"
-        echo "| $N | $READY_MS | — | — | — | — | — | — |" >>"$TABLE"
+        echo "| $N | $READY_MS | — | — | — | — | — | — | — |" >>"$TABLE"
         stop_server; lab_del; return 0
     fi
     local hwm_ready; hwm_ready=$(vm "$SERVER" VmHWM)
@@ -337,6 +343,26 @@ run_size() {
         if [ "$(field "$g" live_n)" = 0 ]; then live="n/a"; else live="$(field "$g" live_p50_ms) / $(field "$g" live_max_ms) ms"; fi
         echo "| $N | $(field "$g" honoured) / $(field "$b" sent) | $(secs "$(field "$g" span_ms)") s (sent over $(secs "$(sub "$(field "$b" last_sent_ms)" "$(field "$b" first_sent_ms)")") s) | $(field "$g" delay_p50_ms) / $(field "$g" delay_p99_ms) / $(field "$g" delay_max_ms) ms | $live |" >>"$BURSTS"
         note "$N clients, burst: $(field "$g" honoured) of $(field "$b" sent) honoured; first send → last grant $(field "$g" span_ms) ms"
+    fi
+
+    # The longest delay of a knock with no reload, over IDLE_SECONDS: when
+    # the clock enters a new 30 s slot, the server brings its hint index up
+    # to date.
+    local idle="—"
+    if [ "$N" -ge 1000 ] && [ "$IDLE_SECONDS" -gt 0 ]; then
+        wait_quiet "idle-$N"
+        local off; off=$(log_size "$DIR/server.log")
+        rm -f "$DIR/idle.sends"
+        in_ns "$C" "$BIN/knock-fleet" trickle --config "$DIR/server.toml" --public-every "$PUBLIC_EVERY" \
+            --seed "$SEED" --every 20ms --duration "${IDLE_SECONDS}s" --to 198.18.0.1:62201 \
+            --first $((N / 4)) --count $((N - N / 4)) --sends "$DIR/idle.sends" --name idle >"$DIR/idle.log" 2>&1 \
+            || { cat "$DIR/idle.log" >&2; die "knock-fleet trickle failed"; }
+        settle "$DIR/server.log" 120
+        local g; g=$("$BIN/knock-fleet" grants --log "$DIR/server.log" --from-byte "$off" \
+            --sends "$DIR/idle.sends" --name idle | result)
+        local live_max; live_max=$(field "$g" live_max_ms)
+        idle="$( [ "$live_max" = n/a ] && echo "n/a" || echo "$live_max ms") / $(field "$g" delay_max_ms) ms ($(field "$g" honoured) / $(field "$g" sent))"
+        note "$N clients, ${IDLE_SECONDS} s of knocks every 20 ms, no reload: $(field "$g" sent) sent, $(field "$g" honoured) honoured; send → grant logged p50 $(field "$g" delay_p50_ms) ms, p99 $(field "$g" delay_p99_ms) ms, max $(field "$g" delay_max_ms) ms; server's arrival → live max $live_max ms"
     fi
 
     wait_quiet "reload-$N"
@@ -382,7 +408,7 @@ run_size() {
 
     local hwm_end; hwm_end=$(vm "$SERVER" VmHWM)
     stop_server
-    echo "| $N | $(secs "$READY_MS") s | $(secs "$r_same") / $(secs "$r_more") s | $(mib "$hwm_ready") / $(mib "$hwm_reload") / $(mib "$hwm_end") MiB | $junk µs | $wrong µs | $stall |" >>"$TABLE"
+    echo "| $N | $(secs "$READY_MS") s | $(secs "$r_same") / $(secs "$r_more") s | $(mib "$hwm_ready") / $(mib "$hwm_reload") / $(mib "$hwm_end") MiB | $junk µs | $wrong µs | $idle | $stall |" >>"$TABLE"
     note "$N clients: start: $STARTUP"
     lab_del
     [ -n "${KEEP_WORK:-}" ] || rm -rf "$DIR"
@@ -442,8 +468,8 @@ OUTPUT=$WORK/results.md
     echo "Fleets from \`knock-fleet enroll\`, one client in $PUBLIC_EVERY public-key; nftables; floods at $RATE pps for ${FLOOD_SECONDS}s;"
     echo "$(nproc) CPUs, Linux $(uname -r), state on $(df --output=fstype "$WORK" | tail -1); $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
     echo
-    echo "| clients | time to ready | reload: unchanged / +1% | peak RSS (VmHWM): ready / after reloads / end | server CPU per junk datagram | per wrong-key datagram | longest knock delay during a reload: server's arrival → live / send → grant logged | honoured / sent during that reload |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| clients | time to ready | reload: unchanged / +1% | peak RSS (VmHWM): ready / after reloads / end | server CPU per junk datagram | per wrong-key datagram | longest knock delay over ${IDLE_SECONDS} s without reload: server's arrival → live / send → grant logged (honoured / sent) | longest knock delay during a reload: server's arrival → live / send → grant logged | honoured / sent during that reload |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     cat "$TABLE"
     if [ -s "$BURSTS" ]; then
         echo
@@ -459,7 +485,7 @@ OUTPUT=$WORK/results.md
         cat "$LATENCY"
     fi
     echo
-    echo "The stall columns cover fleets of 1,000 or more (smaller fleets would knock with each client every few ms). \"n/a\": the server's grant lines give no \`live X ms after arrival\` figure."
+    echo "The delay columns cover fleets of 1,000 or more (smaller fleets would knock with each client every few ms). \"n/a\": the server's grant lines give no \`live X ms after arrival\` figure."
     [ -n "$NOISY" ] && echo "Warning: other work was running on this machine before:$NOISY; those figures are disturbed."
     echo
     echo "Details:"
