@@ -95,8 +95,8 @@ for b in knock-server knock-keygen knock-flood knock-probe knock-sink knock-flee
 done
 
 # ---------------------------------------------------------------- the lab --
-P=ks$$-                   # unique prefix: namespaces, links, work dir
-WORK=$(mktemp -d "/var/tmp/knock-scale.$P.XXXX")
+P=ks$$-                   # unique prefix: namespaces, links
+WORK=$(mktemp -d "/var/tmp/knock-scale.ks$$.XXXX")
 NAMESPACES=()
 PIDS=()
 
@@ -206,6 +206,34 @@ settle() {
     echo "warning: grants still being logged after ${2}s" >&2
 }
 
+# slot_fit NAME NEED: knocks are stamped in 30 s slots of unix time, and
+# when the clock enters a new slot the server brings its hint index up to
+# date (before issue 14: rebuilds it, seconds at 100,000 clients). So that a
+# timed phase does not measure that too, start it only when at least NEED
+# seconds are left in the slot and SLOT_OFFSET seconds have passed since the
+# slot began (set from the time to ready: the index takes no longer to
+# build than the whole start). Sleeps at most 30 s.
+SLOT_OFFSET=3
+slot_fit() {
+    local wait
+    wait=$(awk -v t="$(date +%s.%N)" -v off="$SLOT_OFFSET" -v need="$2" 'BEGIN {
+        into = t - 30 * int(t / 30)
+        if (into >= off && into + need <= 29.5) print 0
+        else if (into < off && off + need <= 29.5) print off - into
+        else print 30 - into + off }')
+    if awk -v o="$SLOT_OFFSET" -v n="$2" 'BEGIN {exit !(o + n > 29.5)}'; then
+        echo "warning: phase $1 ($2 s) cannot fit in a 30 s slot after ${SLOT_OFFSET}s: it may include an index update" >&2
+        NOISY="$NOISY $1(slot)"
+        return 0
+    fi
+    sleep "$wait"
+}
+
+# The index update after a slot boundary takes no longer than the start.
+set_slot_offset() {
+    SLOT_OFFSET=$(awk -v m="$READY_MS" 'BEGIN {o = int(m / 1000) + 3; if (o > 18) o = 18; print o}')
+}
+
 NOTES=$WORK/notes.md
 : >"$NOTES"
 note() { echo "- $*" >>"$NOTES"; echo "$*" >&2; }
@@ -287,7 +315,6 @@ reload() {
 # (received on its attacker link minus the packet sockets' drops).
 flood() {
     local name=$1 mode=$2 count=$((RATE * FLOOD_SECONDS))
-    wait_quiet "$name-$N"
     local cpu0 rx0 drop0 cpu1 rx1 drop1 fl
     cpu0=$(cpu_ns "$SERVER"); rx0=$(rx_packets "$S" "${S}a"); drop0=$(pkt_drops "$S")
     ip netns exec "$A" "$BIN/knock-flood" --target 198.18.1.1:62201 --mode "$mode" --rate "$RATE" \
@@ -322,6 +349,9 @@ run_size() {
     local hwm_ready; hwm_ready=$(vm "$SERVER" VmHWM)
     log "ready in $READY_MS ms: $READY_LINE; VmHWM $(mib "$hwm_ready") MiB"
 
+    set_slot_offset
+    wait_quiet "floods-$N"
+    slot_fit "floods-$N" $((2 * FLOOD_SECONDS + 2))
     flood junk junk; local junk=$FLOOD_US
     flood wrong-key wrong-key; local wrong=$FLOOD_US
 
@@ -331,6 +361,7 @@ run_size() {
     # burst sees the same (empty) state at every fleet size.
     if [ "$N" -ge "$BURST" ]; then
         wait_quiet "burst-$N"
+        slot_fit "burst-$N" 6
         local off; off=$(log_size "$DIR/server.log")
         rm -f "$DIR/burst.sends"
         local b; b=$(in_ns "$C" "$BIN/knock-fleet" burst --config "$DIR/server.toml" --public-every "$PUBLIC_EVERY" \
@@ -365,12 +396,16 @@ run_size() {
         note "$N clients, ${IDLE_SECONDS} s of knocks every 20 ms, no reload: $(field "$g" sent) sent, $(field "$g" honoured) honoured; send → grant logged p50 $(field "$g" delay_p50_ms) ms, p99 $(field "$g" delay_p99_ms) ms, max $(field "$g" delay_max_ms) ms; server's arrival → live max $live_max ms"
     fi
 
+    # Reloads take about what the start took.
+    local reload_need; reload_need=$(awk -v m="$READY_MS" 'BEGIN {print int(m / 1000) + 2}')
     wait_quiet "reload-$N"
+    slot_fit "reload-$N" "$reload_need"
     reload "reload, unchanged"; local r_same=$RELOAD_MS
     local more=$(( N / 100 )); [ "$more" -ge 1 ] || more=1
     fleet enroll --first "$N" --count "$more" >/dev/null
     sync -f "$DIR/clients.d"
     wait_quiet "reload-more-$N"
+    slot_fit "reload-more-$N" "$reload_need"
     reload "reload, +$more clients"; local r_more=$RELOAD_MS
     local hwm_reload; hwm_reload=$(vm "$SERVER" VmHWM)
 
@@ -383,6 +418,7 @@ run_size() {
         fleet enroll --remove --first "$N" --count "$more" >/dev/null
         sync -f "$DIR/clients.d"
         wait_quiet "stall-$N"
+        slot_fit "stall-$N" $((reload_need + 1))
         local off; off=$(log_size "$DIR/server.log")
         rm -f "$DIR/stop" "$DIR/trickle.sends"
         ip netns exec "$C" "$BIN/knock-fleet" trickle --config "$DIR/server.toml" --public-every "$PUBLIC_EVERY" \
@@ -432,8 +468,10 @@ latency() {
         echo "| $backend | server not ready: $READY_MS | — |" >>"$LATENCY"
         stop_server; lab_del; return 0
     fi
+    set_slot_offset
     sleep 1
     wait_quiet "latency-$backend"
+    slot_fit "latency-$backend" $((LATENCY_TRIALS / 20 + 3))
     local off; off=$(log_size "$DIR/server.log")
     local who=(--profile "$DIR/bench.knock") only=(--client bench)
     if [ "$LATENCY_KNOCKER" = fleet ]; then
