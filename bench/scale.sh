@@ -435,9 +435,12 @@ run_size() {
         settle "$DIR/server.log" 120
         local g; g=$("$BIN/knock-fleet" grants --log "$DIR/server.log" --from-byte "$off" \
             --sends "$DIR/trickle.sends" --name stall | result)
-        local live_max delay_max
+        local live_max delay_max step
         live_max=$(field "$g" live_max_ms); delay_max=$(field "$g" delay_max_ms)
-        stall="$( [ "$live_max" = n/a ] && echo "n/a" || echo "$live_max ms") / $delay_max ms (p50 $(field "$g" delay_p50_ms) ms) | $(field "$g" honoured) / $(field "$g" sent)"
+        # The server's own figure, when it logs one: "... whose longest step
+        # meanwhile (the swap included) took X ms".
+        step=$(tail -c +$((off + 1)) "$DIR/server.log" | grep -o 'longest step[^;]* took [0-9.]* ms' | tail -1 | sed -E 's/.* took ([0-9.]+) ms/\1 ms/') || true
+        stall="$( [ "$live_max" = n/a ] && echo "n/a" || echo "$live_max ms") / $delay_max ms (p50 $(field "$g" delay_p50_ms) ms; loop's longest step ${step:-n/a}) | $(field "$g" honoured) / $(field "$g" sent)"
         note "$N clients, trickle during a reload ($r_trickle ms): $(field "$g" sent) knocks sent, $(field "$g" honoured) honoured; send → grant logged p50 $(field "$g" delay_p50_ms) ms, p99 $(field "$g" delay_p99_ms) ms, max $delay_max ms; server's arrival → live: max $live_max ms ($(field "$g" live_n) figures)"
         sed -n "$(( $(head -c "$off" "$DIR/server.log" | wc -l) + 1 )),\$p" "$DIR/server.log" | grep -E 'refused|WARN|ERROR' | head -5 | sed 's/^/    server: /' >&2 || true
     fi
@@ -523,7 +526,7 @@ OUTPUT=$WORK/results.md
         cat "$LATENCY"
     fi
     echo
-    echo "The delay columns cover fleets of 1,000 or more (smaller fleets would knock with each client every few ms). \"n/a\": the server's grant lines give no \`live X ms after arrival\` figure."
+    echo "The delay columns cover fleets of 1,000 or more (smaller fleets would knock with each client every few ms). Server's arrival → live: the largest \`live X ms after arrival\` of the grant lines; send → grant logged: from the knocker's send to the grant line's timestamp; loop's longest step: the server's own \"longest step\" line after the reload. \"n/a\": the server logs no such figure."
     [ -n "$NOISY" ] && echo "Warning: other work was running on this machine before:$NOISY; those figures are disturbed."
     echo
     echo "Details:"
