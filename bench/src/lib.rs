@@ -3,11 +3,16 @@
 //! * `knock-flood`: a paced UDP flooder, bounded in packets and time;
 //! * `knock-probe`: knock → first TCP connect latency, and the share of
 //!   knocks honoured, from many source addresses;
-//! * `knock-sink`: a TCP listener that accepts and closes, bounded in time.
+//! * `knock-sink`: a TCP listener that accepts and closes, bounded in time;
+//! * `knock-fleet`: many clients derived from one seed ([`fleet`]): enrols
+//!   them, sends bursts and trickles of their knocks, and reads the server's
+//!   log for the grants (`bench/scale.sh`).
 //!
 //! `bench/run.sh` drives them in network namespaces; `docs/PERFORMANCE.md`
 //! describes the method and the figures.
 #![forbid(unsafe_code)]
+
+pub mod fleet;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -73,6 +78,32 @@ impl Knocker {
                 })
             }
         }
+    }
+
+    /// A shared-key client's knocker, from its secret.
+    pub fn shared(secret: &knock_proto::ClientSecret, server_id: ServerId) -> Self {
+        Self {
+            pair: PairKeys::shared(secret, &server_id),
+            server_id,
+            public: None,
+        }
+    }
+
+    /// A public-key client's knocker, from its identity and the server's
+    /// public key.
+    pub fn public(
+        identity: ClientIdentity,
+        server: ServerPublicKey,
+        server_id: ServerId,
+    ) -> Result<Self, String> {
+        let prk = identity
+            .pair_prk(&server, &server_id)
+            .map_err(|e| format!("server public key: {e}"))?;
+        Ok(Self {
+            pair: PairKeys::from_prk(&prk),
+            server_id,
+            public: Some((identity, server)),
+        })
     }
 
     pub fn is_public(&self) -> bool {

@@ -4,7 +4,8 @@
 //! Each trial uses its own source address (so no earlier grant can make it
 //! look open):
 //!
-//! * `knock`: seals a fresh knock with the profile (bound to no address: the
+//! * `knock`: seals a fresh knock with the profile (or, with `--fleet`, as
+//!   the next client of a `knock-fleet` fleet; bound to no address: the
 //!   server opens for the source it sees), sends it from a UDP socket bound to
 //!   the trial's source, then tries a TCP connect from the same source every
 //!   `--retry` (each attempt a new socket whose SYN the firewall drops until
@@ -24,16 +25,18 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use knock_bench::fleet::{server_keys, Fleet, FleetArgs};
 use knock_bench::{
     ms, parse_duration, parse_ipv4_range, Knocker, Summary, EXIT_RUNTIME, EXIT_USAGE,
 };
+use knock_keys::config::ServerConfig;
 use knock_keys::profile::ClientProfile;
-use knock_proto::{PortSpec, Request, SealRandomness, NONCE_LEN};
+use knock_proto::{PortSpec, Request, SealRandomness, ServerId, ServerPublicKey, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -93,6 +96,17 @@ enum Mode {
     Knock {
         #[command(flatten)]
         common: Common,
+        /// Knock as the clients of a `knock-fleet` fleet enrolled in this
+        /// server configuration, one client per trial from --fleet-first
+        /// (instead of --profile: no client knocks twice, so no per-client
+        /// limit applies).
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// The fleet client of the first trial.
+        #[arg(long, default_value_t = 0)]
+        fleet_first: u64,
+        #[command(flatten)]
+        fleet_args: FleetArgs,
         /// Interval between connection attempts, microseconds.
         #[arg(long = "retry-us", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
         retry_us: u64,
@@ -139,7 +153,18 @@ fn main() -> ExitCode {
         }
     };
     let result = match &args.command {
-        Mode::Knock { common, retry_us } => knock_trials(common, Duration::from_micros(*retry_us)),
+        Mode::Knock {
+            common,
+            retry_us,
+            fleet,
+            fleet_first,
+            fleet_args,
+        } => {
+            let fleet = fleet
+                .as_deref()
+                .map(|config| (config, *fleet_first, fleet_args));
+            knock_trials(common, Duration::from_micros(*retry_us), fleet)
+        }
         Mode::Client { common, exec, dev } => client_trials(common, exec, dev),
         Mode::Command {
             common,
@@ -207,19 +232,51 @@ fn report(common: &Common, trials: usize, samples: &[Duration], started: Instant
     println!("{}", s.result_line(&common.name));
 }
 
-fn knock_trials(common: &Common, retry: Duration) -> Result<(), Failure> {
+/// Who knocks: the profile's client, or a fleet's clients one per trial.
+enum Knockers {
+    Profile(Knocker),
+    Fleet {
+        fleet: Fleet,
+        first: u64,
+        server_id: ServerId,
+        server_key: Option<ServerPublicKey>,
+    },
+}
+
+fn knock_trials(
+    common: &Common,
+    retry: Duration,
+    fleet: Option<(&Path, u64, &FleetArgs)>,
+) -> Result<(), Failure> {
     let sources = sources(common)?;
-    let path = profile_path(common)?;
-    let profile = ClientProfile::load(path).map_err(|e| (EXIT_USAGE, e.to_string()))?;
-    let knocker = Knocker::for_profile(&profile, path, common.identity.as_deref())
-        .map_err(|e| (EXIT_USAGE, e))?;
+    let usage = |e: String| (EXIT_USAGE, e);
+    let (knockers, knock_port) = match fleet {
+        None => {
+            let path = profile_path(common)?;
+            let profile = ClientProfile::load(path).map_err(|e| usage(e.to_string()))?;
+            let knocker =
+                Knocker::for_profile(&profile, path, common.identity.as_deref()).map_err(usage)?;
+            (Knockers::Profile(knocker), profile.knock_port)
+        }
+        Some((config, first, args)) => {
+            let config = ServerConfig::load(config).map_err(|e| usage(e.to_string()))?;
+            let (server_id, server_key) = server_keys(&config).map_err(|e| usage(e.to_string()))?;
+            let knockers = Knockers::Fleet {
+                fleet: args.fleet().map_err(usage)?,
+                first,
+                server_id,
+                server_key,
+            };
+            (knockers, config.knock_port)
+        }
+    };
     let request = Request {
         ports: vec![PortSpec::tcp(common.port)],
         duration_s: 0,
         bound_addr: None,
     };
     let rng = SystemRandom::new();
-    let knock_to = SocketAddr::new(common.server, profile.knock_port);
+    let knock_to = SocketAddr::new(common.server, knock_port);
     let connect_to = SocketAddr::new(common.server, common.port);
     let started = Instant::now();
     let mut last_stamp = 0u64;
@@ -245,6 +302,21 @@ fn knock_trials(common: &Common, retry: Duration) -> Result<(), Failure> {
         let randomness = SealRandomness {
             nonce,
             padding: random.get(NONCE_LEN).copied().unwrap_or(0),
+        };
+        let owned;
+        let knocker = match &knockers {
+            Knockers::Profile(knocker) => knocker,
+            Knockers::Fleet {
+                fleet,
+                first,
+                server_id,
+                server_key,
+            } => {
+                owned = fleet
+                    .knocker(first + trials as u64, *server_id, *server_key)
+                    .map_err(usage)?;
+                &owned
+            }
         };
         let bytes = knocker
             .seal(&request, stamp, &randomness)
