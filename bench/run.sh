@@ -14,7 +14,8 @@
 #   RATE=100000        flood rate, datagrams per second
 #   FLOOD_SECONDS=12   length of each flood
 #   TRIALS=200         in-process knocks per phase (one source address each)
-#   CLIENT_RUNS=100    knock-client runs for the end-to-end latency
+#   CLIENT_RUNS=40     knock-client runs for the end-to-end latency (1 s apart:
+#                      one profile gets one grant a second after its first 10)
 #   FWKNOP=auto        auto | 0 | 1: run fwknopd side by side (needs fwknop-server, fwknop-client)
 #   FWKNOP_TRIALS=40   knocks per fwknop phase (each takes a fwknop process)
 #   SKIP_BUILD=1       use the binaries already built
@@ -25,7 +26,7 @@ set -euo pipefail
 RATE=${RATE:-100000}
 FLOOD_SECONDS=${FLOOD_SECONDS:-12}
 TRIALS=${TRIALS:-200}
-CLIENT_RUNS=${CLIENT_RUNS:-100}
+CLIENT_RUNS=${CLIENT_RUNS:-40}
 FWKNOP=${FWKNOP:-auto}
 FWKNOP_TRIALS=${FWKNOP_TRIALS:-40}
 
@@ -46,7 +47,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "building release binaries into $TARGET"
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --workspace --bins)
 fi
-for b in knock-server knock-client knock-keygen knock-flood knock-probe knock-sink; do
+for b in knock-server knock-client knock-keygen knock-flood knock-probe knock-sink knock-fleet; do
     [ -x "$BIN/$b" ] || die "$BIN/$b is missing: build with cargo build --release --workspace --bins"
 done
 
@@ -154,6 +155,11 @@ clients_dir = "$WORK/knock/clients.d"
 EOF
 "$BIN/knock-keygen" bench --host 198.18.0.1 --config "$WORK/knock/server.toml" --out "$WORK/knock/bench.knock" >/dev/null
 PROFILE=$WORK/knock/bench.knock
+# The in-process trials knock as generated clients, one each: the server
+# grants one client 10 knocks at once, then one a second (issue 14), which
+# 200 knocks from one profile would meet.
+FLEET_SEED=bench-$P
+"$BIN/knock-fleet" enroll --config "$WORK/knock/server.toml" --count 2000 --seed "$FLEET_SEED" >/dev/null
 
 # Background processes are started with `ip netns exec` itself (it execs the
 # program), so that $! is the program's pid.
@@ -169,7 +175,8 @@ log "knock-server ready (pid $SERVER); state on $(df --output=fstype "$WORK" | t
 
 probe() { # NAME PHASE [extra args]: in-process knocks from the client namespace
     local name=$1 phase=$2; shift 2
-    in_ns "$C" "$BIN/knock-probe" knock --profile "$PROFILE" --server 198.18.0.1 --port 4992 \
+    in_ns "$C" "$BIN/knock-probe" knock --fleet "$WORK/knock/server.toml" --seed "$FLEET_SEED" \
+        --fleet-first $((phase * 200)) --server 198.18.0.1 --port 4992 \
         --sources "$(sources "$phase")" --trials "$TRIALS" --name "$name" "$@" | tee -a "$WORK/probe.log" | result
 }
 
@@ -184,7 +191,7 @@ wait_quiet knock-client
 log "baseline: $CLIENT_RUNS runs of knock-client open, end to end"
 CLIENT=$(in_ns "$C" "$BIN/knock-probe" client --exec "$BIN/knock-client" --dev "${C}s" \
     --profile "$PROFILE" --server 198.18.0.1 --port 4992 --sources "$(sources 1)" \
-    --trials "$CLIENT_RUNS" --timeout 3s --gap 10ms --name knock-client | tee -a "$WORK/probe.log" | result)
+    --trials "$CLIENT_RUNS" --timeout 3s --gap 1000ms --name knock-client | tee -a "$WORK/probe.log" | result)
 echo "$CLIENT" >&2
 ip -n "$C" route del 198.18.0.1/32 2>/dev/null || true
 
@@ -193,7 +200,7 @@ ip -n "$C" route del 198.18.0.1/32 2>/dev/null || true
 # connects, timed from the process start.
 log "baseline: $CLIENT_RUNS runs of knock-client open --no-wait + fast connect retries"
 NOWAIT=$(in_ns "$C" "$BIN/knock-probe" command --dev "${C}s" --server 198.18.0.1 --port 4992 \
-    --sources "$(sources 5)" --trials "$CLIENT_RUNS" --timeout 3s --gap 10ms --name no-wait \
+    --sources "$(sources 5)" --trials "$CLIENT_RUNS" --timeout 3s --gap 1000ms --name no-wait \
     -- env KNOCK_HOME="$WORK/knock" "$BIN/knock-client" open 198.18.0.1 4992 --no-wait --profile "$PROFILE" \
     | tee -a "$WORK/probe.log" | result)
 echo "$NOWAIT" >&2

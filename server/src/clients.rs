@@ -9,7 +9,7 @@ use knock_keys::FileError;
 use knock_proto::{Mode, PairPrk, ServerId};
 use zeroize::Zeroizing;
 
-use crate::parallel::parallel_map;
+use crate::parallel::{parallel_map, Cores};
 
 pub use knock_keys::entry::Credential;
 
@@ -66,19 +66,20 @@ pub fn read_clients<E: From<FileError>>(
     dir: &Path,
     each: impl FnMut(&Path, ClientEntry, Zeroizing<String>) -> Result<(), E>,
 ) -> Result<usize, E> {
-    read_client_files(&ClientFiles::list(dir)?, each)
+    read_client_files(&ClientFiles::list(dir)?, Cores::All, each)
 }
 
 /// [`read_clients`] of the files listed.
 pub fn read_client_files<E: From<FileError>>(
     files: &ClientFiles,
+    cores: Cores,
     mut each: impl FnMut(&Path, ClientEntry, Zeroizing<String>) -> Result<(), E>,
 ) -> Result<usize, E> {
     let mut twins = Twins::with_capacity(files.len());
     let indices: Vec<usize> = (0..files.len()).collect();
     for block in indices.chunks(READ_TOGETHER) {
         // Reading and parsing on every core; the rest in order.
-        let read = parallel_map(block, READ_TOGETHER / 4, |&index| {
+        let read = parallel_map(block, cores, READ_TOGETHER / 4, |&index| {
             let path = files.path(index);
             ClientEntry::load_unvalidated(&path).map(|(entry, text)| (path, entry, text))
         });

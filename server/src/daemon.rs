@@ -22,6 +22,7 @@ use crate::firewall::{
 use crate::health::RulesKeeper;
 use crate::loader::{self, Prepared};
 use crate::pair_keys::{Keyring, PairKeyError};
+use crate::parallel::Cores;
 use crate::pipeline::{Admitted, Outcome};
 use crate::privileges;
 use crate::rejections::RejectionLog;
@@ -34,6 +35,8 @@ use crate::verify::{Grant, Roster, ServerPolicy, Verifier};
 /// How long one wait for a packet may last before we look at signals and
 /// timers.
 pub const POLL_EVERY: Duration = Duration::from_millis(200);
+/// ...while a reload is being read: its result is swapped in this soon.
+const POLL_WHILE_LOADING: Duration = Duration::from_millis(5);
 /// How often the hint index and the replay guard learn the time.
 const TICK_EVERY: Duration = Duration::from_millis(500);
 /// The replay floor is recorded (without fsync) when it has risen this much.
@@ -112,6 +115,8 @@ pub struct Daemon {
     /// Reload requests that came while another was being read: the files
     /// may have changed since that one read them.
     pub queued: Option<Vec<Sender<ReloadReport>>>,
+    /// The record of the last reload being put in place.
+    pub recording: Option<std::thread::JoinHandle<()>>,
     pub store: StateFile,
     /// The loop's own backend, for grants only (netlink, never a process).
     pub firewall: Box<dyn Firewall>,
@@ -607,6 +612,9 @@ impl Daemon {
         if let Some(keyring) = self.keyring.as_mut() {
             keyring.finish_writing();
         }
+        if let Some(recording) = self.recording.take() {
+            let _ = recording.join();
+        }
         let settings = self.settings;
         let firewall = self.keeper.stop();
         match self.config.on_exit {
@@ -649,13 +657,20 @@ impl Daemon {
         let (done, result) = mpsc::channel();
         let path = self.config.path.clone();
         let running = self.config.clone();
+        let recording = self.recording.take();
         std::thread::Builder::new()
             .name("knock-loader".into())
             .spawn(move || {
-                let loaded = loader::load(&path, &mut keyring, Some(&running));
+                // The last record first: both are written under one name.
+                if let Some(recording) = recording {
+                    let _ = recording.join();
+                }
+                // One thread: the other core stays the packet loop's.
+                let loaded = loader::load(&path, &mut keyring, Some(&running), Cores::One);
                 let _ = done.send((keyring, loaded));
             })
             .map_err(|e| format!("cannot start a thread to reload in: {e}"))?;
+        self.capture.set_poll_every(POLL_WHILE_LOADING);
         self.loading = Some(Loading {
             done: result,
             replies,
@@ -682,12 +697,20 @@ impl Daemon {
         let Some(loading) = self.loading.take() else {
             return Ok(false);
         };
+        self.capture.set_poll_every(POLL_EVERY);
         self.keyring = Some(keyring);
         let swapping = Instant::now();
         let switched = loaded.and_then(|prepared| self.switch_to(prepared));
         let longest = watch.longest_step.max(swapping.elapsed());
+        let mut recording = None;
         let report = match switched {
-            Ok((summary, warnings, took)) => {
+            Ok(Switched {
+                summary,
+                warnings,
+                took,
+                record,
+            }) => {
+                recording = Some(record);
                 info!(
                     "read the configuration and clients in {:.2}s beside the packet loop, whose longest step meanwhile (the swap included) took {:.3} ms",
                     took.as_secs_f64(),
@@ -717,18 +740,23 @@ impl Daemon {
         if watch.ready {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         }
-        for reply in loading.replies {
-            let _ = reply.send(report.clone());
+        match recording {
+            // The answer waits for the record: `apply` reads it next.
+            Some(recording) => {
+                self.recording = recording.commit_then_answer(loading.replies, report);
+            }
+            None => {
+                for reply in loading.replies {
+                    let _ = reply.send(report.clone());
+                }
+            }
         }
         Ok(true)
     }
 
     /// The part of a reload that happens on the loop: the firewall, the
     /// capture, and the swap.
-    fn switch_to(
-        &mut self,
-        prepared: Prepared,
-    ) -> Result<(String, Vec<String>, Duration), ReloadError> {
+    fn switch_to(&mut self, prepared: Prepared) -> Result<Switched, ReloadError> {
         let Prepared {
             config,
             roster,
@@ -780,17 +808,76 @@ impl Daemon {
             .verifier
             .reconfigure(identity, roster, server_policy(&config));
         drop_beside(old);
-        if let Some(keyring) = self.keyring.as_mut() {
-            keyring.save_cache_in_background(&config.state_dir);
-        }
         let summary = format!(
             "{} clients, protecting {}",
             self.verifier.client_count(),
             port_list(&config.protected)
         );
-        commit_record(&config.state_dir, record, record_error);
+        let state_dir = config.state_dir.clone();
         self.config = config;
-        Ok((summary, warnings, took))
+        Ok(Switched {
+            summary,
+            warnings,
+            took,
+            record: Recording {
+                state_dir,
+                record,
+                error: record_error,
+            },
+        })
+    }
+}
+
+/// What the loop's part of a reload made.
+struct Switched {
+    summary: String,
+    warnings: Vec<String>,
+    took: Duration,
+    record: Recording,
+}
+
+/// The record of a reload that runs, still to be put in place.
+struct Recording {
+    state_dir: std::path::PathBuf,
+    record: Option<PendingRecord>,
+    error: Option<String>,
+}
+
+/// A record to put in place and the answers that wait for it.
+type RecordJob = (Recording, Vec<Sender<ReloadReport>>, ReloadReport);
+
+impl Recording {
+    /// Puts the record in place beside the loop (a rename and a directory
+    /// fsync after a file of megabytes: milliseconds), then answers
+    /// `replies`. The next reload joins it before it writes a record.
+    fn commit_then_answer(
+        self,
+        replies: Vec<Sender<ReloadReport>>,
+        report: ReloadReport,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        let job = Arc::new(std::sync::Mutex::new(Some((self, replies, report))));
+        let theirs = Arc::clone(&job);
+        match std::thread::Builder::new()
+            .name("knock-record".into())
+            .spawn(move || finish_recording(&theirs))
+        {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                debug!("recording on the loop: {err}");
+                finish_recording(&job);
+                None
+            }
+        }
+    }
+}
+
+fn finish_recording(job: &std::sync::Mutex<Option<RecordJob>>) {
+    let taken = job.lock().ok().and_then(|mut job| job.take());
+    if let Some((recording, replies, report)) = taken {
+        commit_record(&recording.state_dir, recording.record, recording.error);
+        for reply in replies {
+            let _ = reply.send(report.clone());
+        }
     }
 }
 

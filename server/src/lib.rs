@@ -18,6 +18,7 @@
 //! configuration that loads is doubtful.
 #![deny(unsafe_code)]
 
+pub mod alloc;
 pub mod apply;
 pub mod capture;
 pub mod clients;

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::clients::{mode, read_client_files, ClientFiles};
 use crate::daemon::{window_ms, ReloadError};
 use crate::pair_keys::{Derivation, Keyring, PairKeyError};
+use crate::parallel::Cores;
 use crate::running_config::{PendingRecord, RecordWriter};
 use crate::sanity;
 use crate::timers::unix_ms;
@@ -53,6 +54,7 @@ pub fn load(
     config_path: &Path,
     keyring: &mut Keyring,
     running: Option<&ServerConfig>,
+    cores: Cores,
 ) -> Result<Prepared, ReloadError> {
     let started = Instant::now();
     let text = read_config(config_path)?;
@@ -109,7 +111,7 @@ pub fn load(
             }
         }
         if keyless.is_none() {
-            let keys = keyring.derive_more(&mut derivation, part, &dir)?;
+            let keys = keyring.derive_more(&mut derivation, part, &dir, cores)?;
             for (entry, keys) in part.iter().zip(keys) {
                 builder.push(entry, keys);
             }
@@ -117,7 +119,7 @@ pub fn load(
         part.clear();
         Ok(())
     };
-    read_client_files(&files, |_, entry, text| {
+    read_client_files(&files, cores, |_, entry, text| {
         if let Some(writer) = record.as_mut() {
             if let Err(err) = writer.client(&entry.name, &text) {
                 record_error = Some(err.to_string());
@@ -143,6 +145,8 @@ pub fn load(
         .into());
     }
     let (computed, cached) = keyring.end(derivation);
+    // Rendered here, written beside: 100,000 lines are not the loop's work.
+    keyring.save_cache_in_background(&config.state_dir);
     let record = match record.map(RecordWriter::finish) {
         Some(Ok(pending)) => Some(pending),
         Some(Err(err)) => {

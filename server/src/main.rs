@@ -25,6 +25,7 @@ use knock_server::firewall::{self, Policy, Refusal, Settings};
 use knock_server::health::RulesKeeper;
 use knock_server::loader::{self, Prepared};
 use knock_server::pair_keys::{self, Keyring};
+use knock_server::parallel::Cores;
 use knock_server::privileges;
 use knock_server::sanity;
 use knock_server::saved_rules;
@@ -84,6 +85,7 @@ fn init_logging() {
 
 fn run(config_path: &Path) -> Result<(), Failure> {
     init_logging();
+    knock_server::alloc::keep_large_blocks_mapped();
     let started_at_ms = unix_ms();
     let config = ServerConfig::parse(config_path, &read_config(config_path)?)?;
     let settings = firewall_settings(&config);
@@ -136,7 +138,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         computed,
         cached,
         took,
-    } = loader::load(config_path, &mut keyring, None).map_err(|e| match e {
+    } = loader::load(config_path, &mut keyring, None, Cores::All).map_err(|e| match e {
         ReloadError::File(e) => Failure::from(e),
         other => Failure::usage(other),
     })?;
@@ -214,7 +216,6 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         Failure::runtime(format!("control socket in {}: {e}", store.dir().display()))
     })?;
     commit_record(store.dir(), record, record_error);
-    keyring.save_cache_in_background(store.dir());
     let verifier = Verifier::new(identity_of(&keyring), roster, server_policy(&config), guard);
 
     let daemon = Daemon {
@@ -225,6 +226,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         keyring: Some(keyring),
         loading: None,
         queued: None,
+        recording: None,
         store,
         firewall,
         keeper,

@@ -44,7 +44,7 @@ use knock_proto::{
 };
 use thiserror::Error;
 
-use crate::parallel::parallel_map;
+use crate::parallel::{parallel_map, Cores};
 use tracing::warn;
 use zeroize::Zeroizing;
 
@@ -214,7 +214,7 @@ impl Keyring {
             });
         }
         let mut derivation = Derivation::default();
-        let keys = self.derive_more(&mut derivation, entries, clients_dir)?;
+        let keys = self.derive_more(&mut derivation, entries, clients_dir, Cores::All)?;
         let (computed, cached) = self.end(derivation);
         Ok(Derived {
             keys,
@@ -231,9 +231,10 @@ impl Keyring {
         derivation: &mut Derivation,
         entries: &[ClientEntry],
         clients_dir: &Path,
+        cores: Cores,
     ) -> Result<Vec<PairKeys>, PairKeyError> {
         let (id, secret, cache) = (&self.id, self.secret.as_ref(), &self.cache.prks);
-        let results = parallel_map(entries, PER_THREAD_AT_LEAST, |entry| {
+        let results = parallel_map(entries, cores, PER_THREAD_AT_LEAST, |entry| {
             derive_one(credential(entry), id, secret, cache)
         });
         let mut keys = Vec::with_capacity(entries.len());

@@ -1,14 +1,29 @@
 //! Work spread over the machine's cores, for loading many clients.
 
-/// `f` over `items`, in order, on up to `available_parallelism()` threads,
-/// each given at least `per_thread` items (fewer items, fewer threads).
+/// How many cores a job may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cores {
+    /// Every one: at start, when nothing else runs yet.
+    All,
+    /// The caller's thread alone: a reload, beside the packet loop, which
+    /// must keep a core.
+    One,
+}
+
+/// `f` over `items`, in order, on up to `available_parallelism()` threads
+/// (with [`Cores::All`]), each given at least `per_thread` items (fewer
+/// items, fewer threads).
 pub fn parallel_map<T: Sync, R: Send>(
     items: &[T],
+    cores: Cores,
     per_thread: usize,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    let available = match cores {
+        Cores::All => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Cores::One => 1,
+    };
+    let threads = available
         .min(items.len().div_ceil(per_thread.max(1)))
         .max(1);
     if threads == 1 {

@@ -235,6 +235,11 @@ impl Capture {
         Ok(capture)
     }
 
+    /// How long one wait for a packet may last from now on.
+    pub fn set_poll_every(&mut self, every: Duration) {
+        self.poll_every = every;
+    }
+
     /// Are frames of the last read still to be handed out? When not, the
     /// next [`Self::wait_next`] may wait for the network.
     pub fn has_queued(&self) -> bool {
