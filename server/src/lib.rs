@@ -4,9 +4,12 @@
 //! A knock's path: [`capture`] (AF_PACKET + kernel BPF filter) → [`pipeline`]:
 //! [`verify`] (length → key hint → AEAD → replay guard → source binding →
 //! policy → for a public-key client, the signature, limited per client by
-//! [`sig_limit`]) → [`state`] (durable replay state) → [`firewall`] (timed
-//! set elements). Every client's pair keys (shared-key and public-key
-//! clients mix) come from [`pair_keys`], which caches the public-key ones.
+//! [`sig_limit`] → grants per client, [`grant_limit`]) → [`state`] (durable
+//! replay state: one journal write for every knock read together) →
+//! [`firewall`] (timed set elements). The clients and their hint index
+//! (a `Roster`) are read by [`loader`], at start and for each reload, beside
+//! the loop; their pair keys (shared-key and public-key clients mix) come
+//! from [`pair_keys`], which caches the public-key ones.
 //! Refusals go to [`rejections`]. [`daemon`] runs the loop; [`health`] keeps
 //! our firewall rules in place beside it, and [`saved_rules`] remembers them
 //! for the next boot; [`status`] is what the loop publishes for
