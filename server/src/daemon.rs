@@ -30,6 +30,7 @@ use crate::running_config::{ConfigFiles, PendingRecord};
 use crate::state::StateFile;
 use crate::status::{LastReload, Published, StatusFile, PUBLISH_EVERY};
 use crate::timers::{unix_ms, watchdog_interval, Every};
+use crate::tuning;
 use crate::verify::{Grant, Roster, ServerPolicy, Verifier};
 
 /// How long one wait for a packet may last before we look at signals and
@@ -661,6 +662,7 @@ impl Daemon {
         std::thread::Builder::new()
             .name("knock-loader".into())
             .spawn(move || {
+                tuning::yield_to_the_loop();
                 // The last record first: both are written under one name.
                 if let Some(recording) = recording {
                     let _ = recording.join();
@@ -859,8 +861,10 @@ impl Recording {
         let theirs = Arc::clone(&job);
         match std::thread::Builder::new()
             .name("knock-record".into())
-            .spawn(move || finish_recording(&theirs))
-        {
+            .spawn(move || {
+                tuning::yield_to_the_loop();
+                finish_recording(&theirs);
+            }) {
             Ok(handle) => Some(handle),
             Err(err) => {
                 debug!("recording on the loop: {err}");
@@ -886,7 +890,10 @@ fn finish_recording(job: &std::sync::Mutex<Option<RecordJob>>) {
 fn drop_beside(roster: Roster) {
     if let Err(err) = std::thread::Builder::new()
         .name("knock-drop".into())
-        .spawn(move || drop(roster))
+        .spawn(move || {
+            tuning::yield_to_the_loop();
+            drop(roster);
+        })
     {
         debug!("dropping the old clients on the loop: {err}");
     }

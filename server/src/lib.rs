@@ -21,7 +21,6 @@
 //! configuration that loads is doubtful.
 #![deny(unsafe_code)]
 
-pub mod alloc;
 pub mod apply;
 pub mod capture;
 pub mod clients;
@@ -43,4 +42,5 @@ pub mod sig_limit;
 pub mod state;
 pub mod status;
 pub mod timers;
+pub mod tuning;
 pub mod verify;

@@ -85,7 +85,7 @@ fn init_logging() {
 
 fn run(config_path: &Path) -> Result<(), Failure> {
     init_logging();
-    knock_server::alloc::keep_large_blocks_mapped();
+    knock_server::tuning::keep_large_blocks_mapped();
     let started_at_ms = unix_ms();
     let config = ServerConfig::parse(config_path, &read_config(config_path)?)?;
     let settings = firewall_settings(&config);
