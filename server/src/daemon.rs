@@ -196,8 +196,6 @@ struct Watch {
     behind_floor: Option<u64>,
     /// The floor last recorded beside the replay state.
     floor_recorded: u64,
-    /// `replay.state` could not be rewritten (said once).
-    snapshot_failing: bool,
     /// The longest the loop went without reading packets since the reload
     /// being read began.
     longest_step: Duration,
@@ -221,7 +219,6 @@ impl Watch {
             published_refusals: 0,
             behind_floor: None,
             floor_recorded: 0,
-            snapshot_failing: false,
             longest_step: Duration::ZERO,
         }
     }
@@ -405,17 +402,7 @@ impl Daemon {
         // The journal made the grants durable; the state of record follows
         // within half a second.
         if self.store.snapshot_behind() {
-            match self.store.write_snapshot(&self.verifier.replay_state()) {
-                Ok(()) => watch.snapshot_failing = false,
-                Err(err) if !watch.snapshot_failing => {
-                    warn!(
-                        "cannot rewrite {}: {err}; grants stay durable in the replay journal",
-                        self.store.path().display()
-                    );
-                    watch.snapshot_failing = true;
-                }
-                Err(_) => {}
-            }
+            self.store.snapshot_beside(self.verifier.replay_state());
         }
     }
 
