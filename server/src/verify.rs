@@ -17,7 +17,9 @@
 //! 8. a public-key client whose last failed signature check is less than
 //!    20 s old is refused without a check (`sig-limited`, [`crate::sig_limit`]);
 //! 9. the signature, against the key in its entry (`bad-signature`; the
-//!    failure is charged to that client's limit).
+//!    failure is charged to that client's limit);
+//! 10. a client granted more than its burst lately waits its turn
+//!    (`rate-limited`, [`crate::grant_limit`]).
 //!
 //! So a replayed or refused knock never costs a signature check, and a
 //! forger (who holds this server's key, or its pair-key cache) can never
