@@ -19,7 +19,7 @@
 //! 9. the signature, against the key in its entry (`bad-signature`; the
 //!    failure is charged to that client's limit);
 //! 10. a client granted more than its burst lately waits its turn
-//!    (`rate-limited`, [`crate::grant_limit`]).
+//!     (`rate-limited`, [`crate::grant_limit`]).
 //!
 //! So a replayed or refused knock never costs a signature check, and a
 //! forger (who holds this server's key, or its pair-key cache) can never

@@ -6,9 +6,10 @@
 //! firewall is never touched. They need root, and fail (never skip) when a
 //! namespace cannot be created.
 
+mod netns;
+
 use std::net::IpAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -16,80 +17,7 @@ use knock_proto::{PortSpec, Transport};
 use knock_server::firewall::{
     iptables, nftables, Firewall, FirewallError, LiveGrant, Policy, Refusal, Settings,
 };
-
-/// Set (to the namespace's name) in the child that runs inside it.
-const CHILD: &str = "KNOCK_FW_TEST_NETNS";
-/// The network namespace the parent ran in, which the child must not be in.
-const PARENT_NS: &str = "KNOCK_FW_TEST_PARENT_NS";
-
-fn current_netns() -> String {
-    std::fs::read_link("/proc/self/ns/net")
-        .expect("read /proc/self/ns/net")
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Deletes the namespace, even when the test fails.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
-    }
-}
-
-/// Runs `body` in a fresh network namespace: here if we are the child,
-/// else by re-running this very test inside a new namespace.
-fn in_fresh_netns(test: &str, body: impl FnOnce()) {
-    if std::env::var_os(CHILD).is_some() {
-        let parent = std::env::var(PARENT_NS).unwrap_or_default();
-        let ours = current_netns();
-        assert!(
-            !parent.is_empty() && parent != ours,
-            "refusing to test firewall backends outside a fresh namespace ({ours}, parent {parent:?})"
-        );
-        body();
-        return;
-    }
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let name = format!(
-        "knockfw-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    );
-    let created = Command::new("ip")
-        .args(["netns", "add", &name])
-        .output()
-        .expect("run ip(8)");
-    assert!(
-        created.status.success(),
-        "cannot create network namespace {name} (these tests need root and ip(8)): {}",
-        String::from_utf8_lossy(&created.stderr).trim()
-    );
-    let _guard = Netns(name.clone());
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &name])
-        .arg(&exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, &name)
-        .env(PARENT_NS, current_netns())
-        .output()
-        .expect("run the test inside the namespace");
-    let stdout = String::from_utf8_lossy(&child.stdout);
-    print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&child.stderr));
-    assert!(
-        child.status.success(),
-        "{test} failed inside namespace {name}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "{test} did not run inside namespace {name}"
-    );
-}
+use netns::in_fresh_netns;
 
 /// Runs a shell command that must succeed; returns its stdout.
 fn sh(command: &str) -> String {
@@ -528,19 +456,19 @@ fn behaviour(backend: &Backend) {
 
 #[test]
 fn nftables_backend() {
-    in_fresh_netns("nftables_backend", || behaviour(&nftables()));
+    in_fresh_netns("knockfw", "nftables_backend", || behaviour(&nftables()));
 }
 
 #[test]
 fn iptables_backend() {
-    in_fresh_netns("iptables_backend", || {
+    in_fresh_netns("knockfw", "iptables_backend", || {
         behaviour(&iptables_with("iptables", "ip6tables"))
     });
 }
 
 #[test]
 fn iptables_legacy_backend() {
-    in_fresh_netns("iptables_legacy_backend", || {
+    in_fresh_netns("knockfw", "iptables_legacy_backend", || {
         behaviour(&iptables_with("iptables-legacy", "ip6tables-legacy"))
     });
 }
