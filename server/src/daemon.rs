@@ -752,11 +752,8 @@ impl Daemon {
             warnings,
             record,
             record_error,
-            computed,
-            cached,
             took,
         } = prepared;
-        log_pair_keys(computed, cached, took);
         // Installing under a new table name (or with other commands) would
         // leave our old table or chain in place, still dropping the protected
         // ports for everyone: every grant would then be in vain.
@@ -913,21 +910,6 @@ pub fn identity_of(keyring: &Keyring) -> crate::verify::ServerIdentity {
         id: keyring.server_id(),
         public: keyring.server_public(),
     }
-}
-
-/// Says how the pair keys were made, when public-key clients are involved;
-/// `took` is the whole load, pair keys included.
-pub fn log_pair_keys(computed: usize, cached: usize, took: Duration) {
-    if computed + cached == 0 {
-        return;
-    }
-    info!(
-        "pair keys of {} public-key clients: {} from the cache, {} computed (loading took {:.2}s)",
-        computed + cached,
-        cached,
-        computed,
-        took.as_secs_f64()
-    );
 }
 
 fn report(outcome: Outcome, after_arrival: Duration, log: &mut RejectionLog) {

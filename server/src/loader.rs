@@ -40,11 +40,23 @@ pub struct Prepared {
     /// could not be written (said in `record_error`).
     pub record: Option<PendingRecord>,
     pub record_error: Option<String>,
-    /// Public-key clients' pair keys computed, and taken from the cache.
-    pub computed: usize,
-    pub cached: usize,
     /// How long reading and building took.
     pub took: Duration,
+}
+
+/// Says how the pair keys were made, when public-key clients are involved;
+/// `took` is the load so far, pair keys included.
+fn log_pair_keys(computed: usize, cached: usize, took: Duration) {
+    if computed + cached == 0 {
+        return;
+    }
+    info!(
+        "pair keys of {} public-key clients: {} from the cache, {} computed (loading took {:.2}s)",
+        computed + cached,
+        cached,
+        computed,
+        took.as_secs_f64()
+    );
 }
 
 /// Reads `config_path` and its clients. `running` is the configuration the
@@ -145,6 +157,7 @@ pub fn load(
         .into());
     }
     let (computed, cached) = keyring.end(derivation);
+    log_pair_keys(computed, cached, started.elapsed());
     // Rendered here, written beside: 100,000 lines are not the loop's work.
     keyring.save_cache_in_background(&config.state_dir);
     let record = match record.map(RecordWriter::finish) {
@@ -163,8 +176,6 @@ pub fn load(
         warnings,
         record,
         record_error,
-        computed,
-        cached,
         took: started.elapsed(),
     })
 }

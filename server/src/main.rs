@@ -18,8 +18,8 @@ use knock_server::capture::{filter, Capture};
 use knock_server::clients::mode;
 use knock_server::control::{ControlSocket, ANSWER_WITHIN};
 use knock_server::daemon::{
-    commit_record, firewall_settings, identity_of, log_pair_keys, policy, server_policy, window_ms,
-    Daemon, Exit, ReloadError, Signals, POLL_EVERY,
+    commit_record, firewall_settings, identity_of, policy, server_policy, window_ms, Daemon, Exit,
+    ReloadError, Signals, POLL_EVERY,
 };
 use knock_server::firewall::{self, Policy, Refusal, Settings};
 use knock_server::health::RulesKeeper;
@@ -135,9 +135,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         warnings,
         record,
         record_error,
-        computed,
-        cached,
-        took,
+        took: _,
     } = loader::load(config_path, &mut keyring, None, Cores::All).map_err(|e| match e {
         ReloadError::File(e) => Failure::from(e),
         other => Failure::usage(other),
@@ -145,7 +143,6 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     for warning in warnings {
         warn!("{warning}");
     }
-    log_pair_keys(computed, cached, took);
     let mut store = StateFile::open(lock);
     let window = window_ms(&config);
     let (guard, restored) = store

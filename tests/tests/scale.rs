@@ -5,6 +5,7 @@
 //! among 100,000 is found (a quadratic check would not finish); a burst of
 //! 1,000 knocks from 1,000 clients is honoured whole; and one client's
 //! knocks in a loop are limited without slowing another's.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -15,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use knock_keys::config::ServerConfig;
 use knock_keys::entry::{ClientEntry, Credential};
-use knock_proto::{seal, ClientSecret, PairKeys, PortSpec, Request, SealRandomness, Sealer};
+use knock_proto::{
+    seal, ClientSecret, PairKeys, PortSpec, Request, SealRandomness, Sealer, ServerId,
+};
 use knock_tests::*;
 
 const FLEET: usize = 100_000;
@@ -60,11 +63,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A knock of fleet client `i` stamped `at`, for tcp/4992.
-fn fleet_knock(setup: &Setup, i: usize, at: u64, nonce: u64) -> Vec<u8> {
+/// The identity of the server `setup` configures.
+fn server_id(setup: &Setup) -> ServerId {
     let text = std::fs::read_to_string(&setup.config).expect("config");
     let config = ServerConfig::parse(&setup.config, &text).expect("config");
-    let server = knock_keys::identity::load(&config.identity_file).expect("server.id");
+    knock_keys::identity::load(&config.identity_file).expect("server.id")
+}
+
+/// A knock of fleet client `i` to `server`, stamped `at`, for tcp/4992.
+fn fleet_knock(server: &ServerId, i: usize, at: u64, nonce: u64) -> Vec<u8> {
     let mut randomness = SealRandomness {
         nonce: [0; 24],
         padding: (nonce % 7) as u8,
@@ -72,7 +79,7 @@ fn fleet_knock(setup: &Setup, i: usize, at: u64, nonce: u64) -> Vec<u8> {
     randomness.nonce[..8].copy_from_slice(&nonce.to_le_bytes());
     randomness.nonce[8..16].copy_from_slice(&(i as u64).to_le_bytes());
     seal(
-        &PairKeys::shared(&fleet_secret(i), &server),
+        &PairKeys::shared(&fleet_secret(i), server),
         &Sealer::Shared,
         &Request {
             ports: vec![PortSpec::tcp(4992)],
@@ -139,11 +146,21 @@ fn server_cmd(hosts: &Hosts, setup: &Setup, args: &[&str]) -> Command {
 }
 
 #[test]
-fn a_hundred_thousand_clients_reload_burst_and_limit() {
+fn a_hundred_thousand_clients_on_nftables() {
+    a_hundred_thousand_clients("nftables");
+}
+
+#[test]
+fn a_hundred_thousand_clients_on_iptables() {
+    a_hundred_thousand_clients("iptables");
+}
+
+/// Reload, burst, limit and duplicate, on the backend `firewall`.
+fn a_hundred_thousand_clients(firewall: &str) {
     require_root();
     let mut lab = Lab::new();
     let hosts = lab.standard();
-    let setup = Setup::new(&lab, "server", "nftables", &["tcp/4992"], "");
+    let setup = Setup::new(&lab, "server", firewall, &["tcp/4992"], "");
     let alice = setup.keygen("alice", SERVER_V4, None);
     start_echo(&lab, &hosts.server, 4992);
     let clients_dir = setup.dir.join("clients.d");
@@ -192,9 +209,10 @@ fn a_hundred_thousand_clients_reload_burst_and_limit() {
     assert_eq!(code, 0, "carol after the reload: {out}{err}");
 
     // A burst: 1,000 knocks of 1,000 different clients, sent at once.
+    let server_id = server_id(&setup);
     let t = now_ms();
     let burst: Vec<Vec<u8>> = (0..1000)
-        .map(|n| fleet_knock(&setup, n * 97 % FLEET, t, n as u64))
+        .map(|n| fleet_knock(&server_id, n * 97 % FLEET, t, n as u64))
         .collect();
     let expected: BTreeSet<String> = (0..1000).map(|n| fleet_name(n * 97 % FLEET)).collect();
     let sent = Instant::now();
@@ -216,11 +234,11 @@ fn a_hundred_thousand_clients_reload_burst_and_limit() {
     // others are not held up.
     let t = now_ms();
     let looping: Vec<Vec<u8>> = (0..20u64)
-        .map(|n| fleet_knock(&setup, 4242, t + n, 10_000 + n))
+        .map(|n| fleet_knock(&server_id, 4242, t + n, 10_000 + n))
         .collect();
     send_all(&hosts, &looping);
     setup.wait_refused(&hosts.server, "rate-limited", 10, Duration::from_secs(10));
-    send_all(&hosts, &[fleet_knock(&setup, 4243, now_ms(), 99_999)]);
+    send_all(&hosts, &[fleet_knock(&server_id, 4243, now_ms(), 99_999)]);
     assert!(
         eventually(Duration::from_secs(10), || granted_fleet(&server)
             .contains(&fleet_name(4243))),
