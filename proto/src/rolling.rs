@@ -223,11 +223,6 @@ impl RollingIndex {
         }
     }
 
-    /// The clients this index was made for.
-    pub fn clients(&self) -> usize {
-        self.clients
-    }
-
     /// The slots for which every client's hint is in the index.
     pub fn built(&self) -> Option<(u64, u64)> {
         self.built

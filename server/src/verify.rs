@@ -339,14 +339,6 @@ impl RosterBuilder {
         });
     }
 
-    pub fn len(&self) -> usize {
-        self.clients.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.clients.is_empty()
-    }
-
     /// The roster, its hint index complete for `now_ms`: every slot a knock
     /// can be fresh in, the next one, and those kept to diagnose clock skew
     /// (at most [`DIAGNOSIS_HINTS`] hints in all). Built beside the packet
@@ -417,11 +409,6 @@ impl Roster {
             (first, last + 1),
             budget,
         )
-    }
-
-    /// Bytes of the hint table.
-    pub fn index_bytes(&self) -> usize {
-        self.index.table_bytes()
     }
 }
 
