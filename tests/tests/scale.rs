@@ -181,14 +181,19 @@ fn a_hundred_thousand_clients(firewall: &str) {
         &alice,
         &["open", SERVER_V4, "4992", "--timeout", "5s"],
     );
-    let during = server.log();
+    assert_eq!(code, 0, "alice's knock during the reload: {out}{err}");
+    // The client gets in as soon as the grant is in the kernel, which can be
+    // a moment before the server's log line about it reaches us. Both that
+    // line and `reloaded:` are written by the packet loop, so their order in
+    // the log is the order of the events.
+    server.wait_for_log("(client alice;", Duration::from_secs(10));
     let reload_out = reload.wait_with_output().expect("reload");
     assert!(
         reload_out.status.success(),
         "reload: {}",
         String::from_utf8_lossy(&reload_out.stderr)
     );
-    assert_eq!(code, 0, "alice's knock during the reload: {out}{err}");
+    let during = server.log();
     // Granted before the reload ended: the loop did not wait for it.
     let reloading_at = during.find("reloading:").expect("reloading line");
     let granted = during[reloading_at..]
