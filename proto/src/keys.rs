@@ -184,7 +184,19 @@ pub struct ReplayId(pub [u8; REPLAY_ID_LEN]);
 impl ReplayId {
     /// Lower-case hex, as in the state file.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        let mut text = String::with_capacity(2 * REPLAY_ID_LEN);
+        self.push_hex(&mut text);
+        text
+    }
+
+    /// Appends [`Self::to_hex`] to `text` without allocating: the state
+    /// file holds one per key, and the journal one per grant.
+    pub fn push_hex(&self, text: &mut String) {
+        for b in self.0 {
+            for nibble in [b >> 4, b & 0xf] {
+                text.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+            }
+        }
     }
 
     /// Parses [`Self::to_hex`]'s output.

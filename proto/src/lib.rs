@@ -53,7 +53,7 @@ pub use keys::{
     ClientSecret, PairKeys, PairPrk, ReplayId, ServerId, CLIENT_SECRET_LEN, PAIR_PRK_LEN,
     REPLAY_ID_LEN, SERVER_ID_LEN,
 };
-pub use replay::{FreshKnock, ReplayGuard, StateDecodeError, Tick};
+pub use replay::{Consumed, FreshKnock, ReplayGuard, StateDecodeError, Tick};
 pub use request::{port_list, PortSpec, Transport, MAX_PORTS};
 pub use rolling::{Progress, RollingIndex, MAX_CLIENTS, MAX_SPAN};
 pub use wire::{

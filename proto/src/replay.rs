@@ -80,6 +80,16 @@ impl FreshKnock {
     }
 }
 
+/// What [`ReplayGuard::commit`] remembered: the key and the stamp now
+/// stored for it. [`ReplayGuard::encode_delta`] writes a batch of them, so
+/// that making a grant durable costs the same with ten keys remembered or
+/// with a hundred thousand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consumed {
+    pub key: ReplayId,
+    pub stamp_ms: u64,
+}
+
 /// The state file could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -253,6 +263,15 @@ impl ReplayGuard {
     /// the horizon has made useless. Call it regularly (the server does every
     /// half second) and before [`Self::encode`].
     pub fn tick(&mut self, now_ms: u64) -> Tick {
+        let tick = self.learn_time(now_ms);
+        self.forget_old();
+        tick
+    }
+
+    /// [`Self::tick`] without forgetting: constant time, for every commit.
+    /// Keys the horizon has passed stay until the next tick, harmlessly:
+    /// rule 2 refuses everything they would.
+    fn learn_time(&mut self, now_ms: u64) -> Tick {
         let tick = if now_ms < self.floor_ms {
             Tick::BehindFloor {
                 by_ms: self.floor_ms - now_ms,
@@ -266,7 +285,6 @@ impl ReplayGuard {
             .max(self.floor_ms.saturating_sub(self.window_ms));
         self.raise_ceiling();
         self.extend_refusal();
-        self.forget_old();
         tick
     }
 
@@ -311,13 +329,18 @@ impl ReplayGuard {
     }
 
     /// Consumes a fresh knock at `now_ms`: from now on it, and everything its
-    /// key stamped before it, is a replay. Persist [`Self::encode`] before
-    /// granting.
-    pub fn commit(&mut self, fresh: FreshKnock, now_ms: u64) {
-        self.tick(now_ms);
+    /// key stamped before it, is a replay. Persist [`Self::encode`], or
+    /// [`Self::encode_delta`] of what this returns after an earlier
+    /// [`Self::encode`], before granting. Constant time.
+    pub fn commit(&mut self, fresh: FreshKnock, now_ms: u64) -> Consumed {
+        self.learn_time(now_ms);
         let stamp = fresh.timestamp_ms.min(self.ceiling_ms);
         let entry = self.last.entry(fresh.key).or_insert(stamp);
         *entry = (*entry).max(stamp);
+        Consumed {
+            key: fresh.key,
+            stamp_ms: *entry,
+        }
     }
 
     fn forget_old(&mut self) {
@@ -338,20 +361,50 @@ impl ReplayGuard {
     /// files.
     pub fn encode(&self) -> Vec<u8> {
         let mut entries: Vec<_> = self.last.iter().collect();
-        entries.sort();
-        let mut text = format!(
-            "{STATE_HEADER}\nfloor {}\nhorizon {}\nceiling {}\n",
-            self.floor_ms, self.horizon_ms, self.ceiling_ms
-        );
-        if self.refused_through_ms > 0 {
-            text.push_str(&format!(
-                "refused-through {}\nlost-at {}\n",
-                self.refused_through_ms, self.lost_at_ms
-            ));
-        }
-        for (id, stamp) in entries {
-            text.push_str(&format!("{} {stamp}\n", id.to_hex()));
+        entries.sort_unstable();
+        let mut text = String::with_capacity(128 + entries.len() * (2 * 16 + 16));
+        text.push_str(STATE_HEADER);
+        text.push('\n');
+        self.push_values(&mut text);
+        for (id, &stamp) in entries {
+            push_entry(&mut text, id, stamp);
         }
         text.into_bytes()
     }
+
+    /// The lines that, read after a state [`Self::encode`] wrote earlier
+    /// (as [`Self::restore`] reads them), give this guard's values and
+    /// remember `consumed`: what a journal appends for a batch of grants.
+    pub fn encode_delta(&self, consumed: &[Consumed]) -> Vec<u8> {
+        let mut text = String::with_capacity(128 + consumed.len() * (2 * 16 + 16));
+        self.push_values(&mut text);
+        for c in consumed {
+            push_entry(&mut text, &c.key, c.stamp_ms);
+        }
+        text.into_bytes()
+    }
+
+    /// The guard's values (everything but the keys), a line each.
+    fn push_values(&self, text: &mut String) {
+        use std::fmt::Write as _;
+        // Writing to a String cannot fail.
+        let _ = write!(
+            text,
+            "floor {}\nhorizon {}\nceiling {}\n",
+            self.floor_ms, self.horizon_ms, self.ceiling_ms
+        );
+        if self.refused_through_ms > 0 {
+            let _ = write!(
+                text,
+                "refused-through {}\nlost-at {}\n",
+                self.refused_through_ms, self.lost_at_ms
+            );
+        }
+    }
+}
+
+fn push_entry(text: &mut String, id: &ReplayId, stamp_ms: u64) {
+    use std::fmt::Write as _;
+    id.push_hex(text);
+    let _ = writeln!(text, " {stamp_ms}");
 }

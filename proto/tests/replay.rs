@@ -464,8 +464,11 @@ enum Op {
     Back { ms: u64 },
     /// A reload with another window.
     Window { ms: u64 },
-    /// A restart with the state kept.
+    /// A restart with the state kept: the last snapshot, and the journal
+    /// of every grant's delta after it (and before it: old records stay).
     Restart,
+    /// The state is written whole (beside the loop).
+    Snapshot,
     /// A restart with the replay state lost: the whole state directory, or
     /// only `replay.state`, with the floor kept beside it.
     StateLost { floor_kept: bool },
@@ -481,6 +484,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..=90_000u64).prop_map(|ms| Op::Back { ms }),
         1 => (1_000..=120_000u64).prop_map(|ms| Op::Window { ms }),
         1 => Just(Op::Restart),
+        1 => Just(Op::Snapshot),
         1 => any::<bool>().prop_map(|floor_kept| Op::StateLost { floor_kept }),
         2 => Just(Op::Tick),
     ]
@@ -508,6 +512,8 @@ proptest! {
         let mut window = WINDOW_MS;
         let mut widest = window;
         let mut guard = ReplayGuard::first_start(window, now);
+        let mut snapshot = guard.encode();
+        let mut journal: Vec<Vec<u8>> = Vec::new();
         let mut accepted: Vec<(u8, u64)> = Vec::new();
         let mut newest: HashMap<u8, u64> = HashMap::new();
         for op in ops {
@@ -524,13 +530,25 @@ proptest! {
                     None
                 }
                 Op::Restart => {
-                    guard = ReplayGuard::restore(window, now, &guard.encode(), None).unwrap();
+                    let mut stored = snapshot.clone();
+                    for delta in &journal {
+                        stored.push(b'\n');
+                        stored.extend_from_slice(delta);
+                    }
+                    guard = ReplayGuard::restore(window, now, &stored, None).unwrap();
+                    snapshot = guard.encode();
                     None
                 }
+                Op::Snapshot => { snapshot = guard.encode(); None }
                 Op::StateLost { floor_kept } => {
                     let floor = (floor_kept || now < highest).then(|| guard.floor_ms());
                     guard = ReplayGuard::after_state_loss(widest, now, floor);
                     guard.set_window_ms(window);
+                    snapshot = guard.encode();
+                    // Only replay.state lost: the journal's records stay.
+                    if !floor_kept {
+                        journal.clear();
+                    }
                     None
                 }
                 Op::Tick => { guard.tick(now); None }
@@ -541,7 +559,8 @@ proptest! {
                     prop_assert!(newest.get(&k).is_none_or(|&n| stamp > n), "not newer");
                     accepted.push((k, stamp));
                     newest.insert(k, stamp);
-                    guard.commit(fresh, now);
+                    let consumed = guard.commit(fresh, now);
+                    journal.push(guard.encode_delta(&[consumed]));
                 }
             }
         }

@@ -4,14 +4,16 @@
 //! has passed.
 //!
 //! Knocks that arrive together are granted together ([`Admitted`]): each is
-//! verified and consumed as it is read, and once nothing more is queued the
-//! replay state, which then records all of them, is made durable with one
+//! verified and consumed as it is read, and once nothing more is queued
+//! what the replay guard learnt from all of them is made durable with one
 //! write and one fsync, before any of them is granted. A burst of a
 //! thousand knocks thus costs a few fsyncs, not a thousand.
 
 use std::io;
 use std::net::IpAddr;
 use std::time::SystemTime;
+
+use knock_proto::{Consumed, ReplayGuard};
 
 use crate::firewall::{Firewall, FirewallError};
 use crate::state::ReplayStore;
@@ -34,8 +36,8 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Admitted {
     grants: Vec<(Grant, SystemTime)>,
-    /// The replay state recording every one of them.
-    state: Vec<u8>,
+    /// What the replay guard remembers of each.
+    consumed: Vec<Consumed>,
 }
 
 impl Admitted {
@@ -58,25 +60,27 @@ impl Admitted {
         arrived: SystemTime,
     ) -> Result<(), Rejection> {
         let pending = verifier.verify(payload, source, now_ms)?;
-        let (grant, state) = verifier.consume(pending, now_ms);
+        let (grant, consumed) = verifier.consume(pending, now_ms);
         self.grants.push((grant, arrived));
-        self.state = state;
+        self.consumed.push(consumed);
         Ok(())
     }
 
-    /// Makes the replay state durable once for all the knocks admitted,
-    /// then grants each; says what became of each, with when it arrived.
+    /// Makes the replay state durable once for all the knocks admitted
+    /// (`guard` being the guard that consumed them), then grants each; says
+    /// what became of each, with when it arrived.
     pub fn grant_all(
         &mut self,
         store: &mut dyn ReplayStore,
         firewall: &mut dyn Firewall,
+        guard: &ReplayGuard,
     ) -> Vec<(Outcome, SystemTime)> {
         let grants = std::mem::take(&mut self.grants);
-        let state = std::mem::take(&mut self.state);
+        let consumed = std::mem::take(&mut self.consumed);
         if grants.is_empty() {
             return Vec::new();
         }
-        if let Err(err) = store.persist(&state) {
+        if let Err(err) = store.persist(guard, &consumed) {
             return grants
                 .into_iter()
                 .map(|(grant, arrived)| {
@@ -112,7 +116,10 @@ pub fn honour(
     if let Err(rejection) = admitted.admit(verifier, payload, source, now_ms, SystemTime::now()) {
         return Outcome::Rejected(rejection);
     }
-    match admitted.grant_all(store, firewall).pop() {
+    match admitted
+        .grant_all(store, firewall, verifier.replay_guard())
+        .pop()
+    {
         Some((outcome, _)) => outcome,
         // Not reached: one knock was admitted.
         None => Outcome::Rejected(Rejection::UnknownClient),
@@ -140,12 +147,13 @@ mod tests {
         full: bool,
     }
 
+    /// Keeps each state made durable whole.
     impl ReplayStore for MemoryStore {
-        fn persist(&mut self, encoded: &[u8]) -> std::io::Result<()> {
+        fn persist(&mut self, guard: &ReplayGuard, _: &[Consumed]) -> std::io::Result<()> {
             if self.full {
                 return Err(std::io::Error::other("No space left on device"));
             }
-            self.writes.push(encoded.to_vec());
+            self.writes.push(guard.encode());
             Ok(())
         }
     }
@@ -200,7 +208,7 @@ mod tests {
             store.writes.is_empty() && fw.granted.is_empty(),
             "nothing yet"
         );
-        let outcomes = admitted.grant_all(&mut store, &mut fw);
+        let outcomes = admitted.grant_all(&mut store, &mut fw, v.replay_guard());
         assert_eq!(outcomes.len(), 20);
         assert!(outcomes
             .iter()
@@ -233,7 +241,7 @@ mod tests {
                 .unwrap();
         }
         store.full = true;
-        let outcomes = admitted.grant_all(&mut store, &mut fw);
+        let outcomes = admitted.grant_all(&mut store, &mut fw, v.replay_guard());
         assert!(outcomes
             .iter()
             .all(|(o, _)| matches!(o, Outcome::StateNotDurable(..))));

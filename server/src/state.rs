@@ -7,10 +7,11 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use knock_proto::{ReplayGuard, StateDecodeError};
+use knock_proto::{Consumed, ReplayGuard, StateDecodeError};
 use thiserror::Error;
 
 /// The lock file in the state directory; it holds the holder's PID.
@@ -172,8 +173,9 @@ pub fn replace_file(dir: &Path, name: &str, contents: &[u8], sync: Sync) -> io::
 /// Where replay state is made durable. A trait so the pipeline's unit tests
 /// can inject a full disk.
 pub trait ReplayStore {
-    /// Replaces the stored state with `encoded`, durably, or fails.
-    fn persist(&mut self, encoded: &[u8]) -> io::Result<()>;
+    /// Makes durable what `guard` now remembers, `batch` being what it
+    /// consumed since the last call, or fails.
+    fn persist(&mut self, guard: &ReplayGuard, batch: &[Consumed]) -> io::Result<()>;
 }
 
 /// What was found on disk at start.
@@ -198,34 +200,53 @@ const FLOOR: &str = "floor";
 
 /// The replay journal's file name in the state directory.
 pub const REPLAY_JOURNAL: &str = "replay.journal";
-/// The largest state a journal slot holds (about 1,300 keys accepted within
-/// one window); a larger one is written as a snapshot.
-const JOURNAL_SLOT: usize = 64 * 1024;
-/// A slot's header: magic, generation, length, digest.
-const SLOT_HEADER: usize = 8 + 8 + 4 + 16;
-const SLOT_MAGIC: &[u8; 8] = b"knockRJ1";
-const JOURNAL_LEN: usize = 2 * (SLOT_HEADER + JOURNAL_SLOT);
+/// Each of the journal's two halves: about 3,500 grants made durable one
+/// at a time, or 160 batches of 64.
+const JOURNAL_HALF: usize = 512 * 1024;
+const JOURNAL_LEN: usize = 2 * JOURNAL_HALF;
+/// `replay.state` is rewritten once grants have paused this long...
+pub const SNAPSHOT_QUIET: Duration = Duration::from_millis(500);
+/// ...or this often while they go on.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+/// A record's header: magic, generation, length, digest.
+const RECORD_HEADER: usize = 8 + 8 + 4 + 16;
+const RECORD_MAGIC: &[u8; 8] = b"knockRJ2";
 
-/// The fast way to make the replay state durable: a file of two fixed
-/// slots, its blocks allocated and written once, so that a write is one
-/// `pwrite` and one `fdatasync` of blocks the file already has (no rename,
-/// no directory to sync: about 0.1 ms instead of 0.5 to 2 ms). The slots
-/// alternate, so a write torn by a crash leaves the previous state whole in
-/// the other; a slot counts only if its digest matches.
+/// The fast way to make the replay state durable: a log of what each batch
+/// of grants added ([`ReplayGuard::encode_delta`]: the guard's values and
+/// the keys consumed), appended to a file whose blocks are allocated and
+/// written once. Making a batch durable is one `pwrite` and one `fdatasync`
+/// of blocks the file already has (no rename, no directory to sync), and
+/// costs the same whatever the guard remembers: writing the whole state
+/// would cost a millisecond per thousand keys, for every grant.
 ///
-/// `replay.state` stays the state of record: the server rewrites it
-/// (durably, by rename) about every half second while the journal is ahead
-/// of it, and at start reads it first and the journal's newest slot after it
-/// (each value the most restrictive of the two). Without `replay.state` the
-/// state is lost, whatever the journal holds.
+/// `replay.state` stays the state of record. At start the server reads it
+/// and then every valid record of the journal (restoring takes the most
+/// restrictive of every value, so old records change nothing). Without
+/// `replay.state` the state is lost, whatever the journal holds.
+///
+/// Records go to one half of the file until a snapshot is taken; then to
+/// the other, which may be reused only once a snapshot taken after its last
+/// record is durable. The loop takes a snapshot (written beside it) soon
+/// after grants ([`StateFile::snapshot_due`]), so a half fills only if
+/// snapshots cannot be written; a batch that does not fit then waits for a
+/// snapshot of its own. A record counts only if its digest matches and its
+/// generation is above the one before it in its half, so a torn write ends
+/// the half, and so do the older records after the newest in a reused one.
 #[derive(Debug)]
 struct Journal {
     file: File,
+    /// The next record's generation: above every one in the file.
     generation: u64,
+    /// The half records are appended to, and where.
+    half: u64,
+    offset: usize,
+    /// The snapshot whose durability frees the other half (`None`: free).
+    other_freed_by: Option<u64>,
 }
 
-/// The digest that makes a slot valid.
-fn slot_digest(generation: u64, body: &[u8]) -> [u8; 16] {
+/// The digest that makes a record valid.
+fn record_digest(generation: u64, body: &[u8]) -> [u8; 16] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(b"knock replay journal");
     ctx.update(&generation.to_le_bytes());
@@ -238,28 +259,47 @@ fn slot_digest(generation: u64, body: &[u8]) -> [u8; 16] {
     out
 }
 
-/// The newest valid slot of a journal's bytes: (generation, state).
-fn newest_slot(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    bytes
-        .chunks(SLOT_HEADER + JOURNAL_SLOT)
-        .filter_map(|slot| {
-            let (header, rest) = slot.split_at_checked(SLOT_HEADER)?;
-            let (magic, header) = header.split_at_checked(8)?;
-            let (generation, header) = header.split_at_checked(8)?;
-            let (length, digest) = header.split_at_checked(4)?;
-            if magic != SLOT_MAGIC {
-                return None;
+/// The record at the start of `bytes`, if valid: (generation, body, length
+/// with its header).
+fn record_at(bytes: &[u8]) -> Option<(u64, &[u8], usize)> {
+    let (magic, rest) = bytes.split_at_checked(8)?;
+    let (generation, rest) = rest.split_at_checked(8)?;
+    let (length, rest) = rest.split_at_checked(4)?;
+    let (digest, rest) = rest.split_at_checked(16)?;
+    if magic != RECORD_MAGIC {
+        return None;
+    }
+    let generation = u64::from_le_bytes(generation.try_into().ok()?);
+    let length = u32::from_le_bytes(length.try_into().ok()?) as usize;
+    let body = rest.get(..length)?;
+    (record_digest(generation, body) == digest).then_some((
+        generation,
+        body,
+        RECORD_HEADER + length,
+    ))
+}
+
+/// Every valid record of a journal's bytes, half by half: (generation,
+/// body).
+fn journal_records(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+    let mut records = Vec::new();
+    for half in bytes.chunks(JOURNAL_HALF) {
+        let (mut at, mut last) = (0, 0);
+        while let Some((generation, body, length)) = half.get(at..).and_then(record_at) {
+            if generation <= last {
+                break;
             }
-            let generation = u64::from_le_bytes(generation.try_into().ok()?);
-            let length = u32::from_le_bytes(length.try_into().ok()?) as usize;
-            let body = rest.get(..length)?;
-            (slot_digest(generation, body) == digest).then_some((generation, body))
-        })
-        .max_by_key(|(generation, _)| *generation)
+            records.push((generation, body));
+            (at, last) = (at + length, generation);
+        }
+    }
+    records
 }
 
 impl Journal {
     /// The journal of `dir`, created (and its blocks written) if needed.
+    /// Call it right after a snapshot: whatever the file holds is then
+    /// covered, and both halves are free.
     fn open(dir: &Path) -> io::Result<Self> {
         let path = dir.join(REPLAY_JOURNAL);
         let result = (|| {
@@ -279,8 +319,18 @@ impl Journal {
                 File::open(dir)?.sync_all()?;
                 bytes.clear();
             }
-            let generation = newest_slot(&bytes).map_or(0, |(g, _)| g);
-            Ok(Self { file, generation })
+            let newest = journal_records(&bytes)
+                .into_iter()
+                .map(|(generation, _)| generation)
+                .max()
+                .unwrap_or(0);
+            Ok(Self {
+                file,
+                generation: newest + 1,
+                half: 0,
+                offset: 0,
+                other_freed_by: None,
+            })
         })();
         if result.is_err() {
             // A journal that could not be made whole is not left behind.
@@ -289,24 +339,46 @@ impl Journal {
         result
     }
 
-    /// Writes `encoded` into the older slot and makes it durable; `false`
-    /// (nothing written) if it does not fit.
-    fn write(&mut self, encoded: &[u8]) -> io::Result<bool> {
-        if encoded.len() > JOURNAL_SLOT {
+    /// Appends `body` as a record and makes it durable; `false` (nothing
+    /// written) if it does not fit in the current half.
+    fn append(&mut self, body: &[u8]) -> io::Result<bool> {
+        if self.offset + RECORD_HEADER + body.len() > JOURNAL_HALF {
             return Ok(false);
         }
-        let generation = self.generation + 1;
-        let mut slot = Vec::with_capacity(SLOT_HEADER + encoded.len());
-        slot.extend_from_slice(SLOT_MAGIC);
-        slot.extend_from_slice(&generation.to_le_bytes());
-        slot.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
-        slot.extend_from_slice(&slot_digest(generation, encoded));
-        slot.extend_from_slice(encoded);
-        let offset = (generation % 2) * (SLOT_HEADER + JOURNAL_SLOT) as u64;
-        self.file.write_all_at(&slot, offset)?;
+        let mut record = Vec::with_capacity(RECORD_HEADER + body.len());
+        record.extend_from_slice(RECORD_MAGIC);
+        record.extend_from_slice(&self.generation.to_le_bytes());
+        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        record.extend_from_slice(&record_digest(self.generation, body));
+        record.extend_from_slice(body);
+        let at = self.half * JOURNAL_HALF as u64 + self.offset as u64;
+        self.file.write_all_at(&record, at)?;
         self.file.sync_data()?;
-        self.generation = generation;
+        self.generation += 1;
+        self.offset += record.len();
         Ok(true)
+    }
+
+    /// Snapshot `number`, taken now, covers every record so far: once
+    /// durable it frees the current half. Moves to the other half if that
+    /// is free (a snapshot durable by `written` covers it).
+    fn snapshot_taken(&mut self, number: u64, written: u64) {
+        if self.offset > 0 && self.other_free(written) {
+            self.half = 1 - self.half;
+            self.offset = 0;
+            self.other_freed_by = Some(number);
+        }
+    }
+
+    /// Is the other half free, with snapshots up to `written` durable?
+    fn other_free(&self, written: u64) -> bool {
+        self.other_freed_by.is_none_or(|n| written >= n)
+    }
+
+    /// A snapshot covering every record is durable: both halves are free.
+    fn all_covered(&mut self) {
+        self.offset = 0;
+        self.other_freed_by = None;
     }
 }
 
@@ -319,29 +391,47 @@ pub struct StateFile {
     journal: Option<Journal>,
     /// The journal holds a newer state than `replay.state`.
     snapshot_behind: bool,
+    /// When the last snapshot was taken, and the last grant made durable.
+    snapshot_taken_at: Instant,
+    persisted_at: Instant,
     /// Every snapshot gets the next number; one is written only if no
     /// later one was (the writer beside the loop and the loop's own writes
-    /// share this, the number last written).
+    /// share `written`).
     snapshots: u64,
-    written: Arc<Mutex<u64>>,
+    written: Arc<Written>,
     beside: Option<SnapshotWriter>,
+}
+
+/// The number of the latest snapshot written. The lock serialises the
+/// writers, so that a later snapshot always wins; the loop reads the number
+/// without waiting for a write in progress.
+#[derive(Debug, Default)]
+struct Written {
+    writing: Mutex<()>,
+    through: AtomicU64,
+}
+
+impl Written {
+    fn through(&self) -> u64 {
+        self.through.load(Ordering::Acquire)
+    }
 }
 
 /// The thread that rewrites `replay.state` beside the loop.
 #[derive(Debug)]
 struct SnapshotWriter {
-    queue: mpsc::Sender<(u64, Vec<u8>)>,
+    queue: mpsc::Sender<(u64, ReplayGuard)>,
     thread: std::thread::JoinHandle<()>,
 }
 
 /// Writes snapshot `number` unless a later one was written first.
-fn write_numbered(dir: &Path, written: &Mutex<u64>, number: u64, encoded: &[u8]) -> io::Result<()> {
-    let mut last = written.lock().unwrap_or_else(|p| p.into_inner());
-    if *last >= number {
+fn write_numbered(dir: &Path, written: &Written, number: u64, encoded: &[u8]) -> io::Result<()> {
+    let _writing = written.writing.lock().unwrap_or_else(|p| p.into_inner());
+    if written.through() >= number {
         return Ok(());
     }
     replace_file(dir, REPLAY_STATE, encoded, Sync::Durable)?;
-    *last = number;
+    written.through.store(number, Ordering::Release);
     Ok(())
 }
 
@@ -354,8 +444,10 @@ impl StateFile {
             lock,
             journal: None,
             snapshot_behind: false,
+            snapshot_taken_at: Instant::now(),
+            persisted_at: Instant::now(),
             snapshots: 0,
-            written: Arc::new(Mutex::new(0)),
+            written: Arc::default(),
             beside: None,
         }
     }
@@ -384,16 +476,11 @@ impl StateFile {
             }
             Err(err) => return Err(err),
         };
-        // The journal's newest state, if any, after the snapshot's lines.
+        // The journal's records after the snapshot's lines.
         if let Ok(journal) = fs::read(self.dir().join(REPLAY_JOURNAL)) {
-            if let Some((_, state)) = newest_slot(&journal) {
+            for (_, body) in journal_records(&journal) {
                 bytes.push(b'\n');
-                bytes.extend(
-                    state
-                        .split(|&b| b == b'\n')
-                        .skip(1)
-                        .flat_map(|line| line.iter().copied().chain(std::iter::once(b'\n'))),
-                );
+                bytes.extend_from_slice(body);
             }
         }
         match ReplayGuard::restore(window_ms, now_ms, &bytes, floor) {
@@ -418,32 +505,44 @@ impl StateFile {
         Ok(())
     }
 
-    /// Rewrites `replay.state` with `encoded`, durably, now.
+    /// Rewrites `replay.state` with `encoded`, what the guard remembers
+    /// now, durably, now.
     pub fn write_snapshot(&mut self, encoded: &[u8]) -> io::Result<()> {
         self.snapshots += 1;
+        self.snapshot_taken_at = Instant::now();
         write_numbered(self.lock.dir(), &self.written, self.snapshots, encoded)?;
         self.snapshot_behind = false;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.all_covered();
+        }
         Ok(())
     }
 
-    /// Has `replay.state` rewritten with `encoded` by a thread beside the
-    /// loop (a rename and two fsyncs can take 10 ms on a slow disk): what the
-    /// loop does after the journal has made grants durable. A failure is
-    /// logged there, once until a write succeeds again; the journal holds
-    /// the state meanwhile.
-    pub fn snapshot_beside(&mut self, encoded: Vec<u8>) {
+    /// Has `replay.state` rewritten with what `guard` remembers by a thread
+    /// beside the loop, which also encodes it (a rename and two fsyncs can
+    /// take 10 ms on a slow disk, and encoding a large state a few more):
+    /// what the loop does after the journal has made grants durable. A
+    /// failure is logged there, once until a write succeeds again; the
+    /// journal holds the state meanwhile.
+    pub fn snapshot_beside(&mut self, guard: ReplayGuard) {
         self.snapshots += 1;
+        self.snapshot_taken_at = Instant::now();
         let number = self.snapshots;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.snapshot_taken(number, self.written.through());
+        }
         if self.beside.is_none() {
             self.beside = self.spawn_writer();
         }
         let unsent = match &self.beside {
-            Some(writer) => writer.queue.send((number, encoded)).err().map(|e| e.0 .1),
-            None => Some(encoded),
+            Some(writer) => writer.queue.send((number, guard)).err().map(|e| e.0 .1),
+            None => Some(guard),
         };
         // Without a thread: on the loop, slower, as correct.
-        if let Some(encoded) = unsent {
-            if let Err(err) = write_numbered(self.lock.dir(), &self.written, number, &encoded) {
+        if let Some(guard) = unsent {
+            if let Err(err) =
+                write_numbered(self.lock.dir(), &self.written, number, &guard.encode())
+            {
                 tracing::warn!("cannot rewrite {}: {err}", self.path.display());
             }
         }
@@ -451,23 +550,23 @@ impl StateFile {
     }
 
     fn spawn_writer(&self) -> Option<SnapshotWriter> {
-        let (queue, jobs) = mpsc::channel::<(u64, Vec<u8>)>();
+        let (queue, jobs) = mpsc::channel::<(u64, ReplayGuard)>();
         let dir = self.lock.dir().to_path_buf();
         let written = Arc::clone(&self.written);
         let thread = std::thread::Builder::new()
             .name("replay-snapshot".into())
             .spawn(move || {
                 let mut failing = false;
-                while let Ok((mut number, mut encoded)) = jobs.recv() {
+                while let Ok((mut number, mut guard)) = jobs.recv() {
                     // Only the newest of those queued is worth writing.
-                    while let Ok((n, e)) = jobs.try_recv() {
-                        (number, encoded) = (n, e);
+                    while let Ok((n, g)) = jobs.try_recv() {
+                        (number, guard) = (n, g);
                     }
-                    match write_numbered(&dir, &written, number, &encoded) {
+                    match write_numbered(&dir, &written, number, &guard.encode()) {
                         Ok(()) => failing = false,
                         Err(err) if !failing => {
                             tracing::warn!(
-                                "cannot rewrite {}: {err}; grants stay durable in the replay journal",
+                                "cannot rewrite {}: {err}; grants stay durable in the replay journal until it fills",
                                 dir.join(REPLAY_STATE).display()
                             );
                             failing = true;
@@ -483,6 +582,21 @@ impl StateFile {
     /// Is the journal ahead of `replay.state`?
     pub fn snapshot_behind(&self) -> bool {
         self.snapshot_behind
+    }
+
+    /// Is it time for [`Self::snapshot_beside`]? When the journal is ahead
+    /// and grants have paused for [`SNAPSHOT_QUIET`]; while they go on,
+    /// every [`SNAPSHOT_EVERY`], or once a quarter of the journal's half is
+    /// used. Not more often: a snapshot writes the whole state and syncs
+    /// it, and a grant's `fdatasync` meanwhile waits behind those writes.
+    pub fn snapshot_due(&self) -> bool {
+        self.snapshot_behind
+            && (self.persisted_at.elapsed() >= SNAPSHOT_QUIET
+                || self.snapshot_taken_at.elapsed() >= SNAPSHOT_EVERY
+                || self
+                    .journal
+                    .as_ref()
+                    .is_none_or(|j| j.offset >= JOURNAL_HALF / 4))
     }
 
     /// The floor file's value, if it holds one.
@@ -516,28 +630,52 @@ impl Drop for StateFile {
 }
 
 impl ReplayStore for StateFile {
-    /// The journal when it is there and the state fits, else a snapshot.
-    /// A journal that fails is given up for this run: a snapshot is tried
-    /// at once, and a grant waits for one of them.
-    fn persist(&mut self, encoded: &[u8]) -> io::Result<()> {
-        if let Some(journal) = self.journal.as_mut() {
-            match journal.write(encoded) {
-                Ok(true) => {
-                    self.snapshot_behind = true;
-                    return Ok(());
-                }
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::warn!(
-                        "replay journal {}: {err}; from now on each grant waits for a rewrite of {} instead (slower, as safe)",
-                        self.lock.dir().join(REPLAY_JOURNAL).display(),
-                        self.path.display()
-                    );
-                    self.journal = None;
-                }
+    /// A journal record when the journal is there, else a snapshot. A full
+    /// half of the journal is covered by a snapshot beside the loop if the
+    /// other half is free, and by one on the loop if not. A journal that
+    /// fails is given up for this run: a snapshot is tried at once, and a
+    /// grant waits for one of them.
+    fn persist(&mut self, guard: &ReplayGuard, batch: &[Consumed]) -> io::Result<()> {
+        self.persisted_at = Instant::now();
+        if self.journal.is_some() {
+            let delta = guard.encode_delta(batch);
+            let mut durable = matches!(self.append(&delta), Ok(true));
+            let written = self.written.through();
+            if !durable && self.journal.as_ref().is_some_and(|j| j.other_free(written)) {
+                // Moves to the other half.
+                self.snapshot_beside(guard.clone());
+                durable = matches!(self.append(&delta), Ok(true));
+            }
+            if durable {
+                return Ok(());
             }
         }
-        self.write_snapshot(encoded)
+        self.write_snapshot(&guard.encode())
+    }
+}
+
+impl StateFile {
+    /// Appends a journal record; the journal is given up if it fails.
+    /// `Ok(false)`: it does not fit (or there is no journal).
+    fn append(&mut self, delta: &[u8]) -> io::Result<bool> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(false);
+        };
+        match journal.append(delta) {
+            Ok(appended) => {
+                self.snapshot_behind |= appended;
+                Ok(appended)
+            }
+            Err(err) => {
+                tracing::warn!(
+                    "replay journal {}: {err}; from now on each grant waits for a rewrite of {} instead (slower, as safe)",
+                    self.lock.dir().join(REPLAY_JOURNAL).display(),
+                    self.path.display()
+                );
+                self.journal = None;
+                Err(err)
+            }
+        }
     }
 }
 
@@ -565,8 +703,8 @@ mod tests {
         );
         let mut guard = ReplayGuard::first_start(30_000, 1_000);
         let fresh = guard.check(key, 5_000, 5_000).unwrap();
-        guard.commit(fresh, 5_000);
-        store.persist(&guard.encode()).unwrap();
+        let consumed = guard.commit(fresh, 5_000);
+        store.persist(&guard, &[consumed]).unwrap();
         let (again, restored) = store.load_guard(30_000, 1_000).unwrap();
         assert!(matches!(restored, Restored::Previous(1)));
         assert!(again.check(key, 5_000, 5_000).is_err());
@@ -583,17 +721,44 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
-    /// The journal makes each state durable without touching
-    /// `replay.state`; at start the newest of the two counts, a torn slot
-    /// falls back to the other, and without `replay.state` the state is
-    /// lost whatever the journal holds.
+    /// A replay id for `n`.
+    fn id(n: u32) -> knock_proto::ReplayId {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&n.to_le_bytes());
+        knock_proto::ReplayId(id)
+    }
+
+    /// Consumes a knock of `key` stamped `at` and makes it durable.
+    fn grant(store: &mut StateFile, guard: &mut ReplayGuard, key: knock_proto::ReplayId, at: u64) {
+        let fresh = guard.check(key, at, at).unwrap();
+        let consumed = guard.commit(fresh, at);
+        store.persist(guard, &[consumed]).unwrap();
+    }
+
+    /// Where each valid record of half `half` starts, and where the last ends.
+    fn record_offsets(bytes: &[u8], half: usize) -> Vec<usize> {
+        let base = half * JOURNAL_HALF;
+        let mut at = 0;
+        let mut offsets = Vec::new();
+        while let Some((_, _, length)) = bytes[base + at..base + JOURNAL_HALF]
+            .get(..)
+            .and_then(record_at)
+        {
+            offsets.push(base + at);
+            at += length;
+        }
+        offsets.push(base + at);
+        offsets
+    }
+
+    /// The journal makes each grant durable without touching
+    /// `replay.state`; at start both count, a torn record ends its half,
+    /// and without `replay.state` the state is lost whatever the journal
+    /// holds.
     #[test]
     fn the_journal_is_read_back_after_its_snapshot() {
         let dir = scratch("journal");
-        let (a, b) = (
-            knock_proto::ReplayId([1; 16]),
-            knock_proto::ReplayId([2; 16]),
-        );
+        let (a, b) = (id(1), id(2));
         let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
         let mut guard = ReplayGuard::first_start(30_000, 1_000);
         store.write_snapshot(&guard.encode()).unwrap();
@@ -608,9 +773,7 @@ mod tests {
             0o600
         );
         for (key, at) in [(a, 5_000), (b, 6_000), (a, 7_000)] {
-            let fresh = guard.check(key, at, at).unwrap();
-            guard.commit(fresh, at);
-            store.persist(&guard.encode()).unwrap();
+            grant(&mut store, &mut guard, key, at);
         }
         assert!(store.snapshot_behind());
         assert_eq!(
@@ -625,18 +788,18 @@ mod tests {
         assert!(restored.check(a, 7_000, 8_000).is_err(), "replay");
         assert!(restored.check(b, 6_000, 8_000).is_err(), "replay");
         assert!(restored.check(a, 7_001, 8_000).is_ok());
-        // Tear the newest slot (generation 3, slot 1): the previous state
-        // (a at 5 s, b at 6 s) is read instead.
+        // Tear the newest record (a at 7 s): the ones before it count.
         let journal = dir.join(REPLAY_JOURNAL);
         let mut bytes = fs::read(&journal).unwrap();
-        let newest = SLOT_HEADER + JOURNAL_SLOT + SLOT_HEADER + 3;
-        bytes[newest] ^= 0xff;
+        let offsets = record_offsets(&bytes, 0);
+        assert_eq!(offsets.len(), 4, "three records");
+        bytes[offsets[2] + RECORD_HEADER + 3] ^= 0xff;
         fs::write(&journal, &bytes).unwrap();
         let (restored, _) = store.load_guard(30_000, 8_000).unwrap();
         assert!(restored.check(a, 5_000, 8_000).is_err());
         assert!(
             restored.check(a, 6_000, 8_000).is_ok(),
-            "the torn slot is ignored"
+            "the torn record is ignored"
         );
         assert!(restored.check(b, 6_000, 8_000).is_err());
         // Without the snapshot, the state is lost.
@@ -646,51 +809,119 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A grant's record is as small with 10,000 keys remembered as with
+    /// one: the journal never rewrites the whole state for a grant.
+    #[test]
+    fn a_grant_costs_the_same_whatever_the_guard_remembers() {
+        let dir = scratch("journal-delta");
+        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
+        let mut guard = ReplayGuard::first_start(30_000, 1_000);
+        store.write_snapshot(&guard.encode()).unwrap();
+        for n in 0..10_000 {
+            let fresh = guard.check(id(n), 5_000, 5_000).unwrap();
+            let _ = guard.commit(fresh, 5_000);
+        }
+        store.write_snapshot(&guard.encode()).unwrap();
+        store.open_journal().unwrap();
+        assert!(guard.encode().len() > 300_000, "a large state");
+        grant(&mut store, &mut guard, id(10_000), 5_001);
+        let offsets = record_offsets(&fs::read(dir.join(REPLAY_JOURNAL)).unwrap(), 0);
+        assert_eq!(offsets.len(), 2, "one record");
+        assert!(offsets[1] < 300, "a record of {} bytes", offsets[1]);
+        drop(store);
+        let store = StateFile::open(StateLock::acquire(&dir).unwrap());
+        let (restored, restored_as) = store.load_guard(30_000, 5_001).unwrap();
+        assert!(matches!(restored_as, Restored::Previous(10_001)));
+        for (n, at) in [(0, 5_000), (9_999, 5_000), (10_000, 5_001)] {
+            assert!(restored.check(id(n), at, 5_001).is_err(), "key {n}");
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A full half hands over to the other one once a snapshot covers it;
+    /// with no snapshot durable, a batch waits for one of its own. Records
+    /// in both halves count at start.
+    #[test]
+    fn a_full_half_waits_for_a_snapshot() {
+        let dir = scratch("journal-halves");
+        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
+        let mut guard = ReplayGuard::first_start(30_000, 1_000);
+        store.write_snapshot(&guard.encode()).unwrap();
+        let first_snapshot = fs::read(store.path()).unwrap();
+        store.open_journal().unwrap();
+        // Fill half 0 without a snapshot; the grant that does not fit
+        // takes one (beside the loop) and moves to half 1.
+        let mut n = 0;
+        while store.journal.as_ref().unwrap().half == 0 {
+            grant(&mut store, &mut guard, id(n), 5_000);
+            n += 1;
+            assert!(n < 10_000, "half 0 never filled");
+        }
+        assert!(n > 1_000, "{n} grants fit in a half");
+        assert!(store.snapshot_behind());
+        let bytes = fs::read(dir.join(REPLAY_JOURNAL)).unwrap();
+        let offsets = record_offsets(&bytes, 1);
+        assert_eq!(offsets.len(), 2, "the last grant is in half 1");
+        // A crash before that snapshot is durable: the first snapshot and
+        // the records of both halves bring back every key.
+        let crashed = scratch("journal-halves-crashed");
+        let crashed_lock = StateLock::acquire(&crashed).unwrap();
+        fs::write(crashed.join(REPLAY_STATE), &first_snapshot).unwrap();
+        fs::write(crashed.join(REPLAY_JOURNAL), &bytes).unwrap();
+        let (restored, restored_as) = StateFile::open(crashed_lock)
+            .load_guard(30_000, 5_000)
+            .unwrap();
+        assert!(
+            matches!(restored_as, Restored::Previous(k) if k == n as usize),
+            "{restored_as:?}"
+        );
+        for k in 0..n {
+            assert!(restored.check(id(k), 5_000, 5_000).is_err(), "key {k}");
+        }
+        fs::remove_dir_all(crashed).unwrap();
+        // Until that snapshot is durable half 0 is not reused: pretend it
+        // never is, and fill half 1. The grant that does not fit waits for
+        // a snapshot on the loop, which covers both halves.
+        store.journal.as_mut().unwrap().other_freed_by = Some(u64::MAX);
+        let before = n;
+        while store.snapshot_behind() {
+            grant(&mut store, &mut guard, id(n), 5_000);
+            n += 1;
+            assert!(n < 3 * before, "half 1 never filled");
+        }
+        assert_eq!(fs::read(store.path()).unwrap(), guard.encode());
+        let journal = store.journal.as_ref().unwrap();
+        assert_eq!((journal.offset, journal.other_freed_by), (0, None));
+        // The journal starts again over records the snapshot covers.
+        grant(&mut store, &mut guard, id(n), 5_000);
+        drop(store);
+        let store = StateFile::open(StateLock::acquire(&dir).unwrap());
+        let (restored, restored_as) = store.load_guard(30_000, 5_000).unwrap();
+        assert!(
+            matches!(restored_as, Restored::Previous(k) if k == n as usize + 1),
+            "{restored_as:?}"
+        );
+        for k in 0..=n {
+            assert!(restored.check(id(k), 5_000, 5_000).is_err(), "key {k}");
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
     /// Snapshots written beside the loop never overwrite a later one
     /// written on it.
     #[test]
     fn a_later_snapshot_always_wins() {
         let dir = scratch("snapshots");
+        let state = |floor: u64| ReplayGuard::first_start(30_000, floor);
         let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
-        store.snapshot_beside(b"knock-replay-state v2\nfloor 1\n".to_vec());
-        store
-            .write_snapshot(b"knock-replay-state v2\nfloor 2\n")
-            .unwrap();
+        store.snapshot_beside(state(1));
+        store.write_snapshot(&state(2).encode()).unwrap();
         // An older one arriving late is skipped.
-        write_numbered(&dir, &store.written, 1, b"knock-replay-state v2\nfloor 1\n").unwrap();
-        assert_eq!(
-            fs::read(store.path()).unwrap(),
-            b"knock-replay-state v2\nfloor 2\n"
-        );
-        store.snapshot_beside(b"knock-replay-state v2\nfloor 3\n".to_vec());
+        write_numbered(&dir, &store.written, 1, &state(1).encode()).unwrap();
+        assert_eq!(fs::read(store.path()).unwrap(), state(2).encode());
+        store.snapshot_beside(state(3));
         drop(store);
-        assert_eq!(
-            fs::read(dir.join(REPLAY_STATE)).unwrap(),
-            b"knock-replay-state v2\nfloor 3\n"
-        );
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn a_state_too_big_for_the_journal_is_a_snapshot() {
-        let dir = scratch("journal-big");
-        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
-        let mut guard = ReplayGuard::first_start(30_000, 1_000);
-        store.write_snapshot(&guard.encode()).unwrap();
-        store.open_journal().unwrap();
-        for n in 0..2_000u32 {
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&n.to_le_bytes());
-            let fresh = guard
-                .check(knock_proto::ReplayId(id), 5_000, 5_000)
-                .unwrap();
-            guard.commit(fresh, 5_000);
-        }
-        let encoded = guard.encode();
-        assert!(encoded.len() > JOURNAL_SLOT);
-        store.persist(&encoded).unwrap();
-        assert!(!store.snapshot_behind());
-        assert_eq!(fs::read(store.path()).unwrap(), encoded);
+        assert_eq!(fs::read(dir.join(REPLAY_STATE)).unwrap(), state(3).encode());
         fs::remove_dir_all(dir).unwrap();
     }
 

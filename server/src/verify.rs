@@ -35,7 +35,7 @@ use std::time::Duration;
 use knock_keys::entry::ClientEntry;
 use knock_keys::policy::{Cidr, Expiry};
 use knock_proto::{
-    open, slot_range, ClientPublicKey, FreshKnock, KeyHint, KnockBytes, Mode, OpenError,
+    open, slot_range, ClientPublicKey, Consumed, FreshKnock, KeyHint, KnockBytes, Mode, OpenError,
     OpenedKnock, PairKeys, ParseError, PortSpec, Progress, ReplayError, ReplayGuard, ReplayId,
     RollingIndex, ServerId, ServerPublicKey, Tick, SLOT_MS,
 };
@@ -525,9 +525,9 @@ impl Verifier {
         self.guard.tick(now_ms)
     }
 
-    /// The replay state to make durable (after a tick, say).
-    pub fn replay_state(&self) -> Vec<u8> {
-        self.guard.encode()
+    /// The replay guard, whose state is made durable.
+    pub fn replay_guard(&self) -> &ReplayGuard {
+        &self.guard
     }
 
     /// The replay guard's floor: the highest time it has seen.
@@ -745,19 +745,19 @@ impl Verifier {
         Ok((addr, duration))
     }
 
-    /// Consumes a verified knock. Returns the grant and the replay state that
-    /// must be durable before the grant is made.
-    pub fn consume(&mut self, pending: PendingGrant, now_ms: u64) -> (Grant, Vec<u8>) {
+    /// Consumes a verified knock. Returns the grant and what the replay
+    /// guard now remembers of it, which must be durable before the grant
+    /// is made ([`crate::state::ReplayStore::persist`]).
+    pub fn consume(&mut self, pending: PendingGrant, now_ms: u64) -> (Grant, Consumed) {
         self.grant_limit.charge(pending.fresh.key(), now_ms);
-        self.guard.commit(pending.fresh, now_ms);
-        let state = self.guard.encode();
+        let consumed = self.guard.commit(pending.fresh, now_ms);
         let grant = Grant {
             client: pending.client,
             addr: pending.addr,
             ports: pending.ports,
             duration: pending.duration,
         };
-        (grant, state)
+        (grant, consumed)
     }
 }
 
@@ -1037,9 +1037,9 @@ mod tests {
         let first = v.verify(&k, a, NOW).expect("valid");
         let again = v.verify(&k, a, NOW).expect("still valid: nothing consumed");
         assert_eq!((first.addr, &first.ports), (again.addr, &again.ports));
-        let (grant, state) = v.consume(first, NOW);
+        let (grant, consumed) = v.consume(first, NOW);
         assert_eq!(grant.client, "alice");
-        assert!(!state.is_empty(), "the replay state to make durable");
+        assert_eq!(consumed.stamp_ms, NOW, "the replay state to make durable");
         assert_eq!(reason(v.verify(&k, a, NOW)), "replay");
     }
 
