@@ -279,21 +279,28 @@ fn record_at(bytes: &[u8]) -> Option<(u64, &[u8], usize)> {
     ))
 }
 
+/// The valid records of one half of a journal, in order: (offset,
+/// generation, body).
+fn half_records(half: &[u8]) -> Vec<(usize, u64, &[u8])> {
+    let (mut at, mut last, mut records) = (0, 0, Vec::new());
+    while let Some((generation, body, length)) = half.get(at..).and_then(record_at) {
+        if generation <= last {
+            break;
+        }
+        records.push((at, generation, body));
+        (at, last) = (at + length, generation);
+    }
+    records
+}
+
 /// Every valid record of a journal's bytes, half by half: (generation,
 /// body).
 fn journal_records(bytes: &[u8]) -> Vec<(u64, &[u8])> {
-    let mut records = Vec::new();
-    for half in bytes.chunks(JOURNAL_HALF) {
-        let (mut at, mut last) = (0, 0);
-        while let Some((generation, body, length)) = half.get(at..).and_then(record_at) {
-            if generation <= last {
-                break;
-            }
-            records.push((generation, body));
-            (at, last) = (at + length, generation);
-        }
-    }
-    records
+    bytes
+        .chunks(JOURNAL_HALF)
+        .flat_map(half_records)
+        .map(|(_, generation, body)| (generation, body))
+        .collect()
 }
 
 impl Journal {
@@ -735,20 +742,24 @@ mod tests {
         store.persist(guard, &[consumed]).unwrap();
     }
 
-    /// Where each valid record of half `half` starts, and where the last ends.
-    fn record_offsets(bytes: &[u8], half: usize) -> Vec<usize> {
-        let base = half * JOURNAL_HALF;
-        let mut at = 0;
-        let mut offsets = Vec::new();
-        while let Some((_, _, length)) = bytes[base + at..base + JOURNAL_HALF]
-            .get(..)
-            .and_then(record_at)
-        {
-            offsets.push(base + at);
-            at += length;
-        }
-        offsets.push(base + at);
-        offsets
+    /// A store in a new scratch directory, its first snapshot written and
+    /// its journal open, and the guard whose state it holds.
+    fn journaled(name: &str) -> (PathBuf, StateFile, ReplayGuard) {
+        let dir = scratch(name);
+        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
+        let guard = ReplayGuard::first_start(30_000, 1_000);
+        store.write_snapshot(&guard.encode()).unwrap();
+        store.open_journal().unwrap();
+        (dir, store, guard)
+    }
+
+    /// The valid records of half `half` of the journal in `dir`.
+    fn records_in(dir: &Path, half: usize) -> Vec<(usize, u64, Vec<u8>)> {
+        let bytes = fs::read(dir.join(REPLAY_JOURNAL)).unwrap();
+        half_records(&bytes[half * JOURNAL_HALF..][..JOURNAL_HALF])
+            .into_iter()
+            .map(|(at, generation, body)| (at, generation, body.to_vec()))
+            .collect()
     }
 
     /// The journal makes each grant durable without touching
@@ -757,13 +768,9 @@ mod tests {
     /// holds.
     #[test]
     fn the_journal_is_read_back_after_its_snapshot() {
-        let dir = scratch("journal");
+        let (dir, mut store, mut guard) = journaled("journal");
         let (a, b) = (id(1), id(2));
-        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
-        let mut guard = ReplayGuard::first_start(30_000, 1_000);
-        store.write_snapshot(&guard.encode()).unwrap();
         let snapshot = fs::read(store.path()).unwrap();
-        store.open_journal().unwrap();
         assert_eq!(
             fs::metadata(dir.join(REPLAY_JOURNAL))
                 .unwrap()
@@ -789,11 +796,11 @@ mod tests {
         assert!(restored.check(b, 6_000, 8_000).is_err(), "replay");
         assert!(restored.check(a, 7_001, 8_000).is_ok());
         // Tear the newest record (a at 7 s): the ones before it count.
+        let records = records_in(&dir, 0);
+        assert_eq!(records.len(), 3);
         let journal = dir.join(REPLAY_JOURNAL);
         let mut bytes = fs::read(&journal).unwrap();
-        let offsets = record_offsets(&bytes, 0);
-        assert_eq!(offsets.len(), 4, "three records");
-        bytes[offsets[2] + RECORD_HEADER + 3] ^= 0xff;
+        bytes[records[2].0 + RECORD_HEADER + 3] ^= 0xff;
         fs::write(&journal, &bytes).unwrap();
         let (restored, _) = store.load_guard(30_000, 8_000).unwrap();
         assert!(restored.check(a, 5_000, 8_000).is_err());
@@ -813,21 +820,18 @@ mod tests {
     /// one: the journal never rewrites the whole state for a grant.
     #[test]
     fn a_grant_costs_the_same_whatever_the_guard_remembers() {
-        let dir = scratch("journal-delta");
-        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
-        let mut guard = ReplayGuard::first_start(30_000, 1_000);
-        store.write_snapshot(&guard.encode()).unwrap();
+        let (dir, mut store, mut guard) = journaled("journal-delta");
         for n in 0..10_000 {
             let fresh = guard.check(id(n), 5_000, 5_000).unwrap();
             let _ = guard.commit(fresh, 5_000);
         }
         store.write_snapshot(&guard.encode()).unwrap();
-        store.open_journal().unwrap();
         assert!(guard.encode().len() > 300_000, "a large state");
         grant(&mut store, &mut guard, id(10_000), 5_001);
-        let offsets = record_offsets(&fs::read(dir.join(REPLAY_JOURNAL)).unwrap(), 0);
-        assert_eq!(offsets.len(), 2, "one record");
-        assert!(offsets[1] < 300, "a record of {} bytes", offsets[1]);
+        let records = records_in(&dir, 0);
+        assert_eq!(records.len(), 1);
+        let size = RECORD_HEADER + records[0].2.len();
+        assert!(size < 300, "a record of {size} bytes");
         drop(store);
         let store = StateFile::open(StateLock::acquire(&dir).unwrap());
         let (restored, restored_as) = store.load_guard(30_000, 5_001).unwrap();
@@ -843,12 +847,8 @@ mod tests {
     /// in both halves count at start.
     #[test]
     fn a_full_half_waits_for_a_snapshot() {
-        let dir = scratch("journal-halves");
-        let mut store = StateFile::open(StateLock::acquire(&dir).unwrap());
-        let mut guard = ReplayGuard::first_start(30_000, 1_000);
-        store.write_snapshot(&guard.encode()).unwrap();
+        let (dir, mut store, mut guard) = journaled("journal-halves");
         let first_snapshot = fs::read(store.path()).unwrap();
-        store.open_journal().unwrap();
         // Fill half 0 without a snapshot; the grant that does not fit
         // takes one (beside the loop) and moves to half 1.
         let mut n = 0;
@@ -859,9 +859,8 @@ mod tests {
         }
         assert!(n > 1_000, "{n} grants fit in a half");
         assert!(store.snapshot_behind());
+        assert_eq!(records_in(&dir, 1).len(), 1, "the last grant is in half 1");
         let bytes = fs::read(dir.join(REPLAY_JOURNAL)).unwrap();
-        let offsets = record_offsets(&bytes, 1);
-        assert_eq!(offsets.len(), 2, "the last grant is in half 1");
         // A crash before that snapshot is durable: the first snapshot and
         // the records of both halves bring back every key.
         let crashed = scratch("journal-halves-crashed");
