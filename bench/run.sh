@@ -52,32 +52,9 @@ for b in knock-server knock-client knock-keygen knock-flood knock-probe knock-si
 done
 
 # ---------------------------------------------------------------- the lab --
-P=kb$$                    # unique prefix: namespaces, links, work dir
-WORK=$(mktemp -d "/var/tmp/knock-bench.$P.XXXX")
-NAMESPACES=()
-PIDS=()
-
-cleanup() {
-    local pid ns
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for ns in "${NAMESPACES[@]}"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
-    if [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; else echo "work dir kept: $WORK" >&2; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-netns() { ip netns add "$1"; NAMESPACES+=("$1"); ip -n "$1" link set lo up; }
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-# link NS_A DEV_A ADDR_A NS_B DEV_B ADDR_B (v4 /24)
-link() {
-    ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"
-    ip -n "$1" addr add "$3/24" dev "$2"; ip -n "$1" link set "$2" up
-    ip -n "$4" addr add "$6/24" dev "$5"; ip -n "$4" link set "$5" up
-}
+# shellcheck source=bench/lab.sh
+. "$ROOT/bench/lab.sh"
+lab_begin kb bench        # P: the prefix of namespaces and links; WORK
 
 # lab NAME: server, client, attacker namespaces; the client and the attacker
 # each have their own link to the server, as in tests/src/lib.rs Lab::standard.
@@ -104,35 +81,7 @@ lab() {
 # sources PHASE: the 200 client addresses reserved for one phase.
 sources() { echo "198.18.$((16 + $1)).10-198.18.$((16 + $1)).209"; }
 
-# CPU time in ns of all the threads of a process (scheduler runtime: precise).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
-vm() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
-rx_packets() { ip -n "$1" -s -j link show dev "$2" | sed -E 's/.*"rx":\{[^}]*"packets":([0-9]+).*/\1/'; }
-# Drops of every packet socket in a namespace (kernel sk_drops: receive queue full).
-pkt_drops() {
-    in_ns "$1" ss -0 -a -m -H 2>/dev/null | grep -o ',d[0-9]*)' | tr -dc '0-9\n' | awk '{s += $1} END {print s + 0}'
-}
-# wait_quiet: this machine may be shared; before each measured phase, wait
-# (at most 60 s) until the CPUs are idle for a second, and say so if not.
-busy_pct() {
-    local a b
-    a=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat); sleep 1
-    b=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat)
-    echo "$a $b" | awk '{t = ($3 - $1) + ($4 - $2); printf "%.0f\n", (t > 0 ? 100 * ($3 - $1) / t : 0)}'
-}
-NOISY=""
-wait_quiet() {
-    local pct
-    for _ in $(seq 60); do
-        pct=$(busy_pct)
-        [ "$pct" -le 10 ] && return 0
-    done
-    echo "warning: the CPUs are ${pct}% busy with other work before phase $1; its figures are disturbed" >&2
-    NOISY="$NOISY $1"
-}
-result() { grep '^RESULT' | tail -1; }
-field() { sed -E "s/.* $2=([^ ]*).*/\1/" <<<"$1"; }
 
 CLK_TCK=$(getconf CLK_TCK)   # /proc/stat counts in these
 TABLE=$WORK/table.md

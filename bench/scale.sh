@@ -95,32 +95,10 @@ for b in knock-server knock-keygen knock-flood knock-probe knock-sink knock-flee
 done
 
 # ---------------------------------------------------------------- the lab --
-P=ks$$-                   # unique prefix: namespaces, links
-WORK=$(mktemp -d "/var/tmp/knock-scale.ks$$.XXXX")
-NAMESPACES=()
-PIDS=()
-
-cleanup() {
-    local pid ns
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for ns in "${NAMESPACES[@]}"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
-    if [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; else echo "work dir kept: $WORK" >&2; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-netns() { ip netns add "$1"; NAMESPACES+=("$1"); ip -n "$1" link set lo up; }
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-# link NS_A DEV_A ADDR_A NS_B DEV_B ADDR_B (v4 /24)
-link() {
-    ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"
-    ip -n "$1" addr add "$3/24" dev "$2"; ip -n "$1" link set "$2" up
-    ip -n "$4" addr add "$6/24" dev "$5"; ip -n "$4" link set "$5" up
-}
+# shellcheck source=bench/lab.sh
+. "$ROOT/bench/lab.sh"
+lab_begin ks scale        # P: the prefix of namespaces and links; WORK
+P=$P-
 
 # lab NAME: server (S), client (C) and attacker (A) namespaces, as in
 # bench/run.sh: the client at 198.18.0.2, with 200 more /32 source addresses
@@ -151,15 +129,7 @@ lab_del() {
     PIDS=()
 }
 
-# CPU time in ns of all the threads of a process (scheduler runtime: precise).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
-vm() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 mib() { awk -v k="${1:-0}" 'BEGIN {if (k > 0) printf "%.1f", k / 1024; else print "n/a"}'; }
-rx_packets() { ip -n "$1" -s -j link show dev "$2" | sed -E 's/.*"rx":\{[^}]*"packets":([0-9]+).*/\1/'; }
-# Drops of every packet socket in a namespace (kernel sk_drops: receive queue full).
-pkt_drops() {
-    in_ns "$1" ss -0 -a -m -H 2>/dev/null | grep -o ',d[0-9]*)' | tr -dc '0-9\n' | awk '{s += $1} END {print s + 0}'
-}
 now_ms() { local t; t=$(date +%s%N); echo "${t:0:-6}.${t: -6:3}"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "n/a" || b == "n/a" || a == "" || b == "") print "n/a"; else printf "%.1f", a - b}'; }
 # secs MS: milliseconds as seconds (words such as "timeout" pass through).
@@ -170,26 +140,6 @@ secs() {
         *) awk -v m="$1" 'BEGIN {if (m < 10000) printf "%.3f", m / 1000; else printf "%.1f", m / 1000}' ;;
     esac
 }
-# wait_quiet: this machine may be shared; before each measured phase, wait
-# (at most QUIET_MAX s) until the CPUs are idle for a second, and say so if not.
-busy_pct() {
-    local a b
-    a=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat); sleep 1
-    b=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat)
-    echo "$a $b" | awk '{t = ($3 - $1) + ($4 - $2); printf "%.0f\n", (t > 0 ? 100 * ($3 - $1) / t : 0)}'
-}
-NOISY=""
-wait_quiet() {
-    local pct=0
-    for _ in $(seq "$QUIET_MAX"); do
-        pct=$(busy_pct)
-        [ "$pct" -le 10 ] && return 0
-    done
-    echo "warning: the CPUs are ${pct}% busy with other work before phase $1; its figures are disturbed" >&2
-    NOISY="$NOISY $1"
-}
-result() { grep '^RESULT' | tail -1; }
-field() { local v; v=$(sed -nE "s/.* $2=([^ ]*).*/\1/p" <<<"$1"); echo "${v:-n/a}"; }
 log_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 # settle LOG MAX: wait until no new grant is logged for 1.5 s (at most MAX s).
 settle() {
