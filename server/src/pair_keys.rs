@@ -127,6 +127,7 @@ impl std::fmt::Debug for Derivation {
 }
 
 /// What [`Keyring::derive`] made.
+#[cfg(test)]
 #[derive(Debug)]
 pub struct Derived {
     /// One per entry, in order.
@@ -195,7 +196,9 @@ impl Keyring {
 
     /// The pair keys of `entries`, in order: from memory, from the cache, or
     /// computed (in parallel). Afterwards the cache holds exactly the
-    /// public-key clients of `entries`.
+    /// public-key clients of `entries`. The server reads its clients a part
+    /// at a time instead (`loader`); this whole-list form serves the tests.
+    #[cfg(test)]
     pub fn derive(
         &mut self,
         entries: &[ClientEntry],
@@ -224,8 +227,9 @@ impl Keyring {
     }
 
     /// The pair keys of `entries`, one part of a client list, in order:
-    /// [`Self::derive`] for lists read a part at a time. The caller has
-    /// made sure the server has a key if a part holds a public-key client.
+    /// from memory, from the cache, or computed (in parallel on `cores`);
+    /// [`Self::end`] ends the list. The caller has made sure the server has
+    /// a key if a part holds a public-key client.
     pub fn derive_more(
         &mut self,
         derivation: &mut Derivation,
