@@ -246,6 +246,7 @@ impl Daemon {
         let mut tick = Every::new(TICK_EVERY, start);
         let mut publish = Every::new(PUBLISH_EVERY, start);
         let mut index_due = Every::new(INDEX_EVERY, start);
+        let mut index_busy = true;
         let mut admitted = Admitted::default();
         let mut stepped = Instant::now();
         let status = StatusFile::in_dir(&self.config.state_dir);
@@ -295,6 +296,14 @@ impl Daemon {
             // meanwhile waited for.
             let step = stepped.elapsed();
             watch.longest_step = watch.longest_step.max(step);
+            // Wake soon while a reload or the index has work for the loop.
+            self.capture.set_poll_every(if self.loading.is_some() {
+                POLL_WHILE_LOADING
+            } else if index_busy {
+                INDEX_EVERY
+            } else {
+                POLL_EVERY
+            });
             let mut read_error = None;
             let next = self.capture.wait_next();
             stepped = Instant::now();
@@ -329,14 +338,10 @@ impl Daemon {
 
             let now = Instant::now();
             if index_due.due(now) {
-                let more = matches!(
+                index_busy = matches!(
                     self.verifier.advance_index(unix_ms(), INDEX_WORK),
                     Progress::More
                 );
-                if self.loading.is_none() {
-                    self.capture
-                        .set_poll_every(if more { INDEX_EVERY } else { POLL_EVERY });
-                }
             }
             let due = tick.due(now);
             if due || read_error.is_some() {
@@ -676,7 +681,6 @@ impl Daemon {
                 let _ = done.send((keyring, loaded));
             })
             .map_err(|e| format!("cannot start a thread to reload in: {e}"))?;
-        self.capture.set_poll_every(POLL_WHILE_LOADING);
         self.loading = Some(Loading {
             done: result,
             replies,
@@ -703,7 +707,6 @@ impl Daemon {
         let Some(loading) = self.loading.take() else {
             return Ok(false);
         };
-        self.capture.set_poll_every(POLL_EVERY);
         self.keyring = Some(keyring);
         let swapping = Instant::now();
         let switched = loaded.and_then(|prepared| self.switch_to(prepared));
