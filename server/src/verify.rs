@@ -368,7 +368,9 @@ impl RosterBuilder {
 }
 
 impl Roster {
-    /// A roster of `entries`, whose pair keys are `keys`, in order.
+    /// A roster of `entries`, whose pair keys are `keys`, in order: what
+    /// the loader builds a part at a time, at once for the tests.
+    #[cfg(test)]
     pub fn build(
         entries: &[ClientEntry],
         keys: Vec<PairKeys>,
@@ -564,7 +566,7 @@ impl Verifier {
     }
 
     pub fn client_count(&self) -> usize {
-        self.roster.clients.len()
+        self.roster.len()
     }
 
     /// How many clients of the mode `mode` are loaded.
